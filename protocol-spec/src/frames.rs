@@ -386,6 +386,8 @@ macro_rules! bodies {
     ($( $variant:ident($ty:ty) = $ft:ident ),* $(,)?) => {
         /// A frame body, tagged by frame type.
         #[derive(Debug, Clone, PartialEq, Eq)]
+        #[cfg_attr(feature = "serde", derive(serde::Serialize))]
+        #[cfg_attr(feature = "serde", serde(untagged))]
         pub enum Body<'a> {
             /// OK has no body.
             Ok,

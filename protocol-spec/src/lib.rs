@@ -7,6 +7,8 @@
 
 pub mod codec;
 pub mod frames;
+#[cfg(feature = "serde")]
+pub mod ser;
 pub mod types;
 pub mod vectors;
 pub mod wire;

@@ -318,6 +318,23 @@ macro_rules! wire_enum {
             }
         }
 
+        #[cfg(feature = "serde")]
+        impl $crate::ser::SerField for $name {
+            fn ser<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                serde::Serialize::serialize(self, s)
+            }
+        }
+
+        #[cfg(feature = "serde")]
+        impl serde::Serialize for $name {
+            fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                match self.name() {
+                    Some(n) => s.serialize_str(n),
+                    None => s.serialize_u64(u64::from(self.0)),
+                }
+            }
+        }
+
         #[cfg(test)]
         impl $crate::wire::arb::Arb for $name {
             fn arb(g: &mut $crate::wire::arb::Gen) -> Self {
@@ -355,8 +372,11 @@ macro_rules! wire_struct {
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, PartialEq, Eq, Default)]
+        #[cfg_attr(feature = "serde", derive(serde::Serialize))]
         pub struct $name<'a> {
-            $( $(#[$fmeta])* pub $field: $ty, )*
+            $( $(#[$fmeta])*
+            #[cfg_attr(feature = "serde", serde(serialize_with = "crate::ser::field"))]
+            pub $field: $ty, )*
         }
 
         impl<'a> $crate::wire::Wire<'a> for $name<'a> {
@@ -377,6 +397,13 @@ macro_rules! wire_struct {
             }
         }
 
+        #[cfg(feature = "serde")]
+        impl<'a> $crate::ser::SerField for $name<'a> {
+            fn ser<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                serde::Serialize::serialize(self, s)
+            }
+        }
+
         #[cfg(test)]
         impl<'a> $crate::wire::arb::Arb for $name<'a> {
             fn arb(g: &mut $crate::wire::arb::Gen) -> Self {
@@ -392,8 +419,11 @@ macro_rules! wire_struct {
     ) => {
         $(#[$meta])*
         #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+        #[cfg_attr(feature = "serde", derive(serde::Serialize))]
         pub struct $name {
-            $( $(#[$fmeta])* pub $field: $ty, )*
+            $( $(#[$fmeta])*
+            #[cfg_attr(feature = "serde", serde(serialize_with = "crate::ser::field"))]
+            pub $field: $ty, )*
         }
 
         impl<'a> $crate::wire::Wire<'a> for $name {
@@ -411,6 +441,13 @@ macro_rules! wire_struct {
             type Owned = $name;
             fn into_owned(self) -> $name {
                 self
+            }
+        }
+
+        #[cfg(feature = "serde")]
+        impl $crate::ser::SerField for $name {
+            fn ser<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+                serde::Serialize::serialize(self, s)
             }
         }
 
