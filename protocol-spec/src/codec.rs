@@ -207,9 +207,7 @@ pub fn decode_raw(buf: &[u8], max_body: u32) -> Result<Option<RawFrame<'_>>, Dec
         });
     }
     if buf.len() == 1 && buf[0] != MAGIC[0] {
-        return Err(DecodeError::BadMagic {
-            found: [buf[0], 0],
-        });
+        return Err(DecodeError::BadMagic { found: [buf[0], 0] });
     }
     if buf.len() >= 3 && buf[2] != VERSION {
         return Err(DecodeError::UnsupportedVersion(buf[2]));

@@ -72,128 +72,492 @@ pub fn valid_frames() -> Vec<(&'static str, &'static str, Frame<'static>)> {
     let bob = || Conv::direct("bob");
     let text_100 = "Lorem ipsum dolor sit amet, consectetur adipiscing elit, sed do eiusmod tempor incididunt ut labore.";
     vec![
-        ("hello", "HELLO with a JWT, device id and resume position", f(1, Body::Hello(Hello {
-            protocol: 1,
-            capabilities: Capabilities(Capabilities::RECEIPTS.0 | Capabilities::TYPING.0 | Capabilities::PRESENCE.0),
-            max_frame: 65_536,
-            token: s("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln"),
-            device: s("phone"),
-            resume_inbox_seq: 41,
-            client: s("tern-sdk-rust/0.1"),
-        }))),
-        ("welcome", "WELCOME answering request 1", f(1, Body::Welcome(Welcome {
-            protocol: 1,
-            capabilities: Capabilities(Capabilities::RECEIPTS.0 | Capabilities::TYPING.0),
-            max_frame: 1_048_576,
-            heartbeat_secs: 30,
-            idle_timeout_secs: 90,
-            user: s("alice"),
-            session_id: 0x1234_5678_9abc,
-            server_time: 1_767_225_600_000,
-            inbox_head: 57,
-            node: s("node-a"),
-        }))),
-        ("redirect", "REDIRECT to the owner node over two transports", f(1, Body::Redirect(Redirect {
-            epoch: 7,
-            addrs: vec![
-                Addr { transport: Transport::NATIVE, addr: s("10.0.0.2:14000") },
-                Addr { transport: Transport::TLS, addr: s("im.example.com:443") },
-            ],
-        }))),
-        ("close", "CLOSE for drain, retry after 5 s", f(0, Body::Close(Close {
-            reason: CloseReason::DRAIN, retry_after_ms: 5000, message: s("node draining"),
-        }))),
-        ("ping", "PING carrying the sender's clock", f(9, Body::Ping(Ping { time: 123_456 }))),
-        ("pong", "PONG echoing it", f(9, Body::Pong(Ping { time: 123_456 }))),
-        ("error", "ERROR: not allowed, connection stays", f(12, Body::Error(Error {
-            code: ErrorCode::FORBIDDEN, message: s("not a member of group g1"),
-        }))),
+        (
+            "hello",
+            "HELLO with a JWT, device id and resume position",
+            f(
+                1,
+                Body::Hello(Hello {
+                    protocol: 1,
+                    capabilities: Capabilities(
+                        Capabilities::RECEIPTS.0
+                            | Capabilities::TYPING.0
+                            | Capabilities::PRESENCE.0,
+                    ),
+                    max_frame: 65_536,
+                    token: s("eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiJhbGljZSJ9.c2ln"),
+                    device: s("phone"),
+                    resume_inbox_seq: 41,
+                    client: s("tern-sdk-rust/0.1"),
+                }),
+            ),
+        ),
+        (
+            "welcome",
+            "WELCOME answering request 1",
+            f(
+                1,
+                Body::Welcome(Welcome {
+                    protocol: 1,
+                    capabilities: Capabilities(Capabilities::RECEIPTS.0 | Capabilities::TYPING.0),
+                    max_frame: 1_048_576,
+                    heartbeat_secs: 30,
+                    idle_timeout_secs: 90,
+                    user: s("alice"),
+                    session_id: 0x1234_5678_9abc,
+                    server_time: 1_767_225_600_000,
+                    inbox_head: 57,
+                    node: s("node-a"),
+                }),
+            ),
+        ),
+        (
+            "redirect",
+            "REDIRECT to the owner node over two transports",
+            f(
+                1,
+                Body::Redirect(Redirect {
+                    epoch: 7,
+                    addrs: vec![
+                        Addr {
+                            transport: Transport::NATIVE,
+                            addr: s("10.0.0.2:14000"),
+                        },
+                        Addr {
+                            transport: Transport::TLS,
+                            addr: s("im.example.com:443"),
+                        },
+                    ],
+                }),
+            ),
+        ),
+        (
+            "close",
+            "CLOSE for drain, retry after 5 s",
+            f(
+                0,
+                Body::Close(Close {
+                    reason: CloseReason::DRAIN,
+                    retry_after_ms: 5000,
+                    message: s("node draining"),
+                }),
+            ),
+        ),
+        (
+            "ping",
+            "PING carrying the sender's clock",
+            f(9, Body::Ping(Ping { time: 123_456 })),
+        ),
+        (
+            "pong",
+            "PONG echoing it",
+            f(9, Body::Pong(Ping { time: 123_456 })),
+        ),
+        (
+            "error",
+            "ERROR: not allowed, connection stays",
+            f(
+                12,
+                Body::Error(Error {
+                    code: ErrorCode::FORBIDDEN,
+                    message: s("not a member of group g1"),
+                }),
+            ),
+        ),
         ("ok", "OK answering request 13", f(13, Body::Ok)),
-        ("send_text", "SEND of a 100-byte text to bob", f(2, Body::Send(Send {
-            to: bob(), msg_id: id(1), kind: MessageKind::TEXT, body: Cow::Borrowed(text_100.as_bytes()),
-        }))),
-        ("send_retransmit", "SEND marked as a retransmission (flag bit 0)", Frame {
-            request_id: 2,
-            flags: Flags::RETRANSMIT,
-            body: Body::Send(Send { to: bob(), msg_id: id(1), kind: MessageKind::TEXT, body: Cow::Borrowed(b"hi") }),
-        }),
-        ("send_ack", "SEND_ACK: conversation seq 300, sender inbox seq 58", f(2, Body::SendAck(SendAck {
-            msg_id: id(1), conv_seq: 300, inbox_seq: 58, time: 1_767_225_600_123,
-        }))),
-        ("push", "PUSH of a text from alice to bob's device", f(0, Body::Push(msg(Conv::direct("alice"), 300, 77, "héllo ☃")))),
-        ("push_ack", "PUSH_ACK up to inbox seq 77", f(3, Body::PushAck(PushAck { inbox_seq: 77 }))),
-        ("sync", "SYNC after inbox seq 41, 100 per page", f(4, Body::Sync(Sync { after_inbox_seq: 41, limit: 100 }))),
-        ("sync_page", "SYNC_PAGE with two messages and more to come", f(4, Body::SyncPage(SyncPage {
-            head: 57, more: true,
-            messages: vec![msg(Conv::direct("alice"), 5, 42, "one"), msg(Conv::group("g1"), 9, 43, "two")],
-        }))),
-        ("history", "HISTORY: 20 messages with bob before seq 300", f(5, Body::History(History {
-            conv: bob(), direction: Direction::BEFORE, seq: 300, limit: 20,
-        }))),
-        ("history_page", "HISTORY_PAGE with one recalled message", f(5, Body::HistoryPage(HistoryPage {
-            conv: bob(), more: false,
-            messages: vec![Message { flags: MessageFlags::RECALLED, body: Cow::Borrowed(b""), ..msg(bob(), 299, 0, "") }],
-        }))),
-        ("contacts", "CONTACTS: the 50 most recent", f(6, Body::Contacts(Contacts { before_time: 0, limit: 50 }))),
-        ("contacts_page", "CONTACTS_PAGE with one conversation and 3 unread", f(6, Body::ContactsPage(ContactsPage {
-            total_unread: 3, more: false,
-            entries: vec![Contact {
-                conv: bob(), unread: 3, read_seq: 297, mentioned: false, time: 1_767_225_900_000,
-                last: Some(msg(bob(), 300, 0, "see you")),
-            }],
-        }))),
-        ("read", "READ up to conversation seq 300", f(7, Body::Read(Read { conv: bob(), conv_seq: 300 }))),
-        ("receipt", "RECEIPT: bob read up to 300", f(0, Body::Receipt(Receipt {
-            conv: bob(), user: s("bob"), kind: ReceiptKind::READ, conv_seq: 300, time: 1_767_225_901_000,
-        }))),
-        ("recall", "RECALL of seq 300", f(8, Body::Recall(Recall { conv: bob(), conv_seq: 300, msg_id: id(2) }))),
-        ("typing", "TYPING from a client (user left empty)", f(0, Body::Typing(Typing {
-            conv: bob(), user: s(""), state: TypingState::TYPING,
-        }))),
-        ("presence", "PRESENCE: bob is busy", f(0, Body::Presence(Presence {
-            user: s("bob"), status: PresenceStatus::BUSY, last_seen: 1_767_225_000_000, text: s("in a meeting"),
-        }))),
-        ("subscribe", "SUBSCRIBE to two users' presence", f(10, Body::Subscribe(Subscribe {
-            op: SubOp::ADD, users: vec![s("bob"), s("carol")],
-        }))),
-        ("group_create", "GROUP_CREATE with two members", f(20, Body::GroupCreate(GroupCreate {
-            name: s("hiking"), members: vec![s("bob"), s("carol")],
-        }))),
-        ("group_update", "GROUP_UPDATE changing the announcement only", f(21, Body::GroupUpdate(GroupUpdate {
-            group: s("g1"), name: None, announcement: Some(s("Saturday 8:00")), avatar: None,
-        }))),
-        ("group_members", "GROUP_MEMBERS: mute carol until a time", f(22, Body::GroupMembers(GroupMembers {
-            group: s("g1"), op: MemberOp::MUTE, users: vec![s("carol")], arg: 1_767_300_000_000,
-        }))),
-        ("group_leave", "GROUP_LEAVE", f(23, Body::GroupLeave(GroupRef { group: s("g1") }))),
-        ("group_transfer", "GROUP_TRANSFER to bob", f(24, Body::GroupTransfer(GroupTransfer { group: s("g1"), owner: s("bob") }))),
-        ("group_disband", "GROUP_DISBAND", f(25, Body::GroupDisband(GroupRef { group: s("g1") }))),
-        ("group_list", "GROUP_LIST first page", f(26, Body::GroupList(ListRequest { cursor: s(""), limit: 100 }))),
-        ("group_list_page", "GROUP_LIST_PAGE, last page", f(26, Body::GroupListPage(GroupListPage {
-            next_cursor: s(""), groups: vec![GroupSummary { group: s("g1"), name: s("hiking"), members: 3 }],
-        }))),
-        ("group_get", "GROUP_GET", f(27, Body::GroupGet(GroupRef { group: s("g1") }))),
-        ("group_info", "GROUP_INFO with owner and a muted member", f(27, Body::GroupInfo(GroupInfo {
-            group: s("g1"), name: s("hiking"), announcement: s("Saturday 8:00"), avatar: s("media:abc123"),
-            owner: s("alice"), member_count: 2,
-            members: vec![
-                GroupMember { user: s("alice"), role: Role::OWNER, muted_until: 0 },
-                GroupMember { user: s("carol"), role: Role::MEMBER, muted_until: 1_767_300_000_000 },
-            ],
-        }))),
-        ("room_join", "ROOM_JOIN asking for the last 50 messages", f(30, Body::RoomJoin(RoomJoin { room: s("lobby"), recent: 50 }))),
-        ("room_leave", "ROOM_LEAVE", f(31, Body::RoomLeave(GroupRef { group: s("lobby") }))),
-        ("topic_sub", "TOPIC_SUB subscribe", f(32, Body::TopicSub(TopicSub { op: SubOp::ADD, topic: s("news") }))),
-        ("relation", "RELATION: friend request with a note", f(40, Body::Relation(Relation {
-            op: RelationOp::FRIEND_REQUEST, user: s("bob"), note: s("we met at the conference"),
-        }))),
-        ("relation_list", "RELATION_LIST of friends", f(41, Body::RelationList(RelationList {
-            kind: RelationKind::FRIENDS, cursor: s(""), limit: 100,
-        }))),
-        ("relation_page", "RELATION_PAGE with one friend and a next cursor", f(41, Body::RelationPage(RelationPage {
-            kind: RelationKind::FRIENDS, next_cursor: s("bob"),
-            users: vec![RelationEntry { user: s("bob"), since: 1_767_000_000_000 }],
-        }))),
+        (
+            "send_text",
+            "SEND of a 100-byte text to bob",
+            f(
+                2,
+                Body::Send(Send {
+                    to: bob(),
+                    msg_id: id(1),
+                    kind: MessageKind::TEXT,
+                    body: Cow::Borrowed(text_100.as_bytes()),
+                }),
+            ),
+        ),
+        (
+            "send_retransmit",
+            "SEND marked as a retransmission (flag bit 0)",
+            Frame {
+                request_id: 2,
+                flags: Flags::RETRANSMIT,
+                body: Body::Send(Send {
+                    to: bob(),
+                    msg_id: id(1),
+                    kind: MessageKind::TEXT,
+                    body: Cow::Borrowed(b"hi"),
+                }),
+            },
+        ),
+        (
+            "send_ack",
+            "SEND_ACK: conversation seq 300, sender inbox seq 58",
+            f(
+                2,
+                Body::SendAck(SendAck {
+                    msg_id: id(1),
+                    conv_seq: 300,
+                    inbox_seq: 58,
+                    time: 1_767_225_600_123,
+                }),
+            ),
+        ),
+        (
+            "push",
+            "PUSH of a text from alice to bob's device",
+            f(
+                0,
+                Body::Push(msg(Conv::direct("alice"), 300, 77, "héllo ☃")),
+            ),
+        ),
+        (
+            "push_ack",
+            "PUSH_ACK up to inbox seq 77",
+            f(3, Body::PushAck(PushAck { inbox_seq: 77 })),
+        ),
+        (
+            "sync",
+            "SYNC after inbox seq 41, 100 per page",
+            f(
+                4,
+                Body::Sync(Sync {
+                    after_inbox_seq: 41,
+                    limit: 100,
+                }),
+            ),
+        ),
+        (
+            "sync_page",
+            "SYNC_PAGE with two messages and more to come",
+            f(
+                4,
+                Body::SyncPage(SyncPage {
+                    head: 57,
+                    more: true,
+                    messages: vec![
+                        msg(Conv::direct("alice"), 5, 42, "one"),
+                        msg(Conv::group("g1"), 9, 43, "two"),
+                    ],
+                }),
+            ),
+        ),
+        (
+            "history",
+            "HISTORY: 20 messages with bob before seq 300",
+            f(
+                5,
+                Body::History(History {
+                    conv: bob(),
+                    direction: Direction::BEFORE,
+                    seq: 300,
+                    limit: 20,
+                }),
+            ),
+        ),
+        (
+            "history_page",
+            "HISTORY_PAGE with one recalled message",
+            f(
+                5,
+                Body::HistoryPage(HistoryPage {
+                    conv: bob(),
+                    more: false,
+                    messages: vec![Message {
+                        flags: MessageFlags::RECALLED,
+                        body: Cow::Borrowed(b""),
+                        ..msg(bob(), 299, 0, "")
+                    }],
+                }),
+            ),
+        ),
+        (
+            "contacts",
+            "CONTACTS: the 50 most recent",
+            f(
+                6,
+                Body::Contacts(Contacts {
+                    before_time: 0,
+                    limit: 50,
+                }),
+            ),
+        ),
+        (
+            "contacts_page",
+            "CONTACTS_PAGE with one conversation and 3 unread",
+            f(
+                6,
+                Body::ContactsPage(ContactsPage {
+                    total_unread: 3,
+                    more: false,
+                    entries: vec![Contact {
+                        conv: bob(),
+                        unread: 3,
+                        read_seq: 297,
+                        mentioned: false,
+                        time: 1_767_225_900_000,
+                        last: Some(msg(bob(), 300, 0, "see you")),
+                    }],
+                }),
+            ),
+        ),
+        (
+            "read",
+            "READ up to conversation seq 300",
+            f(
+                7,
+                Body::Read(Read {
+                    conv: bob(),
+                    conv_seq: 300,
+                }),
+            ),
+        ),
+        (
+            "receipt",
+            "RECEIPT: bob read up to 300",
+            f(
+                0,
+                Body::Receipt(Receipt {
+                    conv: bob(),
+                    user: s("bob"),
+                    kind: ReceiptKind::READ,
+                    conv_seq: 300,
+                    time: 1_767_225_901_000,
+                }),
+            ),
+        ),
+        (
+            "recall",
+            "RECALL of seq 300",
+            f(
+                8,
+                Body::Recall(Recall {
+                    conv: bob(),
+                    conv_seq: 300,
+                    msg_id: id(2),
+                }),
+            ),
+        ),
+        (
+            "typing",
+            "TYPING from a client (user left empty)",
+            f(
+                0,
+                Body::Typing(Typing {
+                    conv: bob(),
+                    user: s(""),
+                    state: TypingState::TYPING,
+                }),
+            ),
+        ),
+        (
+            "presence",
+            "PRESENCE: bob is busy",
+            f(
+                0,
+                Body::Presence(Presence {
+                    user: s("bob"),
+                    status: PresenceStatus::BUSY,
+                    last_seen: 1_767_225_000_000,
+                    text: s("in a meeting"),
+                }),
+            ),
+        ),
+        (
+            "subscribe",
+            "SUBSCRIBE to two users' presence",
+            f(
+                10,
+                Body::Subscribe(Subscribe {
+                    op: SubOp::ADD,
+                    users: vec![s("bob"), s("carol")],
+                }),
+            ),
+        ),
+        (
+            "group_create",
+            "GROUP_CREATE with two members",
+            f(
+                20,
+                Body::GroupCreate(GroupCreate {
+                    name: s("hiking"),
+                    members: vec![s("bob"), s("carol")],
+                }),
+            ),
+        ),
+        (
+            "group_update",
+            "GROUP_UPDATE changing the announcement only",
+            f(
+                21,
+                Body::GroupUpdate(GroupUpdate {
+                    group: s("g1"),
+                    name: None,
+                    announcement: Some(s("Saturday 8:00")),
+                    avatar: None,
+                }),
+            ),
+        ),
+        (
+            "group_members",
+            "GROUP_MEMBERS: mute carol until a time",
+            f(
+                22,
+                Body::GroupMembers(GroupMembers {
+                    group: s("g1"),
+                    op: MemberOp::MUTE,
+                    users: vec![s("carol")],
+                    arg: 1_767_300_000_000,
+                }),
+            ),
+        ),
+        (
+            "group_leave",
+            "GROUP_LEAVE",
+            f(23, Body::GroupLeave(GroupRef { group: s("g1") })),
+        ),
+        (
+            "group_transfer",
+            "GROUP_TRANSFER to bob",
+            f(
+                24,
+                Body::GroupTransfer(GroupTransfer {
+                    group: s("g1"),
+                    owner: s("bob"),
+                }),
+            ),
+        ),
+        (
+            "group_disband",
+            "GROUP_DISBAND",
+            f(25, Body::GroupDisband(GroupRef { group: s("g1") })),
+        ),
+        (
+            "group_list",
+            "GROUP_LIST first page",
+            f(
+                26,
+                Body::GroupList(ListRequest {
+                    cursor: s(""),
+                    limit: 100,
+                }),
+            ),
+        ),
+        (
+            "group_list_page",
+            "GROUP_LIST_PAGE, last page",
+            f(
+                26,
+                Body::GroupListPage(GroupListPage {
+                    next_cursor: s(""),
+                    groups: vec![GroupSummary {
+                        group: s("g1"),
+                        name: s("hiking"),
+                        members: 3,
+                    }],
+                }),
+            ),
+        ),
+        (
+            "group_get",
+            "GROUP_GET",
+            f(27, Body::GroupGet(GroupRef { group: s("g1") })),
+        ),
+        (
+            "group_info",
+            "GROUP_INFO with owner and a muted member",
+            f(
+                27,
+                Body::GroupInfo(GroupInfo {
+                    group: s("g1"),
+                    name: s("hiking"),
+                    announcement: s("Saturday 8:00"),
+                    avatar: s("media:abc123"),
+                    owner: s("alice"),
+                    member_count: 2,
+                    members: vec![
+                        GroupMember {
+                            user: s("alice"),
+                            role: Role::OWNER,
+                            muted_until: 0,
+                        },
+                        GroupMember {
+                            user: s("carol"),
+                            role: Role::MEMBER,
+                            muted_until: 1_767_300_000_000,
+                        },
+                    ],
+                }),
+            ),
+        ),
+        (
+            "room_join",
+            "ROOM_JOIN asking for the last 50 messages",
+            f(
+                30,
+                Body::RoomJoin(RoomJoin {
+                    room: s("lobby"),
+                    recent: 50,
+                }),
+            ),
+        ),
+        (
+            "room_leave",
+            "ROOM_LEAVE",
+            f(31, Body::RoomLeave(GroupRef { group: s("lobby") })),
+        ),
+        (
+            "topic_sub",
+            "TOPIC_SUB subscribe",
+            f(
+                32,
+                Body::TopicSub(TopicSub {
+                    op: SubOp::ADD,
+                    topic: s("news"),
+                }),
+            ),
+        ),
+        (
+            "relation",
+            "RELATION: friend request with a note",
+            f(
+                40,
+                Body::Relation(Relation {
+                    op: RelationOp::FRIEND_REQUEST,
+                    user: s("bob"),
+                    note: s("we met at the conference"),
+                }),
+            ),
+        ),
+        (
+            "relation_list",
+            "RELATION_LIST of friends",
+            f(
+                41,
+                Body::RelationList(RelationList {
+                    kind: RelationKind::FRIENDS,
+                    cursor: s(""),
+                    limit: 100,
+                }),
+            ),
+        ),
+        (
+            "relation_page",
+            "RELATION_PAGE with one friend and a next cursor",
+            f(
+                41,
+                Body::RelationPage(RelationPage {
+                    kind: RelationKind::FRIENDS,
+                    next_cursor: s("bob"),
+                    users: vec![RelationEntry {
+                        user: s("bob"),
+                        since: 1_767_000_000_000,
+                    }],
+                }),
+            ),
+        ),
     ]
 }
 
@@ -266,40 +630,107 @@ pub fn catalogue() -> Vec<Vector> {
     let mut crc = send.clone();
     let last = crc.len() - 1;
     crc[last] ^= 0x01;
-    bad("invalid_bad_crc", "SEND with its last body byte flipped", crc, ErrorCode::BAD_CRC);
-    bad("invalid_truncated_header", "the first 10 bytes of a SEND header", send[..10].to_vec(), ErrorCode::TRUNCATED);
-    bad("invalid_truncated_body", "a SEND cut 20 bytes before its end", send[..send.len() - 20].to_vec(), ErrorCode::TRUNCATED);
+    bad(
+        "invalid_bad_crc",
+        "SEND with its last body byte flipped",
+        crc,
+        ErrorCode::BAD_CRC,
+    );
+    bad(
+        "invalid_truncated_header",
+        "the first 10 bytes of a SEND header",
+        send[..10].to_vec(),
+        ErrorCode::TRUNCATED,
+    );
+    bad(
+        "invalid_truncated_body",
+        "a SEND cut 20 bytes before its end",
+        send[..send.len() - 20].to_vec(),
+        ErrorCode::TRUNCATED,
+    );
     let mut big = ping.clone();
     big[5..8].copy_from_slice(&[0x01, 0x00, 0x01]);
-    bad("invalid_oversize_length", "a header announcing a 65537-byte body (limit 65536)", big, ErrorCode::FRAME_TOO_LARGE);
+    bad(
+        "invalid_oversize_length",
+        "a header announcing a 65537-byte body (limit 65536)",
+        big,
+        ErrorCode::FRAME_TOO_LARGE,
+    );
     let mut unknown = ping.clone();
     unknown[3] = 0x7f;
-    bad("invalid_unknown_type", "frame type 0x7f", reseal(unknown), ErrorCode::UNKNOWN_FRAME_TYPE);
+    bad(
+        "invalid_unknown_type",
+        "frame type 0x7f",
+        reseal(unknown),
+        ErrorCode::UNKNOWN_FRAME_TYPE,
+    );
     let mut version = ping.clone();
     version[2] = 2;
-    bad("invalid_unsupported_version", "header version 2", reseal(version), ErrorCode::UNSUPPORTED_VERSION);
-    bad("invalid_garbage", "an HTTP request line sent to the native port", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(), ErrorCode::BAD_MAGIC);
+    bad(
+        "invalid_unsupported_version",
+        "header version 2",
+        reseal(version),
+        ErrorCode::UNSUPPORTED_VERSION,
+    );
+    bad(
+        "invalid_garbage",
+        "an HTTP request line sent to the native port",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n".to_vec(),
+        ErrorCode::BAD_MAGIC,
+    );
     let mut flags = ping.clone();
     flags[4] = 0x10;
-    bad("invalid_critical_flag", "PING with unknown critical flag bit 4", reseal(flags), ErrorCode::UNSUPPORTED_FLAGS);
+    bad(
+        "invalid_critical_flag",
+        "PING with unknown critical flag bit 4",
+        reseal(flags),
+        ErrorCode::UNSUPPORTED_FLAGS,
+    );
     let mut utf8 = encoded(&Frame::new(9, Body::GroupGet(GroupRef { group: s("ab") })));
     utf8[HEADER_LEN + 1] = 0xff;
-    bad("invalid_bad_utf8", "GROUP_GET whose group id is not UTF-8", reseal(utf8), ErrorCode::BAD_FRAME);
+    bad(
+        "invalid_bad_utf8",
+        "GROUP_GET whose group id is not UTF-8",
+        reseal(utf8),
+        ErrorCode::BAD_FRAME,
+    );
     let mut varint = ping.clone();
     varint[HEADER_LEN] = 0x85;
     varint.push(0x00);
     varint[5] += 1;
-    bad("invalid_nonminimal_varint", "PING whose time is the non-minimal varint 85 00", reseal(varint), ErrorCode::BAD_FRAME);
+    bad(
+        "invalid_nonminimal_varint",
+        "PING whose time is the non-minimal varint 85 00",
+        reseal(varint),
+        ErrorCode::BAD_FRAME,
+    );
     let short = {
         let mut v = ping.clone();
         v.truncate(HEADER_LEN);
         v[5] = 0;
         reseal(v)
     };
-    bad("invalid_missing_field", "PING with an empty body", short, ErrorCode::BAD_FRAME);
-    let mut boolean = encoded(&Frame::new(4, Body::SyncPage(SyncPage { head: 1, more: false, messages: vec![] })));
+    bad(
+        "invalid_missing_field",
+        "PING with an empty body",
+        short,
+        ErrorCode::BAD_FRAME,
+    );
+    let mut boolean = encoded(&Frame::new(
+        4,
+        Body::SyncPage(SyncPage {
+            head: 1,
+            more: false,
+            messages: vec![],
+        }),
+    ));
     boolean[HEADER_LEN + 1] = 2;
-    bad("invalid_bool", "SYNC_PAGE whose `more` is 2", reseal(boolean), ErrorCode::BAD_FRAME);
+    bad(
+        "invalid_bool",
+        "SYNC_PAGE whose `more` is 2",
+        reseal(boolean),
+        ErrorCode::BAD_FRAME,
+    );
     out
 }
 
@@ -312,7 +743,10 @@ pub fn render_file(v: &Vector) -> String {
         Expect::Frame(f) => {
             t.push_str(&format!("# expect: ok {}\n", f.frame_type()));
             for line in format!("{:?}", f.body).lines() {
-                t.push_str(&format!("# frame: request_id={} flags={:#04x} {}\n", f.request_id, f.flags.0, line));
+                t.push_str(&format!(
+                    "# frame: request_id={} flags={:#04x} {}\n",
+                    f.request_id, f.flags.0, line
+                ));
             }
         }
         Expect::Error(c) => t.push_str(&format!("# expect: error {} ({})\n", c, c.0)),
@@ -329,7 +763,10 @@ pub fn render_file(v: &Vector) -> String {
 #[derive(Debug, Clone, PartialEq, thiserror::Error)]
 pub enum HexError {
     #[error("line {line}: {source}")]
-    Bad { line: usize, source: hex::FromHexError },
+    Bad {
+        line: usize,
+        source: hex::FromHexError,
+    },
 }
 
 /// Reads hex with `#` comments and any whitespace, the format of the vector files.
@@ -338,9 +775,11 @@ pub fn parse_hex(text: &str) -> Result<Vec<u8>, HexError> {
     for (i, line) in text.lines().enumerate() {
         let data = line.split('#').next().unwrap_or("");
         let compact: String = data.chars().filter(|c| !c.is_whitespace()).collect();
-        let bytes = hex::decode(&compact).map_err(|source| HexError::Bad { line: i + 1, source })?;
+        let bytes = hex::decode(&compact).map_err(|source| HexError::Bad {
+            line: i + 1,
+            source,
+        })?;
         out.extend_from_slice(&bytes);
     }
     Ok(out)
 }
-

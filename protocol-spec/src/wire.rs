@@ -572,12 +572,20 @@ pub(crate) mod arb {
         fn arb(g: &mut Gen) -> Self {
             const CHARS: &[char] = &['a', 'z', '0', '-', ' ', 'é', '☃', '𝄞', '\u{0}', '中'];
             let n = g.below(24);
-            Cow::Owned((0..n).map(|_| CHARS[g.below(CHARS.len() as u64) as usize]).collect())
+            Cow::Owned(
+                (0..n)
+                    .map(|_| CHARS[g.below(CHARS.len() as u64) as usize])
+                    .collect(),
+            )
         }
     }
     impl<'a> Arb for Cow<'a, [u8]> {
         fn arb(g: &mut Gen) -> Self {
-            let n = if g.below(8) == 0 { g.below(3000) } else { g.below(40) };
+            let n = if g.below(8) == 0 {
+                g.below(3000)
+            } else {
+                g.below(40)
+            };
             Cow::Owned((0..n).map(|_| g.next() as u8).collect())
         }
     }

@@ -19,15 +19,23 @@ fn vector_files_match_the_catalogue() {
     let bless = std::env::var_os("TERN_BLESS").is_some();
     let mut names = BTreeSet::new();
     for v in catalogue() {
-        assert!(names.insert(format!("{}.hex", v.name)), "duplicate vector {}", v.name);
+        assert!(
+            names.insert(format!("{}.hex", v.name)),
+            "duplicate vector {}",
+            v.name
+        );
         let path = dir().join(format!("{}.hex", v.name));
         let want = render_file(&v);
         if bless {
             std::fs::write(&path, &want).unwrap();
             continue;
         }
-        let have = std::fs::read_to_string(&path)
-            .unwrap_or_else(|e| panic!("{}: {e} (run with TERN_BLESS=1 to generate)", path.display()));
+        let have = std::fs::read_to_string(&path).unwrap_or_else(|e| {
+            panic!(
+                "{}: {e} (run with TERN_BLESS=1 to generate)",
+                path.display()
+            )
+        });
         assert_eq!(have, want, "{} differs from the catalogue", path.display());
     }
     let on_disk: BTreeSet<String> = std::fs::read_dir(dir())
@@ -68,7 +76,8 @@ fn every_frame_type_has_a_valid_vector_and_every_decode_error_an_invalid_one() {
     let cat = catalogue();
     for ft in FrameType::KNOWN {
         assert!(
-            cat.iter().any(|v| matches!(&v.expect, Expect::Frame(f) if f.frame_type() == *ft)),
+            cat.iter()
+                .any(|v| matches!(&v.expect, Expect::Frame(f) if f.frame_type() == *ft)),
             "no vector for {ft}"
         );
     }
