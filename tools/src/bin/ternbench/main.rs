@@ -1,0 +1,418 @@
+//! ternbench: drives real `ternd` nodes over the real protocol from outside their process and
+//! reports density, throughput, latency and resync time — the same way every run. Work is
+//! spread over worker processes (each under the 20,000 open-files limit) and over source
+//! addresses 127.0.0.x (past the ephemeral-port limit of one address). Loopback targets only.
+
+mod proto;
+mod worker;
+
+use std::io::{BufRead, BufReader, Write};
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use clap::{Parser, Subcommand};
+use hdrhistogram::serialization::Deserializer;
+use hdrhistogram::Histogram;
+use indicatif::{ProgressBar, ProgressStyle};
+use serde_json::json;
+
+use worker::{hist, Report, Scenario, Spec};
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "ternbench",
+    version,
+    about = "Load tool for tern nodes (loopback only)"
+)]
+struct Cli {
+    /// The node's native address (must be on 127.0.0.0/8 or ::1).
+    #[arg(long, default_value = "127.0.0.1:14000", global = true)]
+    target: SocketAddr,
+    /// The node's data dir: its `dev-secret` is used to mint tokens.
+    #[arg(long, global = true)]
+    data_dir: Option<PathBuf>,
+    /// HS256 secret as configured on the node (instead of --data-dir).
+    #[arg(long, env = "TERN_JWT_SECRET", global = true, hide_env_values = true)]
+    secret: Option<String>,
+    /// Worker processes; each holds at most ~19,000 sockets.
+    #[arg(long, default_value_t = 1, global = true)]
+    workers: usize,
+    /// Source addresses to spread connections over: 127.0.0.2 .. 127.0.0.(1+N).
+    #[arg(long, default_value_t = 16, global = true)]
+    sources: u8,
+    /// Node process id, to read its memory from /proc (idle scenario).
+    #[arg(long, global = true)]
+    node_pid: Option<u32>,
+    /// Hard limit for the whole run, seconds.
+    #[arg(long, default_value_t = 300, global = true)]
+    timeout: u64,
+    /// Print the result as one JSON object.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand, Debug, Clone)]
+enum Cmd {
+    /// Open N authenticated connections and hold them: connect rate and node memory per connection.
+    Idle {
+        #[arg(long, default_value_t = 1000)]
+        conns: usize,
+        /// Seconds to hold them after the last one is up.
+        #[arg(long, default_value_t = 5)]
+        hold: u64,
+    },
+    /// N sender/receiver pairs: delivered messages per second, SEND→SEND_ACK and SEND→PUSH latency.
+    P2p {
+        #[arg(long, default_value_t = 100)]
+        pairs: usize,
+        /// Messages in total over all pairs.
+        #[arg(long, default_value_t = 100_000)]
+        messages: u64,
+        /// Offered rate in messages per second over all pairs; 0 = as fast as the node acknowledges.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Unacknowledged SENDs allowed per sender.
+        #[arg(long, default_value_t = 32)]
+        window: usize,
+        /// Message body size in bytes (at least 16: a timestamp and a sequence).
+        #[arg(long, default_value_t = 100)]
+        body: usize,
+    },
+    /// N clients with offline messages reconnect at once and resync: time until all are synced.
+    Storm {
+        #[arg(long, default_value_t = 1000)]
+        clients: usize,
+        /// Messages waiting in each client's inbox.
+        #[arg(long, default_value_t = 10)]
+        messages: u64,
+    },
+    /// One group conversation with N members: needs group support in the node.
+    Fanout {
+        #[arg(long, default_value_t = 1000)]
+        members: usize,
+    },
+    #[command(hide = true, name = "__worker")]
+    Worker { spec: String },
+}
+
+fn main() -> Result<()> {
+    let cli = Cli::parse();
+    if let Cmd::Worker { spec } = &cli.cmd {
+        let spec: Spec = serde_json::from_str(spec).context("worker spec")?;
+        return worker::run(spec);
+    }
+    if !cli.target.ip().is_loopback() {
+        bail!(
+            "ternbench only targets loopback addresses; {} is not one",
+            cli.target
+        );
+    }
+    let secret = match (&cli.secret, &cli.data_dir) {
+        (Some(s), _) => s.clone().into_bytes(),
+        (None, Some(d)) => std::fs::read_to_string(d.join("dev-secret"))
+            .with_context(|| {
+                format!(
+                    "reading {}/dev-secret (start the node with --dev, or pass --secret)",
+                    d.display()
+                )
+            })?
+            .trim()
+            .as_bytes()
+            .to_vec(),
+        (None, None) => bail!("pass --data-dir of a --dev node or --secret"),
+    };
+    let scenario = match cli.cmd.clone() {
+        Cmd::Idle { conns, hold } => Scenario::Idle { conns, hold_secs: hold },
+        Cmd::P2p { pairs, messages, rate, window, body } => {
+            Scenario::P2p { pairs, messages, rate, window: window.max(1), body: body.max(16) }
+        }
+        Cmd::Storm { clients, messages } => Scenario::Storm { clients, messages },
+        Cmd::Fanout { members } => bail!(
+            "fanout ({members} members) needs group conversations, which this node does not serve yet (GROUP_CREATE is answered with an error)"
+        ),
+        Cmd::Worker { .. } => unreachable!(),
+    };
+    let sources = cli.sources.clamp(1, 250);
+    let workers = cli.workers.max(1);
+    let run_id = format!(
+        "b{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
+    let params = json!({
+        "scenario": format!("{:?}", scenario), "target": cli.target.to_string(), "workers": workers,
+        "sources": format!("127.0.0.2-127.0.0.{}", 1 + sources as u32), "timeout_secs": cli.timeout, "run_id": run_id,
+    });
+    if !cli.json {
+        eprintln!("ternbench {}", params);
+    }
+    let mut children: Vec<(Child, mpsc::Receiver<String>)> = Vec::new();
+    let (total, unit) = match &scenario {
+        Scenario::Idle { conns, .. } => (*conns as u64, "connections"),
+        Scenario::P2p { messages, .. } => (*messages, "messages delivered"),
+        Scenario::Storm { clients, .. } => (*clients as u64, "clients synced"),
+    };
+    let rss_before = cli.node_pid.and_then(rss_kib);
+    let (tx, rx) = mpsc::channel::<(usize, String)>();
+    for index in 0..workers {
+        let spec = Spec {
+            index,
+            workers,
+            target: cli.target,
+            secret_hex: hex::encode(&secret),
+            first_source: 2,
+            sources,
+            timeout_secs: cli.timeout,
+            run_id: run_id.clone(),
+            scenario: scenario.clone(),
+        };
+        let mut child = Command::new(std::env::current_exe()?)
+            .arg("__worker")
+            .arg(serde_json::to_string(&spec)?)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .context("starting a worker")?;
+        let out = child.stdout.take().context("worker stdout")?;
+        let tx = tx.clone();
+        let (_ltx, lrx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines().map_while(Result::ok) {
+                if tx.send((index, line)).is_err() {
+                    break;
+                }
+            }
+            let _ = tx.send((index, "exit".into()));
+        });
+        children.push((child, lrx));
+    }
+    drop(tx);
+    let bar = if cli.json {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(total)
+    };
+    bar.set_style(
+        ProgressStyle::with_template("{spinner} {elapsed_precise} [{bar:40}] {pos}/{len} {msg}")
+            .unwrap_or_else(|_| ProgressStyle::default_bar()),
+    );
+    bar.set_message(unit);
+    let deadline = Instant::now() + Duration::from_secs(cli.timeout + 30);
+    let mut reports: Vec<Report> = Vec::new();
+    let mut ready = 0;
+    let mut exited = 0;
+    let mut rss_held = None;
+    let mut started = None;
+    while exited < workers {
+        let Ok((index, line)) = rx.recv_timeout(Duration::from_millis(500)) else {
+            if Instant::now() > deadline {
+                for (c, _) in &mut children {
+                    let _ = c.kill();
+                }
+                bail!("workers did not finish within the time limit");
+            }
+            continue;
+        };
+        if let Some(n) = line.strip_prefix("progress ") {
+            bar.inc(n.parse().unwrap_or(0));
+        } else if line == "ready" {
+            ready += 1;
+            if ready == workers {
+                // Everyone is set up: measure memory of idle connections, release the storm.
+                rss_held = cli.node_pid.and_then(rss_kib);
+                started = Some(Instant::now());
+                for (c, _) in &mut children {
+                    if let Some(stdin) = c.stdin.as_mut() {
+                        let _ = writeln!(stdin, "go");
+                    }
+                }
+            }
+        } else if let Some(j) = line.strip_prefix("result ") {
+            reports.push(serde_json::from_str(j).context("worker result")?);
+        } else if line == "exit" {
+            exited += 1;
+        } else {
+            bar.println(format!("worker {index}: {line}"));
+        }
+    }
+    let _ = started;
+    bar.finish_and_clear();
+    let mut ok = true;
+    for (c, _) in &mut children {
+        let status = c.wait()?;
+        ok &= status.success();
+    }
+    if reports.len() != workers {
+        bail!(
+            "{} of {workers} workers failed before reporting (see their errors above)",
+            workers - reports.len()
+        );
+    }
+    summarize(&cli, &scenario, params, &reports, rss_before, rss_held, ok)
+}
+
+fn rss_kib(pid: u32) -> Option<u64> {
+    let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
+    line.split_whitespace().nth(1)?.parse().ok()
+}
+
+fn merge(reports: &[Report], pick: fn(&Report) -> &String) -> Histogram<u64> {
+    let mut h = hist();
+    for r in reports {
+        if let Ok(bytes) = hex::decode(pick(r)) {
+            if let Ok(x) = Deserializer::new().deserialize::<u64, _>(&mut &bytes[..]) {
+                h.add(&x).ok();
+            }
+        }
+    }
+    h
+}
+
+fn pcts(h: &Histogram<u64>) -> serde_json::Value {
+    if h.is_empty() {
+        return serde_json::Value::Null;
+    }
+    json!({"count": h.len(), "p50_us": h.value_at_quantile(0.5), "p99_us": h.value_at_quantile(0.99),
+           "p999_us": h.value_at_quantile(0.999), "max_us": h.max()})
+}
+
+fn summarize(
+    cli: &Cli,
+    scenario: &Scenario,
+    params: serde_json::Value,
+    reports: &[Report],
+    rss_before: Option<u64>,
+    rss_held: Option<u64>,
+    workers_ok: bool,
+) -> Result<()> {
+    let sum = |f: fn(&Report) -> u64| reports.iter().map(f).sum::<u64>();
+    let max = |f: fn(&Report) -> f64| reports.iter().map(f).fold(0.0, f64::max);
+    let violations: Vec<&String> = reports.iter().flat_map(|r| &r.violations).collect();
+    let mut result = json!({"parameters": params, "violations": violations});
+    let mut rows: Vec<(String, String)> = Vec::new();
+    match scenario {
+        Scenario::Idle { .. } => {
+            let connected = sum(|r| r.connected);
+            let secs = max(|r| r.connect_secs);
+            let rate = connected as f64 / secs.max(1e-9);
+            result["connected"] = json!(connected);
+            result["failed"] = json!(sum(|r| r.failed));
+            result["connect_secs"] = json!(secs);
+            result["connects_per_sec"] = json!(rate);
+            rows.push(("connections held".into(), connected.to_string()));
+            rows.push(("failed".into(), sum(|r| r.failed).to_string()));
+            rows.push(("connect rate".into(), format!("{rate:.0} /s ({secs:.2} s)")));
+            if let (Some(a), Some(b)) = (rss_before, rss_held) {
+                let per = (b.saturating_sub(a) as f64 * 1024.0) / connected.max(1) as f64;
+                result["node_rss_kib_before"] = json!(a);
+                result["node_rss_kib_held"] = json!(b);
+                result["node_bytes_per_conn"] = json!(per);
+                rows.push(("node RSS".into(), format!("{a} KiB -> {b} KiB")));
+                rows.push((
+                    "node memory per connection".into(),
+                    format!("{per:.0} bytes"),
+                ));
+            } else {
+                rows.push((
+                    "node memory per connection".into(),
+                    "not measured (pass --node-pid)".into(),
+                ));
+            }
+        }
+        Scenario::P2p { .. } => {
+            let delivered = sum(|r| r.delivered);
+            let secs = max(|r| r.elapsed_secs);
+            let rate = delivered as f64 / secs.max(1e-9);
+            let ack = merge(reports, |r| &r.ack_us);
+            let push = merge(reports, |r| &r.push_us);
+            result["sent"] = json!(sum(|r| r.sent));
+            result["acked"] = json!(sum(|r| r.acked));
+            result["delivered"] = json!(delivered);
+            result["elapsed_secs"] = json!(secs);
+            result["delivered_per_sec"] = json!(rate);
+            result["send_to_ack"] = pcts(&ack);
+            result["send_to_push"] = pcts(&push);
+            rows.push((
+                "sent / acked / delivered".into(),
+                format!("{} / {} / {delivered}", sum(|r| r.sent), sum(|r| r.acked)),
+            ));
+            rows.push((
+                "delivered per second".into(),
+                format!("{rate:.0} ({secs:.2} s)"),
+            ));
+            for (name, h) in [("SEND->SEND_ACK", &ack), ("SEND->PUSH", &push)] {
+                if !h.is_empty() {
+                    rows.push((
+                        format!("{name} p50/p99/p999"),
+                        format!(
+                            "{} / {} / {} us",
+                            h.value_at_quantile(0.5),
+                            h.value_at_quantile(0.99),
+                            h.value_at_quantile(0.999)
+                        ),
+                    ));
+                }
+            }
+        }
+        Scenario::Storm { .. } => {
+            let synced = sum(|r| r.connected);
+            let secs = max(|r| r.elapsed_secs);
+            let h = merge(reports, |r| &r.sync_us);
+            result["synced_clients"] = json!(synced);
+            result["failed"] = json!(sum(|r| r.failed));
+            result["messages_resynced"] = json!(sum(|r| r.delivered));
+            result["all_synced_secs"] = json!(secs);
+            result["per_client"] = pcts(&h);
+            rows.push((
+                "clients synced".into(),
+                format!("{synced} (failed {})", sum(|r| r.failed)),
+            ));
+            rows.push(("messages resynced".into(), sum(|r| r.delivered).to_string()));
+            rows.push(("time until all synced".into(), format!("{secs:.3} s")));
+            if !h.is_empty() {
+                rows.push((
+                    "per client p50/p99".into(),
+                    format!(
+                        "{} / {} us",
+                        h.value_at_quantile(0.5),
+                        h.value_at_quantile(0.99)
+                    ),
+                ));
+            }
+        }
+    }
+    let clean = violations.is_empty() && workers_ok;
+    result["ok"] = json!(clean);
+    if cli.json {
+        println!("{result}");
+    } else {
+        println!(
+            "{:<32} {}",
+            "scenario",
+            result["parameters"]["scenario"].as_str().unwrap_or("")
+        );
+        for (k, v) in &rows {
+            println!("{k:<32} {v}");
+        }
+        if violations.is_empty() {
+            println!("{:<32} none", "correctness violations");
+        } else {
+            println!("{:<32} {}", "correctness violations", violations.len());
+            for v in &violations {
+                println!("  - {v}");
+            }
+        }
+    }
+    if !clean {
+        std::process::exit(1);
+    }
+    Ok(())
+}

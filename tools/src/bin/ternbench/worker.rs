@@ -1,0 +1,602 @@
+//! One worker process: runs its slice of a scenario on a single-threaded tokio runtime and
+//! reports to the parent over stdout (`progress N`, `ready`, `result {json}`); `go` on stdin
+//! releases a barrier (the storm starts in every worker at once).
+
+use std::collections::HashMap;
+use std::io::{BufRead, Write};
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use hdrhistogram::serialization::{Serializer, V2Serializer};
+use hdrhistogram::Histogram;
+use serde::{Deserialize, Serialize};
+use tern_protocol::*;
+
+use crate::proto::{login, token};
+
+/// What the parent asks a worker to do.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Spec {
+    pub index: usize,
+    pub workers: usize,
+    pub target: SocketAddr,
+    pub secret_hex: String,
+    /// Source addresses 127.0.0.(first_source .. first_source + sources).
+    pub first_source: u8,
+    pub sources: u8,
+    pub timeout_secs: u64,
+    pub run_id: String,
+    pub scenario: Scenario,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub enum Scenario {
+    Idle {
+        conns: usize,
+        hold_secs: u64,
+    },
+    P2p {
+        pairs: usize,
+        messages: u64,
+        rate: u64,
+        window: usize,
+        body: usize,
+    },
+    Storm {
+        clients: usize,
+        messages: u64,
+    },
+}
+
+/// A worker's findings.
+#[derive(Debug, Default, Serialize, Deserialize)]
+pub struct Report {
+    pub connected: u64,
+    pub failed: u64,
+    pub connect_secs: f64,
+    pub sent: u64,
+    pub acked: u64,
+    pub delivered: u64,
+    pub violations: Vec<String>,
+    pub elapsed_secs: f64,
+    /// hdrhistogram V2, hex: latencies in microseconds.
+    pub ack_us: String,
+    pub push_us: String,
+    pub sync_us: String,
+}
+
+pub fn hist() -> Histogram<u64> {
+    // 1 µs .. 60 s, 3 significant digits; values above are clamped by `saturating_record`.
+    Histogram::new_with_bounds(1, 60_000_000, 3)
+        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+}
+
+pub fn encode_hist(h: &Histogram<u64>) -> String {
+    let mut v = Vec::new();
+    if V2Serializer::new().serialize(h, &mut v).is_err() {
+        return String::new();
+    }
+    hex::encode(v)
+}
+
+fn say(line: &str) {
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{line}");
+    let _ = out.flush();
+}
+
+fn source(spec: &Spec, n: usize) -> IpAddr {
+    IpAddr::V4(Ipv4Addr::new(
+        127,
+        0,
+        0,
+        spec.first_source + (n % spec.sources as usize) as u8,
+    ))
+}
+
+/// The indexes of items `0..total` this worker handles.
+fn slice(spec: &Spec, total: usize) -> std::ops::Range<usize> {
+    let per = total.div_ceil(spec.workers.max(1));
+    let start = (spec.index * per).min(total);
+    start..(start + per).min(total)
+}
+
+pub fn run(spec: Spec) -> Result<()> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let report = rt.block_on(async {
+        let deadline = Duration::from_secs(spec.timeout_secs);
+        match tokio::time::timeout(deadline, scenario(&spec)).await {
+            Ok(r) => r,
+            Err(_) => bail!(
+                "worker {} hit the {}s time limit",
+                spec.index,
+                spec.timeout_secs
+            ),
+        }
+    })?;
+    say(&format!("result {}", serde_json::to_string(&report)?));
+    Ok(())
+}
+
+async fn scenario(spec: &Spec) -> Result<Report> {
+    let secret = hex::decode(&spec.secret_hex).context("secret")?;
+    match spec.scenario.clone() {
+        Scenario::Idle { conns, hold_secs } => idle(spec, &secret, conns, hold_secs).await,
+        Scenario::P2p {
+            pairs,
+            messages,
+            rate,
+            window,
+            body,
+        } => p2p(spec, &secret, pairs, messages, rate, window, body).await,
+        Scenario::Storm { clients, messages } => storm(spec, &secret, clients, messages).await,
+    }
+}
+
+async fn idle(spec: &Spec, secret: &[u8], conns: usize, hold_secs: u64) -> Result<Report> {
+    let mut r = Report::default();
+    let start = Instant::now();
+    let mut held = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    let mut since_progress = 0;
+    for i in slice(spec, conns) {
+        let user = format!("{}-idle-{i}", spec.run_id);
+        let tok = token(secret, &user, "d")?;
+        let (src, target) = (source(spec, i), spec.target);
+        tasks.spawn(async move { login(src, target, &tok, "d", 0).await });
+        // Bound the handshakes in flight so a large run does not flood the accept queue.
+        while tasks.len() >= 256 {
+            if let Some(res) = tasks.join_next().await {
+                account(&mut r, &mut held, res?);
+                since_progress += 1;
+            }
+        }
+        if since_progress >= 100 {
+            say(&format!("progress {since_progress}"));
+            since_progress = 0;
+        }
+    }
+    while let Some(res) = tasks.join_next().await {
+        account(&mut r, &mut held, res?);
+        since_progress += 1;
+    }
+    say(&format!("progress {since_progress}"));
+    r.connect_secs = start.elapsed().as_secs_f64();
+    say("ready");
+    // Hold the connections idle, answering nothing: the node must keep them for its idle
+    // timeout, which is longer than any hold.
+    tokio::time::sleep(Duration::from_secs(hold_secs)).await;
+    r.elapsed_secs = start.elapsed().as_secs_f64();
+    drop(held);
+    Ok(r)
+}
+
+fn account(r: &mut Report, held: &mut Vec<crate::proto::Conn>, res: Result<crate::proto::Conn>) {
+    match res {
+        Ok(c) => {
+            r.connected += 1;
+            held.push(c);
+        }
+        Err(e) => {
+            r.failed += 1;
+            if r.violations.len() < 5 {
+                r.violations.push(format!("connect failed: {e:#}"));
+            }
+        }
+    }
+}
+
+/// Message bodies carry the send time and the per-pair sequence, so that the receiver can
+/// measure latency and check loss, duplication and order without any shared state.
+fn stamp(epoch: Instant, seq: u64, size: usize) -> Vec<u8> {
+    let mut b = Vec::with_capacity(size.max(16));
+    b.extend_from_slice(&(epoch.elapsed().as_nanos() as u64).to_le_bytes());
+    b.extend_from_slice(&seq.to_le_bytes());
+    b.resize(size.max(16), b'x');
+    b
+}
+
+fn unstamp(body: &[u8]) -> Option<(u64, u64)> {
+    let t = u64::from_le_bytes(body.get(0..8)?.try_into().ok()?);
+    let s = u64::from_le_bytes(body.get(8..16)?.try_into().ok()?);
+    Some((t, s))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn p2p(
+    spec: &Spec,
+    secret: &[u8],
+    pairs: usize,
+    messages: u64,
+    rate: u64,
+    window: usize,
+    size: usize,
+) -> Result<Report> {
+    let mine = slice(spec, pairs);
+    let n_mine = mine.len() as u64;
+    let epoch = Instant::now();
+    let mut r = Report::default();
+    // Messages for this worker's pairs, spread evenly.
+    let per_pair: Vec<u64> = mine
+        .clone()
+        .map(|i| messages / pairs as u64 + u64::from((i as u64) < messages % pairs as u64))
+        .collect();
+    let mut senders = Vec::new();
+    let mut receivers = Vec::new();
+    for (k, i) in mine.clone().enumerate() {
+        let s_user = format!("{}-s{i}", spec.run_id);
+        let r_user = format!("{}-r{i}", spec.run_id);
+        let s = login(
+            source(spec, 2 * i),
+            spec.target,
+            &token(secret, &s_user, "d")?,
+            "d",
+            0,
+        )
+        .await?;
+        let rc = login(
+            source(spec, 2 * i + 1),
+            spec.target,
+            &token(secret, &r_user, "d")?,
+            "d",
+            0,
+        )
+        .await?;
+        senders.push((s, r_user, per_pair[k]));
+        receivers.push((rc, s_user, per_pair[k]));
+        r.connected += 2;
+    }
+    say("ready");
+    let delivered = Arc::new(AtomicU64::new(0));
+    let per_sender_rate = if rate == 0 || n_mine == 0 {
+        0
+    } else {
+        (rate / spec.workers as u64).div_ceil(n_mine).max(1)
+    };
+
+    let mut recv_tasks = tokio::task::JoinSet::new();
+    for (mut c, from, expect) in receivers {
+        let delivered = Arc::clone(&delivered);
+        recv_tasks.spawn(async move {
+            let mut h = hist();
+            let mut next = 0u64;
+            let mut violations = Vec::new();
+            let mut got = 0u64;
+            let mut unacked = 0u32;
+            let mut last_inbox = 0u64;
+            while got < expect {
+                let Some(f) = c.reader.next().await? else {
+                    violations.push(format!(
+                        "receiver of {from}: connection closed after {got}/{expect}"
+                    ));
+                    break;
+                };
+                let Body::Push(m) = f.body else { continue };
+                if m.sender != from.as_str() {
+                    continue;
+                }
+                match unstamp(&m.body) {
+                    Some((t, seq)) => {
+                        let now = epoch.elapsed().as_nanos() as u64;
+                        h.saturating_record(now.saturating_sub(t) / 1000);
+                        if seq != next && violations.len() < 5 {
+                            violations.push(format!(
+                                "from {from}: expected #{next}, got #{seq} ({})",
+                                if seq < next {
+                                    "duplicate or reordered"
+                                } else {
+                                    "lost"
+                                }
+                            ));
+                        }
+                        next = seq + 1;
+                    }
+                    None => violations.push(format!("from {from}: body without stamp")),
+                }
+                got += 1;
+                delivered.fetch_add(1, Ordering::Relaxed);
+                last_inbox = m.inbox_seq;
+                unacked += 1;
+                if unacked >= 64 {
+                    c.writer
+                        .send(&Frame::new(
+                            0,
+                            Body::PushAck(PushAck {
+                                inbox_seq: last_inbox,
+                            }),
+                        ))
+                        .await?;
+                    unacked = 0;
+                }
+            }
+            if unacked > 0 {
+                c.writer
+                    .send(&Frame::new(
+                        0,
+                        Body::PushAck(PushAck {
+                            inbox_seq: last_inbox,
+                        }),
+                    ))
+                    .await?;
+            }
+            anyhow::Ok((got, h, violations))
+        });
+    }
+
+    let mut send_tasks = tokio::task::JoinSet::new();
+    for (mut c, to, count) in senders {
+        send_tasks.spawn(async move {
+            let mut h = hist();
+            let mut pending: HashMap<u32, Instant> = HashMap::new();
+            let mut violations = Vec::new();
+            let (mut sent, mut acked) = (0u64, 0u64);
+            let gap = if per_sender_rate > 0 {
+                Some(Duration::from_nanos(1_000_000_000 / per_sender_rate))
+            } else {
+                None
+            };
+            let mut next_at = Instant::now();
+            while acked < count {
+                while sent < count
+                    && pending.len() < window
+                    && gap.is_none_or(|_| Instant::now() >= next_at)
+                {
+                    let rid = sent as u32 + 2;
+                    let mut id = [0u8; 16];
+                    id[..8].copy_from_slice(&sent.to_le_bytes());
+                    id[8..].copy_from_slice(&(rid as u64 ^ 0x5a5a).to_le_bytes());
+                    let f = Frame::new(
+                        rid,
+                        Body::Send(Send {
+                            to: Conv::direct(to.as_str()),
+                            msg_id: MsgId(id),
+                            kind: MessageKind::CUSTOM,
+                            body: stamp(epoch, sent, size).into(),
+                        }),
+                    );
+                    c.writer.queue(&f)?;
+                    pending.insert(rid, Instant::now());
+                    sent += 1;
+                    if let Some(g) = gap {
+                        next_at += g;
+                    }
+                }
+                c.writer.flush().await?;
+                let wait = if sent < count && gap.is_some() && pending.len() < window {
+                    next_at.saturating_duration_since(Instant::now())
+                } else {
+                    Duration::from_secs(30)
+                };
+                let f = match tokio::time::timeout(wait, c.reader.next()).await {
+                    Err(_) if wait < Duration::from_secs(30) => continue,
+                    Err(_) => bail!("no SEND_ACK for 30 s"),
+                    Ok(f) => f?,
+                };
+                let Some(f) = f else {
+                    violations.push(format!(
+                        "sender to {to}: connection closed after {acked}/{count} acks"
+                    ));
+                    break;
+                };
+                match f.body {
+                    Body::SendAck(_) => {
+                        if let Some(t) = pending.remove(&f.request_id) {
+                            h.saturating_record(t.elapsed().as_micros() as u64);
+                            acked += 1;
+                        }
+                    }
+                    Body::Error(e) => {
+                        if violations.len() < 5 {
+                            violations
+                                .push(format!("sender to {to}: ERROR {} {}", e.code, e.message));
+                        }
+                        // Any refusal (OVERLOADED included) ends this sender: the report
+                        // must show it rather than hide it behind retries.
+                        break;
+                    }
+                    _ => {}
+                }
+            }
+            anyhow::Ok((sent, acked, h, violations))
+        });
+    }
+
+    // Progress while the run goes on.
+    let progress = {
+        let delivered = Arc::clone(&delivered);
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let d = delivered.load(Ordering::Relaxed);
+                if d > last {
+                    say(&format!("progress {}", d - last));
+                    last = d;
+                }
+            }
+        })
+    };
+    let start = Instant::now();
+    let mut ack_h = hist();
+    let mut push_h = hist();
+    while let Some(res) = send_tasks.join_next().await {
+        let (sent, acked, h, v) = res??;
+        r.sent += sent;
+        r.acked += acked;
+        ack_h.add(&h).ok();
+        r.violations.extend(v);
+    }
+    while let Some(res) = recv_tasks.join_next().await {
+        let (got, h, v) = res??;
+        r.delivered += got;
+        push_h.add(&h).ok();
+        r.violations.extend(v);
+    }
+    progress.abort();
+    r.elapsed_secs = start.elapsed().as_secs_f64();
+    if r.delivered != r.sent {
+        r.violations
+            .push(format!("sent {} but delivered {}", r.sent, r.delivered));
+    }
+    r.ack_us = encode_hist(&ack_h);
+    r.push_us = encode_hist(&push_h);
+    Ok(r)
+}
+
+async fn storm(spec: &Spec, secret: &[u8], clients: usize, messages: u64) -> Result<Report> {
+    let mine = slice(spec, clients);
+    let mut r = Report::default();
+    // Seed: each client connects once (so the device exists), leaves, then a sender fills its
+    // inbox while it is offline.
+    let sender_user = format!("{}-storm-sender-{}", spec.run_id, spec.index);
+    let mut sender = login(
+        source(spec, 0),
+        spec.target,
+        &token(secret, &sender_user, "d")?,
+        "d",
+        0,
+    )
+    .await?;
+    let mut rid = 2u32;
+    for i in mine.clone() {
+        let user = format!("{}-storm-{i}", spec.run_id);
+        drop(
+            login(
+                source(spec, i),
+                spec.target,
+                &token(secret, &user, "d")?,
+                "d",
+                0,
+            )
+            .await?,
+        );
+        for k in 0..messages {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&(i as u64).to_le_bytes());
+            id[8..].copy_from_slice(&k.to_le_bytes());
+            sender.writer.queue(&Frame::new(
+                rid,
+                Body::Send(Send {
+                    to: Conv::direct(user.as_str()),
+                    msg_id: MsgId(id),
+                    kind: MessageKind::CUSTOM,
+                    body: k.to_le_bytes().to_vec().into(),
+                }),
+            ))?;
+            rid += 1;
+        }
+        sender.writer.flush().await?;
+    }
+    let mut acks = 0u64;
+    let want = mine.len() as u64 * messages;
+    while acks < want {
+        match sender.reader.next().await? {
+            Some(Frame {
+                body: Body::SendAck(_),
+                ..
+            }) => {
+                acks += 1;
+                r.sent += 1;
+            }
+            Some(Frame {
+                body: Body::Error(e),
+                ..
+            }) => bail!("seeding the storm: ERROR {} {}", e.code, e.message),
+            Some(_) => {}
+            None => bail!("seeding the storm: sender disconnected"),
+        }
+    }
+    say("ready");
+    // Barrier: wait for the parent's `go`, so every worker's clients hit the node together.
+    tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+    })
+    .await?;
+    let start = Instant::now();
+    let mut tasks = tokio::task::JoinSet::new();
+    for i in mine.clone() {
+        let user = format!("{}-storm-{i}", spec.run_id);
+        let tok = token(secret, &user, "d")?;
+        let (src, target) = (source(spec, i), spec.target);
+        let from = sender_user.clone();
+        tasks.spawn(async move {
+            let t0 = Instant::now();
+            let mut c = login(src, target, &tok, "d", 0).await?;
+            let mut after = 0u64;
+            let mut seen = Vec::new();
+            loop {
+                c.writer
+                    .send(&Frame::new(
+                        7,
+                        Body::Sync(Sync {
+                            after_inbox_seq: after,
+                            limit: 0,
+                        }),
+                    ))
+                    .await?;
+                let page = loop {
+                    match c.reader.next().await? {
+                        Some(Frame {
+                            body: Body::SyncPage(p),
+                            ..
+                        }) => break p,
+                        Some(Frame {
+                            body: Body::Error(e),
+                            ..
+                        }) => bail!("SYNC refused: {} {}", e.code, e.message),
+                        Some(_) => continue,
+                        None => bail!("closed during SYNC"),
+                    }
+                };
+                for m in &page.messages {
+                    after = after.max(m.inbox_seq);
+                    if m.sender == from.as_str() {
+                        let k = m
+                            .body
+                            .get(..8)
+                            .and_then(|b| b.try_into().ok())
+                            .map(u64::from_le_bytes);
+                        seen.push(k.unwrap_or(u64::MAX));
+                    }
+                }
+                if !page.more {
+                    break;
+                }
+            }
+            anyhow::Ok((t0.elapsed(), seen))
+        });
+    }
+    let mut h = hist();
+    while let Some(res) = tasks.join_next().await {
+        match res? {
+            Ok((t, seen)) => {
+                r.connected += 1;
+                h.saturating_record(t.as_micros() as u64);
+                let expect: Vec<u64> = (0..messages).collect();
+                if seen != expect && r.violations.len() < 5 {
+                    r.violations.push(format!(
+                        "a client synced {} messages, expected {messages} in order",
+                        seen.len()
+                    ));
+                }
+                r.delivered += seen.len() as u64;
+                say("progress 1");
+            }
+            Err(e) => {
+                r.failed += 1;
+                if r.violations.len() < 5 {
+                    r.violations.push(format!("storm client: {e:#}"));
+                }
+            }
+        }
+    }
+    r.elapsed_secs = start.elapsed().as_secs_f64();
+    r.sync_us = encode_hist(&h);
+    Ok(r)
+}
