@@ -30,6 +30,10 @@ struct Cli {
     /// Show only matching frames: type=SEND,PUSH | user=ID | conv=ID | conn=N (repeatable; all must match).
     #[arg(long, global = true, value_parser = Filter::parse)]
     filter: Vec<Filter>,
+    /// Largest body accepted before a HELLO or WELCOME announces another limit (the spec's
+    /// initial limit is 65536).
+    #[arg(long, global = true, default_value_t = tern_protocol::DEFAULT_MAX_BODY)]
+    max_body: u32,
     /// Do not print the summary at the end.
     #[arg(long, global = true)]
     no_summary: bool,
@@ -72,15 +76,18 @@ enum Cmd {
 fn main() -> Result<()> {
     let cli = Cli::parse();
     let printer = Printer::new(cli.json, cli.filter);
+    let max_body = cli.max_body.min(tern_protocol::ABS_MAX_BODY);
     let summary = !cli.no_summary;
     let errors = match cli.cmd {
-        Cmd::Decode { files, hex, raw } => decode_files(files, hex, raw, printer, summary)?,
-        Cmd::Pcap { file } => decode_pcap(&file, printer, summary)?,
+        Cmd::Decode { files, hex, raw } => {
+            decode_files(files, hex, raw, max_body, printer, summary)?
+        }
+        Cmd::Pcap { file } => decode_pcap(&file, max_body, printer, summary)?,
         Cmd::Proxy {
             listen,
             upstream,
             max_conns,
-        } => proxy(listen, upstream, max_conns, printer, summary)?,
+        } => proxy(listen, upstream, max_conns, max_body, printer, summary)?,
     };
     // Exit status 1 when anything failed to decode, so scripts can check captures.
     std::process::exit(if errors > 0 { 1 } else { 0 });
@@ -113,6 +120,7 @@ fn decode_files(
     files: Vec<PathBuf>,
     hex: bool,
     raw: bool,
+    max_body: u32,
     mut p: Printer,
     summary: bool,
 ) -> Result<u64> {
@@ -137,7 +145,7 @@ fn decode_files(
             conn: i + 1,
             dir: "c>s",
         };
-        let mut d = StreamDecoder::new(false);
+        let mut d = StreamDecoder::new(false, max_body);
         let mut res = Ok(());
         d.feed(&bytes, &mut |item| {
             if res.is_ok() {
@@ -158,7 +166,7 @@ fn decode_files(
     Ok(p.error_count())
 }
 
-fn decode_pcap(file: &PathBuf, mut p: Printer, summary: bool) -> Result<u64> {
+fn decode_pcap(file: &PathBuf, max_body: u32, mut p: Printer, summary: bool) -> Result<u64> {
     let data = read_input(file)?;
     let segments = pcap::read_segments(&data[..])?;
     pcap::ensure_tcp(&segments)?;
@@ -177,7 +185,7 @@ fn decode_pcap(file: &PathBuf, mut p: Printer, summary: bool) -> Result<u64> {
         };
         let (re, dec) = dirs.entry((conn, from_client)).or_default();
         for delivery in re.push(s.seq, s.syn, &s.payload) {
-            let d = dec.get_or_insert_with(|| StreamDecoder::new(re.midstream));
+            let d = dec.get_or_insert_with(|| StreamDecoder::new(re.midstream, max_body));
             match delivery {
                 pcap::Delivery::Bytes(b) => d.feed(&b, &mut |item| {
                     if res.is_ok() {
@@ -200,7 +208,7 @@ fn decode_pcap(file: &PathBuf, mut p: Printer, summary: bool) -> Result<u64> {
             dir: if key.1 { "c>s" } else { "s>c" },
         };
         for delivery in re.flush() {
-            let d = dec.get_or_insert_with(|| StreamDecoder::new(true));
+            let d = dec.get_or_insert_with(|| StreamDecoder::new(true, max_body));
             match delivery {
                 pcap::Delivery::Bytes(b) => d.feed(&b, &mut |item| {
                     if res.is_ok() {
@@ -235,6 +243,7 @@ fn proxy(
     listen: SocketAddr,
     upstream: SocketAddr,
     max_conns: Option<usize>,
+    max_body: u32,
     p: Printer,
     summary: bool,
 ) -> Result<u64> {
@@ -256,7 +265,7 @@ fn proxy(
         ] {
             let printer = Arc::clone(&printer);
             handles.push(std::thread::spawn(move || {
-                pump(from, to, conn, dir, &printer)
+                pump(from, to, conn, dir, max_body, &printer)
             }));
         }
         if max_conns.is_some_and(|m| conn >= m) {
@@ -282,9 +291,10 @@ fn pump(
     mut to: TcpStream,
     conn: usize,
     dir: &'static str,
+    max_body: u32,
     printer: &Mutex<Printer>,
 ) {
-    let mut d = StreamDecoder::new(false);
+    let mut d = StreamDecoder::new(false, max_body);
     let mut buf = vec![0u8; 64 * 1024];
     fn print(printer: &Mutex<Printer>, origin: &Origin, item: stream::Item<'_>) {
         if let Ok(mut p) = printer.lock() {

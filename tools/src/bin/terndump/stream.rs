@@ -2,7 +2,9 @@
 //! byte offsets and spec codes, and resynchronisation on the frame magic after garbage or when a
 //! capture starts in the middle of a connection.
 
-use tern_protocol::{decode_raw, DecodeError, ErrorCode, RawFrame, ABS_MAX_BODY, MAGIC, VERSION};
+use tern_protocol::{
+    decode_raw, Body, DecodeError, ErrorCode, RawFrame, ABS_MAX_BODY, MAGIC, VERSION,
+};
 
 /// One thing found in a stream.
 #[derive(Debug)]
@@ -31,17 +33,17 @@ pub struct StreamDecoder {
     base: u64,
     /// Looking for a frame start (after an error, or a capture joined mid-stream).
     hunting: bool,
-    max_body: u32,
+    /// Body limit in force: the spec's 65,536 until a HELLO or WELCOME announces another.
+    pub max_body: u32,
 }
 
 impl StreamDecoder {
-    pub fn new(midstream: bool) -> Self {
+    pub fn new(midstream: bool, max_body: u32) -> Self {
         StreamDecoder {
             buf: Vec::new(),
             base: 0,
             hunting: midstream,
-            // The dump tool does not know what the peers negotiated; it accepts any legal size.
-            max_body: ABS_MAX_BODY,
+            max_body,
         }
     }
 
@@ -82,10 +84,25 @@ impl StreamDecoder {
                 Ok(None) => break,
                 Ok(Some(raw)) => {
                     let len = raw.header.frame_len();
+                    let parsed = raw.parse();
+                    // Follow the negotiation (SPEC.md "Frame size"): the limits announced in
+                    // HELLO and WELCOME apply to the rest of the connection. The dump tool
+                    // takes the larger, as it cannot know which side enforces which.
+                    if let Ok(f) = &parsed {
+                        match &f.body {
+                            Body::Hello(h) => {
+                                self.max_body = self.max_body.max(h.max_frame.min(ABS_MAX_BODY))
+                            }
+                            Body::Welcome(w) => {
+                                self.max_body = self.max_body.max(w.max_frame.min(ABS_MAX_BODY))
+                            }
+                            _ => {}
+                        }
+                    }
                     out(Item::Frame {
                         offset,
                         raw,
-                        parsed: raw.parse(),
+                        parsed,
                     });
                     pos += len;
                 }
@@ -195,9 +212,9 @@ mod tests {
     #[test]
     fn byte_by_byte_equals_all_at_once() {
         let b = frames();
-        let whole = run(&mut StreamDecoder::new(false), &[&b]);
+        let whole = run(&mut StreamDecoder::new(false, ABS_MAX_BODY), &[&b]);
         let singles: Vec<&[u8]> = b.chunks(1).collect();
-        let split = run(&mut StreamDecoder::new(false), &singles);
+        let split = run(&mut StreamDecoder::new(false, ABS_MAX_BODY), &singles);
         assert_eq!(whole, split);
         assert_eq!(whole.0.len(), 10);
         assert!(whole.1.is_empty());
@@ -207,7 +224,7 @@ mod tests {
     fn midstream_start_resynchronises_on_magic() {
         let b = frames();
         // Join 7 bytes into the first frame, as a capture that missed the start would.
-        let (ok, errs, resyncs) = run(&mut StreamDecoder::new(true), &[&b[7..]]);
+        let (ok, errs, resyncs) = run(&mut StreamDecoder::new(true, ABS_MAX_BODY), &[&b[7..]]);
         assert_eq!(resyncs, 1);
         assert!(errs.is_empty(), "{errs:?}");
         assert_eq!(ok.len(), 9);
@@ -217,7 +234,7 @@ mod tests {
     fn corrupt_frame_is_reported_and_decoding_continues() {
         let mut b = frames();
         b[20] ^= 0xff; // inside the first SEND's body
-        let (ok, errs, _) = run(&mut StreamDecoder::new(false), &[&b]);
+        let (ok, errs, _) = run(&mut StreamDecoder::new(false, ABS_MAX_BODY), &[&b]);
         assert_eq!(errs, vec![ErrorCode::BAD_CRC]);
         assert_eq!(ok.len(), 9);
     }
