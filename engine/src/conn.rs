@@ -24,6 +24,8 @@ pub enum Trigger {
     HelloBadToken,
     HelloExpiredToken,
     HelloOtherNode,
+    /// HELLO asks for a protocol revision this node does not speak.
+    HelloUnsupportedProtocol,
     UnexpectedFrame,
     HandshakeTimeout,
     Request,
@@ -34,6 +36,8 @@ pub enum Trigger {
     Replaced,
     DecodeError,
     PeerClose,
+    /// The node is stopping (storage closed, process shutting down).
+    ShuttingDown,
 }
 
 /// What the node sends as it takes a transition.
@@ -81,23 +85,86 @@ use Trigger as T;
 //# Every transition of a server-side connection; anything not listed cannot happen.
 pub const TRANSITIONS: &[Transition] = &[
     t(AwaitingHello, T::HelloAccepted, Open, E::Welcome),
-    t(AwaitingHello, T::HelloBadToken, Closed, E::Error(ErrorCode::AUTH_INVALID)),
-    t(AwaitingHello, T::HelloExpiredToken, Closed, E::Error(ErrorCode::AUTH_EXPIRED)),
+    t(
+        AwaitingHello,
+        T::HelloBadToken,
+        Closed,
+        E::Error(ErrorCode::AUTH_INVALID),
+    ),
+    t(
+        AwaitingHello,
+        T::HelloExpiredToken,
+        Closed,
+        E::Error(ErrorCode::AUTH_EXPIRED),
+    ),
     t(AwaitingHello, T::HelloOtherNode, Closed, E::Redirect),
-    t(AwaitingHello, T::UnexpectedFrame, Closed, E::Error(ErrorCode::UNEXPECTED_FRAME)),
-    t(AwaitingHello, T::HandshakeTimeout, Closed, E::Error(ErrorCode::HANDSHAKE_TIMEOUT)),
+    t(
+        AwaitingHello,
+        T::HelloUnsupportedProtocol,
+        Closed,
+        E::Error(ErrorCode::UNSUPPORTED_VERSION),
+    ),
+    t(
+        AwaitingHello,
+        T::UnexpectedFrame,
+        Closed,
+        E::Error(ErrorCode::UNEXPECTED_FRAME),
+    ),
+    t(
+        AwaitingHello,
+        T::HandshakeTimeout,
+        Closed,
+        E::Error(ErrorCode::HANDSHAKE_TIMEOUT),
+    ),
     t(AwaitingHello, T::DecodeError, Closed, E::DecodeErrorCode),
-    t(AwaitingHello, T::Drain, Closed, E::Close(CloseReason::DRAIN)),
+    t(
+        AwaitingHello,
+        T::Drain,
+        Closed,
+        E::Close(CloseReason::DRAIN),
+    ),
     t(AwaitingHello, T::PeerClose, Closed, E::Nothing),
+    t(
+        AwaitingHello,
+        T::ShuttingDown,
+        Closed,
+        E::Error(ErrorCode::SHUTTING_DOWN),
+    ),
     t(Open, T::Request, Open, E::Respond),
-    t(Open, T::UnexpectedFrame, Closed, E::Error(ErrorCode::UNEXPECTED_FRAME)),
-    t(Open, T::IdleTimeout, Closed, E::Close(CloseReason::IDLE_TIMEOUT)),
-    t(Open, T::TokenExpired, Closed, E::Close(CloseReason::AUTH_EXPIRED)),
-    t(Open, T::OutboundFull, Closed, E::Close(CloseReason::SLOW_CONSUMER)),
+    t(
+        Open,
+        T::UnexpectedFrame,
+        Closed,
+        E::Error(ErrorCode::UNEXPECTED_FRAME),
+    ),
+    t(
+        Open,
+        T::IdleTimeout,
+        Closed,
+        E::Close(CloseReason::IDLE_TIMEOUT),
+    ),
+    t(
+        Open,
+        T::TokenExpired,
+        Closed,
+        E::Close(CloseReason::AUTH_EXPIRED),
+    ),
+    t(
+        Open,
+        T::OutboundFull,
+        Closed,
+        E::Close(CloseReason::SLOW_CONSUMER),
+    ),
     t(Open, T::Drain, Closed, E::Close(CloseReason::DRAIN)),
     t(Open, T::Replaced, Closed, E::Close(CloseReason::REPLACED)),
     t(Open, T::DecodeError, Closed, E::DecodeErrorCode),
     t(Open, T::PeerClose, Closed, E::Nothing),
+    t(
+        Open,
+        T::ShuttingDown,
+        Closed,
+        E::Error(ErrorCode::SHUTTING_DOWN),
+    ),
 ];
 
 /// The row for `trigger` in `from`, if the table has one.
@@ -182,6 +249,11 @@ impl Conn {
 
     pub fn state(&self) -> State {
         self.state
+    }
+
+    /// Token expiry armed by [`Conn::accept`], ms since the epoch (0: none).
+    pub fn token_expiry_ms(&self) -> u64 {
+        self.token_expiry_ms
     }
 
     /// Applies a trigger; returns the transition taken, or `None` if the table has no row (the
@@ -293,10 +365,7 @@ mod tests {
 
     #[test]
     fn frames_classify_by_state() {
-        assert_eq!(
-            classify(AwaitingHello, FrameType::HELLO),
-            T::HelloAccepted
-        );
+        assert_eq!(classify(AwaitingHello, FrameType::HELLO), T::HelloAccepted);
         assert_eq!(classify(AwaitingHello, FrameType::SEND), T::UnexpectedFrame);
         assert_eq!(classify(Open, FrameType::HELLO), T::UnexpectedFrame);
         assert_eq!(classify(Open, FrameType::SEND), T::Request);

@@ -1,5 +1,15 @@
-//! tern's node engine. The pure core — the connection state machine, and later the session and
-//! timeline logic — takes inputs and `now` and returns outputs; the monoio runtime, sockets and
-//! storage threads are thin adapters around it, so the core runs deterministically in tests.
+//! tern's node engine. The pure core — the connection state machine ([`conn`]), the per-request
+//! session rules ([`session`]), slot ownership ([`slots`]) and token checks ([`auth`]) — takes
+//! inputs and `now` and returns outputs; the monoio runtime ([`server`]), the admin HTTP endpoint
+//! ([`admin`]) and the storage threads are thin adapters around it, so the core runs
+//! deterministically in tests.
 
+pub mod admin;
+pub mod auth;
+pub mod config;
 pub mod conn;
+pub mod metrics;
+pub mod pool;
+pub mod server;
+pub mod session;
+pub mod slots;

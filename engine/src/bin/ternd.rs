@@ -1,0 +1,57 @@
+//! `ternd`: the tern edge node. With no arguments it serves on the embedded defaults (data in
+//! ./tern-data, native protocol on 127.0.0.1:14000, admin on 127.0.0.1:9100); `ternd token`
+//! mints a token with the node's configured or dev secret.
+
+use anyhow::{bail, Context as _};
+use clap::Parser;
+use tern_engine::auth::mint_hs256;
+use tern_engine::config::{AuthKey, Cli, Command, Settings};
+use tern_engine::server;
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Some(Command::Token { user, device, ttl }) => {
+            let settings = Settings::resolve(&cli.node, false)?;
+            let AuthKey::Secret { secret, .. } = &settings.auth else {
+                bail!("this node verifies tokens with a public key; mint them with the private key's owner");
+            };
+            let now = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .context("system clock before 1970")?
+                .as_secs();
+            println!(
+                "{}",
+                mint_hs256(secret, &user, device.as_deref(), ttl, now)?
+            );
+            Ok(())
+        }
+        None => {
+            tracing_subscriber::fmt()
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .with_writer(std::io::stderr)
+                .init();
+            let settings = Settings::resolve(&cli.node, true)?;
+            let node = server::start(&settings)?;
+            println!("ternd: native protocol on {}", node.native);
+            println!("ternd: admin/metrics on http://{}/metrics", node.admin);
+            println!(
+                "ternd: data in {} ({} cores)",
+                settings.data_dir.display(),
+                settings.cores
+            );
+            if let AuthKey::Secret { dev: true, .. } = settings.auth {
+                println!(
+                    "ternd: dev mode (secret in {}); mint a token with:\n  ternd token --data-dir {} --user alice --device phone",
+                    settings.data_dir.join(tern_engine::config::DEV_SECRET_FILE).display(),
+                    settings.data_dir.display()
+                );
+            }
+            node.wait();
+            Ok(())
+        }
+    }
+}

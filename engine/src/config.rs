@@ -1,0 +1,342 @@
+//! Node settings: embedded defaults, overridden by a TOML file (`--config`), overridden by
+//! environment variables (`TERN_*`) and command-line flags (clap reads both, flags first).
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context as _};
+use clap::{Args, Parser, Subcommand};
+use serde::Deserialize;
+
+use crate::conn::Timers;
+
+/// `ternd`: the tern edge node.
+#[derive(Debug, Parser)]
+#[command(name = "ternd", version, about = "tern instant-messaging edge node")]
+pub struct Cli {
+    #[command(flatten)]
+    pub node: NodeArgs,
+    #[command(subcommand)]
+    pub command: Option<Command>,
+}
+
+/// Flags shared by the node and its subcommands.
+#[derive(Debug, Args, Default, Clone)]
+pub struct NodeArgs {
+    /// TOML configuration file.
+    #[arg(long, env = "TERN_CONFIG", global = true)]
+    pub config: Option<PathBuf>,
+    /// Data directory (database, dev secret, ports.json). Default ./tern-data.
+    #[arg(long, env = "TERN_DATA_DIR", global = true)]
+    pub data_dir: Option<PathBuf>,
+    /// Native protocol listen address (port 0 picks a free port). Default 127.0.0.1:14000.
+    #[arg(long, env = "TERN_NATIVE", global = true)]
+    pub native: Option<SocketAddr>,
+    /// Admin/metrics HTTP listen address. Default 127.0.0.1:9100.
+    #[arg(long, env = "TERN_ADMIN", global = true)]
+    pub admin: Option<SocketAddr>,
+    /// io cores (one monoio runtime each). Default: all CPUs.
+    #[arg(long, env = "TERN_CORES", global = true)]
+    pub cores: Option<usize>,
+    /// Development mode: a random HS256 secret is created in the data dir and tokens can be
+    /// minted with `ternd token`.
+    #[arg(long, env = "TERN_DEV", global = true)]
+    pub dev: bool,
+    /// HS256 secret for tokens.
+    #[arg(long, env = "TERN_JWT_SECRET", global = true, hide_env_values = true)]
+    pub jwt_secret: Option<String>,
+    /// PEM file with the public key verifying tokens (with --jwt-algorithm EdDSA or RS256).
+    #[arg(long, env = "TERN_JWT_PUBLIC_KEY", global = true)]
+    pub jwt_public_key: Option<PathBuf>,
+    /// Token algorithm: HS256 (default), EdDSA or RS256.
+    #[arg(long, env = "TERN_JWT_ALGORITHM", global = true)]
+    pub jwt_algorithm: Option<String>,
+    /// Node identity, recorded in the database on first start.
+    #[arg(long, env = "TERN_NODE_ID", global = true)]
+    pub node_id: Option<String>,
+}
+
+/// Subcommands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Mint an HS256 token with the node's configured (or dev) secret.
+    Token {
+        /// User id (`sub`).
+        #[arg(long)]
+        user: String,
+        /// Device id the token is bound to (`dev` claim); omitted: any device.
+        #[arg(long)]
+        device: Option<String>,
+        /// Lifetime in seconds.
+        #[arg(long, default_value_t = 86_400)]
+        ttl: u64,
+    },
+}
+
+/// The TOML file. Every field optional; unknown fields are an error so typos do not pass.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    pub data_dir: Option<PathBuf>,
+    pub native: Option<SocketAddr>,
+    pub admin: Option<SocketAddr>,
+    pub cores: Option<usize>,
+    pub dev: Option<bool>,
+    pub node_id: Option<String>,
+    #[serde(default)]
+    pub auth: AuthFile,
+    #[serde(default)]
+    pub timers: TimersFile,
+    #[serde(default)]
+    pub limits: LimitsFile,
+}
+
+/// `[auth]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AuthFile {
+    pub secret: Option<String>,
+    pub public_key_file: Option<PathBuf>,
+    pub algorithm: Option<String>,
+}
+
+/// `[timers]`, in seconds.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TimersFile {
+    pub handshake_secs: Option<u64>,
+    pub heartbeat_secs: Option<u64>,
+    pub idle_secs: Option<u64>,
+}
+
+/// `[limits]`.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LimitsFile {
+    /// Frames queued to one connection before it is closed as a slow consumer.
+    pub outbound_queue: Option<usize>,
+    /// Largest frame body the node accepts (advertised in WELCOME).
+    pub max_frame: Option<u32>,
+    /// Storage write requests waiting before SENDs get OVERLOADED.
+    pub storage_write_queue: Option<usize>,
+    /// Storage read requests waiting before reads get OVERLOADED.
+    pub storage_read_queue: Option<usize>,
+}
+
+/// How tokens are verified.
+#[derive(Clone, PartialEq, Eq)]
+pub enum AuthKey {
+    /// HS256 secret; `dev` when it is the generated dev secret.
+    Secret { secret: Vec<u8>, dev: bool },
+    /// Public key file for EdDSA or RS256.
+    PublicKey { algorithm: String, pem: Vec<u8> },
+}
+
+impl std::fmt::Debug for AuthKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthKey::Secret { dev, .. } => write!(f, "Secret {{ dev: {dev}, .. }}"),
+            AuthKey::PublicKey { algorithm, .. } => write!(f, "PublicKey {{ {algorithm} }}"),
+        }
+    }
+}
+
+/// Resolved settings.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub data_dir: PathBuf,
+    pub native: SocketAddr,
+    pub admin: SocketAddr,
+    pub cores: usize,
+    pub dev: bool,
+    pub node_id: String,
+    pub auth: AuthKey,
+    pub timers: Timers,
+    pub outbound_queue: usize,
+    pub max_frame: u32,
+    pub storage_write_queue: usize,
+    pub storage_read_queue: usize,
+}
+
+/// Name of the generated dev secret in the data dir.
+pub const DEV_SECRET_FILE: &str = "dev-secret";
+
+/// Reads (or creates, when `create`) the dev secret of a data dir: 32 random bytes, hex.
+pub fn dev_secret(data_dir: &Path, create: bool) -> anyhow::Result<Option<Vec<u8>>> {
+    let path = data_dir.join(DEV_SECRET_FILE);
+    match std::fs::read_to_string(&path) {
+        Ok(s) => Ok(Some(s.trim().as_bytes().to_vec())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && create => {
+            std::fs::create_dir_all(data_dir)
+                .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+            let bytes: [u8; 32] = rand::random();
+            let secret = hex::encode(bytes);
+            std::fs::write(&path, &secret)
+                .with_context(|| format!("writing {}", path.display()))?;
+            Ok(Some(secret.into_bytes()))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(e).with_context(|| format!("reading {}", path.display())),
+    }
+}
+
+impl Settings {
+    /// Resolves settings: flags/env over the TOML file over defaults. `create_dev_secret`
+    /// allows generating the dev secret (the node does; `ternd token` only reads it).
+    pub fn resolve(args: &NodeArgs, create_dev_secret: bool) -> anyhow::Result<Settings> {
+        let file = match &args.config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("reading config {}", path.display()))?;
+                toml::from_str::<FileConfig>(&text)
+                    .with_context(|| format!("parsing config {}", path.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let data_dir = args
+            .data_dir
+            .clone()
+            .or(file.data_dir)
+            .unwrap_or_else(|| PathBuf::from("./tern-data"));
+        let native = args
+            .native
+            .or(file.native)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 14000)));
+        let admin = args
+            .admin
+            .or(file.admin)
+            .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9100)));
+        let cores = args
+            .cores
+            .or(file.cores)
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(1, |n| n.get()));
+        if cores == 0 || cores > 1024 {
+            bail!("cores must be between 1 and 1024, got {cores}");
+        }
+        let dev = args.dev || file.dev.unwrap_or(false);
+        let node_id = args
+            .node_id
+            .clone()
+            .or(file.node_id)
+            .unwrap_or_else(|| "tern-1".to_owned());
+
+        let algorithm = args
+            .jwt_algorithm
+            .clone()
+            .or(file.auth.algorithm)
+            .unwrap_or_else(|| "HS256".into());
+        let secret = args.jwt_secret.clone().or(file.auth.secret);
+        let public_key = args.jwt_public_key.clone().or(file.auth.public_key_file);
+        let auth = match (secret, public_key) {
+            (Some(_), Some(_)) => bail!("configure either a JWT secret or a public key file, not both"),
+            (Some(s), None) => {
+                if s.len() < 16 {
+                    bail!("the JWT secret must be at least 16 bytes");
+                }
+                AuthKey::Secret { secret: s.into_bytes(), dev: false }
+            }
+            (None, Some(path)) => {
+                let pem = std::fs::read(&path)
+                    .with_context(|| format!("reading JWT public key {}", path.display()))?;
+                AuthKey::PublicKey { algorithm, pem }
+            }
+            // No key configured: dev mode behaviour, so that `ternd` with no arguments starts.
+            (None, None) => match dev_secret(&data_dir, create_dev_secret)? {
+                Some(secret) => AuthKey::Secret { secret, dev: true },
+                None => bail!(
+                    "no JWT key configured and no {} in {}: start the node once (or pass --dev), or set --jwt-secret",
+                    DEV_SECRET_FILE,
+                    data_dir.display()
+                ),
+            },
+        };
+
+        let d = Timers::default();
+        let timers = Timers {
+            handshake_ms: file
+                .timers
+                .handshake_secs
+                .map_or(d.handshake_ms, |s| s * 1000),
+            heartbeat_ms: file
+                .timers
+                .heartbeat_secs
+                .map_or(d.heartbeat_ms, |s| s * 1000),
+            idle_ms: file.timers.idle_secs.map_or(d.idle_ms, |s| s * 1000),
+        };
+        if timers.heartbeat_ms == 0 || timers.idle_ms <= timers.heartbeat_ms {
+            bail!("timers: idle_secs must be greater than heartbeat_secs (> 0)");
+        }
+        let max_frame = file
+            .limits
+            .max_frame
+            .unwrap_or(tern_protocol::DEFAULT_MAX_BODY);
+        if !(tern_protocol::MIN_MAX_BODY..=tern_protocol::ABS_MAX_BODY).contains(&max_frame) {
+            bail!("limits.max_frame must be within 4096..=16777215");
+        }
+        Ok(Settings {
+            data_dir,
+            native,
+            admin,
+            cores,
+            dev,
+            node_id,
+            auth,
+            timers,
+            outbound_queue: file.limits.outbound_queue.unwrap_or(1024).max(1),
+            max_frame,
+            storage_write_queue: file.limits.storage_write_queue.unwrap_or(65_536).max(1),
+            storage_read_queue: file.limits.storage_read_queue.unwrap_or(4_096).max(1),
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn defaults_then_file_then_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = NodeArgs {
+            data_dir: Some(dir.path().into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&args, true).unwrap();
+        assert_eq!(s.native.port(), 14000);
+        assert_eq!(s.admin.port(), 9100);
+        assert!(matches!(s.auth, AuthKey::Secret { dev: true, .. }));
+        assert!(dir.path().join(DEV_SECRET_FILE).exists());
+        // The same dev secret is read back by `ternd token`.
+        let again = Settings::resolve(&args, false).unwrap();
+        assert_eq!(again.auth, s.auth);
+
+        let cfg = dir.path().join("tern.toml");
+        std::fs::write(
+            &cfg,
+            "native = \"127.0.0.1:0\"\ncores = 3\n[auth]\nsecret = \"0123456789abcdef0123\"\n[timers]\nheartbeat_secs = 5\nidle_secs = 15\n",
+        )
+        .unwrap();
+        let args = NodeArgs {
+            config: Some(cfg.clone()),
+            data_dir: Some(dir.path().into()),
+            cores: Some(2),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&args, false).unwrap();
+        assert_eq!(s.native.port(), 0);
+        assert_eq!(s.cores, 2);
+        assert_eq!(s.timers.heartbeat_ms, 5000);
+        assert!(matches!(s.auth, AuthKey::Secret { dev: false, .. }));
+
+        std::fs::write(&cfg, "natve = \"127.0.0.1:0\"\n").unwrap();
+        assert!(Settings::resolve(
+            &NodeArgs {
+                config: Some(cfg),
+                ..Default::default()
+            },
+            false
+        )
+        .is_err());
+    }
+}

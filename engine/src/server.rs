@@ -1,0 +1,1219 @@
+//! The monoio adapter: one runtime per core, accepts spread over cores by SO_REUSEPORT, one task
+//! per connection, and the cross-core plumbing that registers sessions at the core owning their
+//! slot and routes deliveries there.
+//!
+//! Everything that decides something lives elsewhere — [`crate::conn`] (lifecycle and timers),
+//! [`crate::session`] (request rules), [`crate::auth`] (tokens), [`crate::slots`] (ownership).
+//! This module only moves bytes, awaits storage completions and reads the clock.
+//!
+//! # Density
+//! An idle connection parks on socket readiness (`readable()`: a PollAdd under io_uring, the
+//! epoll readiness otherwise) without a read buffer. When bytes arrive it borrows a buffer from
+//! its core's [`BufPool`], decodes and handles every complete frame, keeps only the bytes of an
+//! incomplete frame, and gives the buffer back. Request handling is boxed, so the future an idle
+//! connection keeps is only the wait itself (`connection_future_is_small` prints its size).
+//!
+//! # Delivery across cores
+//! A user's sessions are registered at the core that owns the user's slot ([`OwnerTable`]).
+//! A delivery goes to that core (`Deliver`), which forwards it to the core of every session
+//! (`Push`), which queues it on the connection. The queues between cores are bounded flume
+//! channels (`recv_async` works across runtimes; monoio's `sync` feature makes its wakers
+//! thread-safe); per-core state is `Rc`/`RefCell` without locks.
+
+use std::cell::{Cell, RefCell};
+use std::collections::{HashMap, VecDeque};
+use std::future::poll_fn;
+use std::net::SocketAddr;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::task::{Poll, Waker};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context as _;
+use bytes::Bytes;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::net::{TcpListener, TcpStream};
+use tern_protocol::{
+    decode, Body, Capabilities, Close, CloseReason, Frame, Hello, Welcome, DEFAULT_MAX_BODY,
+    HEADER_LEN, MIN_MAX_BODY, PROTOCOL,
+};
+use tern_storage::{
+    Completion, DeviceId, MarkRead, PositionUpdate, RocksConfig, RocksEngine, Seq, Store,
+    StoreConfig, SubmitError, SystemClock, UserId,
+};
+use tracing::{debug, info, warn};
+
+use crate::auth::{AuthError, Authenticator};
+use crate::config::{AuthKey, Settings};
+use crate::conn::{classify, Conn, Effect, State, Timers, Trigger};
+use crate::metrics::{dec, inc, METRICS};
+use crate::pool::BufPool;
+use crate::session::{self, Delivery, Limits, Plan, SessionInfo};
+use crate::slots::{Owner, OwnerTable};
+
+/// The store a node serves from.
+pub type NodeStore = Store<RocksEngine>;
+
+/// Capabilities this node serves.
+const SERVED_CAPABILITIES: Capabilities =
+    Capabilities(Capabilities::RECEIPTS.0 | Capabilities::TYPING.0);
+
+/// Bytes of a pooled I/O buffer.
+const POOL_BUF: usize = 16 * 1024;
+
+/// How often a core checks its connections' deadlines.
+const SWEEP_INTERVAL: Duration = Duration::from_millis(200);
+
+/// Messages a core's inbound queue holds before senders see it full.
+const CORE_QUEUE: usize = 65_536;
+
+/// Milliseconds since the Unix epoch: the only clock of the node.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// A connection, named across cores.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub struct ConnRef {
+    pub core: u16,
+    pub id: u32,
+}
+
+impl ConnRef {
+    /// The session id sent in WELCOME: core and connection number.
+    pub fn session_id(self) -> u64 {
+        (u64::from(self.core) << 32) | u64::from(self.id)
+    }
+
+    pub fn from_session_id(id: u64) -> ConnRef {
+        ConnRef {
+            core: (id >> 32) as u16,
+            id: id as u32,
+        }
+    }
+}
+
+/// Messages between cores.
+#[derive(Debug)]
+pub enum CoreMsg {
+    /// To the slot owner: a session of `user` opened.
+    Register {
+        user: Arc<str>,
+        device: Arc<str>,
+        conn: ConnRef,
+    },
+    /// To the slot owner: a session closed.
+    Unregister { user: Arc<str>, conn: ConnRef },
+    /// To the slot owner: send `frame` to every session of `user` except one.
+    Deliver {
+        user: Arc<str>,
+        except: Option<ConnRef>,
+        frame: Bytes,
+    },
+    /// To a connection's core: queue `frame` on it.
+    Push { conn: ConnRef, frame: Bytes },
+    /// To a connection's core: close it.
+    Kick { conn: ConnRef, reason: CloseReason },
+}
+
+/// Per-connection settings.
+#[derive(Debug, Clone)]
+pub struct ConnConfig {
+    pub timers: Timers,
+    pub outbound_queue: usize,
+    pub max_frame: u32,
+    pub node_id: String,
+    pub limits: Limits,
+}
+
+/// What every core shares.
+#[derive(Debug)]
+pub struct NodeShared {
+    pub store: Arc<NodeStore>,
+    pub auth: Authenticator,
+    pub owners: OwnerTable,
+    pub peers: Vec<flume::Sender<CoreMsg>>,
+    pub cfg: ConnConfig,
+}
+
+/// The part of a connection other tasks of its core touch: the outbound queue and the kick.
+#[derive(Debug, Default)]
+pub struct ConnShared {
+    queue: RefCell<VecDeque<Bytes>>,
+    kick: Cell<Option<CloseReason>>,
+    waker: RefCell<Option<Waker>>,
+    /// The connection's next timer deadline (ms since the epoch, 0: none), checked by the
+    /// core's sweeper so that an idle connection does not keep a timer of its own.
+    deadline_ms: Cell<u64>,
+    /// Set by the sweeper when `deadline_ms` has passed.
+    timer_due: Cell<bool>,
+}
+
+impl ConnShared {
+    fn wake(&self) {
+        if let Some(w) = self.waker.borrow_mut().take() {
+            w.wake();
+        }
+    }
+
+    /// Queues a frame; a full queue marks the connection a slow consumer (it is closed, the
+    /// messages stay in the inbox for its next SYNC).
+    fn enqueue(&self, frame: Bytes, cap: usize) {
+        if self.kick.get().is_some() {
+            return;
+        }
+        let mut q = self.queue.borrow_mut();
+        if q.len() >= cap {
+            q.clear();
+            drop(q);
+            inc(&METRICS.slow_consumers_total);
+            self.kick.set(Some(CloseReason::SLOW_CONSUMER));
+        } else {
+            q.push_back(frame);
+            drop(q);
+        }
+        self.wake();
+    }
+
+    fn kick(&self, reason: CloseReason) {
+        if self.kick.get().is_none() {
+            self.kick.set(Some(reason));
+        }
+        self.wake();
+    }
+
+    /// Marks the timer due if the deadline has passed; `true` if it did.
+    fn sweep(&self, now_ms: u64) -> bool {
+        let d = self.deadline_ms.get();
+        if d != 0 && d <= now_ms && !self.timer_due.get() {
+            self.timer_due.set(true);
+            self.wake();
+            return true;
+        }
+        false
+    }
+
+    /// Resolves when something is queued, the connection is kicked or its timer is due.
+    async fn notified(&self) {
+        poll_fn(|cx| {
+            if self.kick.get().is_some() || self.timer_due.get() || !self.queue.borrow().is_empty()
+            {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+}
+
+#[derive(Debug)]
+struct Registration {
+    device: Arc<str>,
+    conn: ConnRef,
+}
+
+/// One core: its connections, the sessions of the slots it owns, its buffer pool.
+#[derive(Debug)]
+pub struct Core {
+    id: u16,
+    node: Arc<NodeShared>,
+    conns: RefCell<HashMap<u32, Rc<ConnShared>>>,
+    sessions: RefCell<HashMap<Arc<str>, Vec<Registration>>>,
+    next_id: Cell<u32>,
+    pool: BufPool,
+}
+
+impl Core {
+    pub fn new(id: u16, node: Arc<NodeShared>) -> Core {
+        Core {
+            id,
+            node,
+            conns: RefCell::new(HashMap::new()),
+            sessions: RefCell::new(HashMap::new()),
+            next_id: Cell::new(1),
+            pool: BufPool::new(POOL_BUF, 64),
+        }
+    }
+
+    fn owner_core(&self, user: &str) -> u16 {
+        match self.node.owners.owner_of_user(user) {
+            Owner::Local(c) => c.0,
+            // No cluster yet: a table built by this version only has local owners.
+            Owner::Remote { .. } => self.id,
+        }
+    }
+
+    /// Sends a message to a core; to this one it is handled at once.
+    fn route(&self, core: u16, msg: CoreMsg) {
+        if core == self.id {
+            self.handle(msg);
+            return;
+        }
+        let Some(tx) = self.node.peers.get(usize::from(core)) else {
+            return;
+        };
+        if let Err(flume::TrySendError::Full(_)) = tx.try_send(msg) {
+            // A dropped push is not a lost message: it is in the inbox, the device syncs it.
+            inc(&METRICS.core_queue_full_total);
+        }
+    }
+
+    /// Handles a message from a core (this one included).
+    pub fn handle(&self, msg: CoreMsg) {
+        match msg {
+            CoreMsg::Register { user, device, conn } => {
+                let mut replaced = Vec::new();
+                {
+                    let mut sessions = self.sessions.borrow_mut();
+                    let regs = sessions.entry(user).or_default();
+                    //= SPEC.md#close
+                    //# A new session of the same user and device replaces the old one (REPLACED).
+                    regs.retain(|r| {
+                        let same = r.device == device && r.conn != conn;
+                        if same {
+                            replaced.push(r.conn);
+                        }
+                        !same
+                    });
+                    regs.push(Registration { device, conn });
+                }
+                for old in replaced {
+                    self.route(
+                        old.core,
+                        CoreMsg::Kick {
+                            conn: old,
+                            reason: CloseReason::REPLACED,
+                        },
+                    );
+                }
+            }
+            CoreMsg::Unregister { user, conn } => {
+                let mut sessions = self.sessions.borrow_mut();
+                if let Some(regs) = sessions.get_mut(&user) {
+                    regs.retain(|r| r.conn != conn);
+                    if regs.is_empty() {
+                        sessions.remove(&user);
+                    }
+                }
+            }
+            CoreMsg::Deliver {
+                user,
+                except,
+                frame,
+            } => {
+                let targets: Vec<ConnRef> = self
+                    .sessions
+                    .borrow()
+                    .get(&user)
+                    .map(|regs| {
+                        regs.iter()
+                            .map(|r| r.conn)
+                            .filter(|c| Some(*c) != except)
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                for conn in targets {
+                    self.route(
+                        conn.core,
+                        CoreMsg::Push {
+                            conn,
+                            frame: frame.clone(),
+                        },
+                    );
+                }
+            }
+            CoreMsg::Push { conn, frame } => {
+                let shared = self.conns.borrow().get(&conn.id).cloned();
+                if let Some(shared) = shared {
+                    inc(&METRICS.pushes_total);
+                    shared.enqueue(frame, self.node.cfg.outbound_queue);
+                }
+            }
+            CoreMsg::Kick { conn, reason } => {
+                let shared = self.conns.borrow().get(&conn.id).cloned();
+                if let Some(shared) = shared {
+                    shared.kick(reason);
+                }
+            }
+        }
+    }
+
+    /// Routes a delivery to the core owning the user's slot.
+    fn deliver(&self, d: Delivery) {
+        let mut buf = Vec::new();
+        if d.frame.encode(&mut buf).is_err() {
+            return;
+        }
+        let user: Arc<str> = Arc::from(d.user.as_str());
+        let owner = self.owner_core(&user);
+        let except = d.except_session.map(ConnRef::from_session_id);
+        self.route(
+            owner,
+            CoreMsg::Deliver {
+                user,
+                except,
+                frame: Bytes::from(buf),
+            },
+        );
+    }
+
+    /// Fires the due timers of this core's connections. One pass over the connections per
+    /// [`SWEEP_INTERVAL`] replaces a timer per connection: idle connections stay small, and
+    /// timeouts are precise to the interval, which is plenty for seconds-long timers.
+    pub fn sweep(&self, now_ms: u64) -> usize {
+        self.conns
+            .borrow()
+            .values()
+            .filter(|c| c.sweep(now_ms))
+            .count()
+    }
+
+    fn alloc_id(&self) -> u32 {
+        let id = self.next_id.get();
+        self.next_id.set(id.wrapping_add(1).max(1));
+        id
+    }
+}
+
+/// An authenticated session; boxed, so a connection awaiting HELLO does not pay for it.
+#[derive(Debug)]
+struct Session {
+    info: SessionInfo,
+    user_key: Arc<str>,
+}
+
+enum Event {
+    Readable(bool),
+    Notified,
+}
+
+/// One connection's task state.
+struct Connection {
+    core: Rc<Core>,
+    stream: TcpStream,
+    shared: Rc<ConnShared>,
+    me: ConnRef,
+    conn: Conn,
+    session: Option<Box<Session>>,
+    /// Bytes of an incomplete frame; empty (no allocation) between frames.
+    partial: Vec<u8>,
+    /// The peer closed its side: nothing to drain when we close.
+    peer_closed: bool,
+}
+
+/// Serves one accepted connection to its end.
+pub async fn serve(core: Rc<Core>, stream: TcpStream) {
+    let id = core.alloc_id();
+    let shared = Rc::new(ConnShared::default());
+    core.conns.borrow_mut().insert(id, Rc::clone(&shared));
+    inc(&METRICS.connections_accepted_total);
+    inc(&METRICS.connections_open);
+    let me = ConnRef { core: core.id, id };
+    let conn = Conn::new(now_ms(), &core.node.cfg.timers);
+    let mut c = Connection {
+        core: Rc::clone(&core),
+        stream,
+        shared,
+        me,
+        conn,
+        session: None,
+        partial: Vec::new(),
+        peer_closed: false,
+    };
+    c.run().await;
+    Box::pin(c.finish()).await;
+    core.conns.borrow_mut().remove(&id);
+    if let Some(s) = c.session.take() {
+        let owner = core.owner_core(&s.user_key);
+        core.route(
+            owner,
+            CoreMsg::Unregister {
+                user: s.user_key,
+                conn: me,
+            },
+        );
+    }
+    dec(&METRICS.connections_open);
+}
+
+impl Connection {
+    async fn run(&mut self) {
+        loop {
+            if self.conn.state() == State::Closed {
+                return;
+            }
+            if let Some(reason) = self.shared.kick.take() {
+                let trigger = match reason {
+                    CloseReason::SLOW_CONSUMER => Trigger::OutboundFull,
+                    CloseReason::REPLACED => Trigger::Replaced,
+                    _ => Trigger::Drain,
+                };
+                Box::pin(self.transition(trigger, 0, "closed by the node")).await;
+                return;
+            }
+            if !self.shared.queue.borrow().is_empty() {
+                if !Box::pin(self.flush_queue()).await {
+                    return;
+                }
+                continue;
+            }
+            if self.shared.timer_due.replace(false) {
+                if let Some(row) = self.conn.poll_timers(now_ms()) {
+                    let msg = match row.trigger {
+                        Trigger::HandshakeTimeout => "no HELLO in time",
+                        Trigger::IdleTimeout => "nothing received within the idle timeout",
+                        Trigger::TokenExpired => "token expired",
+                        _ => "",
+                    };
+                    Box::pin(self.effect(row.effect, 0, msg)).await;
+                    continue;
+                }
+            }
+            let Some(deadline) = self.conn.next_deadline() else {
+                return;
+            };
+            self.shared.deadline_ms.set(deadline);
+            // No timer of our own: the core's sweeper marks the deadline due (see `sweep`).
+            let shared = Rc::clone(&self.shared);
+            let ev = monoio::select! {
+                r = self.stream.readable(false) => Event::Readable(r.is_ok()),
+                _ = shared.notified() => Event::Notified,
+            };
+            match ev {
+                Event::Readable(false) => return,
+                Event::Readable(true) => {
+                    if !Box::pin(self.on_readable()).await {
+                        return;
+                    }
+                }
+                Event::Notified => {}
+            }
+        }
+    }
+
+    fn max_in(&self) -> u32 {
+        if self.conn.state() == State::Open {
+            self.core.node.cfg.max_frame
+        } else {
+            DEFAULT_MAX_BODY
+        }
+    }
+
+    /// Reads what is there, handles every complete frame; `false` once the connection ends.
+    async fn on_readable(&mut self) -> bool {
+        let core = Rc::clone(&self.core);
+        let mut buf = core.pool.take();
+        if !self.partial.is_empty() {
+            buf.extend_from_slice(&self.partial);
+            self.partial = Vec::new();
+        }
+        // Room for the whole frame in progress when its header says how long it is (its
+        // length was checked against the limit when the header arrived).
+        let want = if buf.len() >= 8 {
+            HEADER_LEN + u32::from_le_bytes([buf[5], buf[6], buf[7], 0]) as usize
+        } else {
+            0
+        };
+        let room = want.max(buf.len() + 4096).max(core.pool.buf_size());
+        buf.reserve(room.saturating_sub(buf.len()));
+        let len = buf.len();
+        let (res, slice) = self.stream.read(buf.slice_mut(len..)).await;
+        let buf = slice.into_inner();
+        let keep_going = match res {
+            Ok(0) => {
+                self.peer_closed = true;
+                self.conn.apply(Trigger::PeerClose);
+                false
+            }
+            Err(e) => {
+                debug!(conn = ?self.me, "read failed: {e}");
+                self.peer_closed = true;
+                self.conn.apply(Trigger::PeerClose);
+                false
+            }
+            Ok(_) => self.handle_bytes(&buf).await,
+        };
+        core.pool.put(buf);
+        keep_going
+    }
+
+    async fn handle_bytes(&mut self, buf: &[u8]) -> bool {
+        let mut pos = 0;
+        loop {
+            match decode(&buf[pos..], self.max_in()) {
+                Ok(None) => break,
+                Ok(Some((frame, used))) => {
+                    pos += used;
+                    if !self.on_frame(frame).await {
+                        return false;
+                    }
+                }
+                Err(e) => {
+                    //= SPEC.md#decoding-order
+                    //# A frame that fails its check, is too large or unknown gets an ERROR
+                    //# with the matching code and the connection is closed.
+                    inc(&METRICS.decode_errors_total);
+                    debug!(conn = ?self.me, "decode error: {e}");
+                    if let Some(row) = self.conn.apply(Trigger::DecodeError) {
+                        if row.effect == Effect::DecodeErrorCode {
+                            let f = session::error(0, e.code(), e.to_string());
+                            let _ = self.write_frame(&f).await;
+                        }
+                    }
+                    return false;
+                }
+            }
+        }
+        if pos < buf.len() {
+            self.partial = buf[pos..].to_vec();
+        }
+        true
+    }
+
+    async fn on_frame(&mut self, frame: Frame<'_>) -> bool {
+        inc(&METRICS.frames_in_total);
+        let now = now_ms();
+        self.conn.inbound(now);
+        let rid = frame.request_id;
+        match classify(self.conn.state(), frame.frame_type()) {
+            Trigger::HelloAccepted => match &frame.body {
+                Body::Hello(h) => self.on_hello(rid, h, now).await,
+                _ => {
+                    self.transition(Trigger::UnexpectedFrame, rid, "first frame must be HELLO")
+                        .await
+                }
+            },
+            Trigger::Request => self.on_request(&frame, now).await,
+            Trigger::UnexpectedFrame => {
+                let msg = format!(
+                    "{} not allowed in state {:?}",
+                    frame.frame_type(),
+                    self.conn.state()
+                );
+                self.transition(Trigger::UnexpectedFrame, rid, &msg).await
+            }
+            other => self.transition(other, rid, "").await,
+        }
+    }
+
+    async fn on_hello(&mut self, rid: u32, h: &Hello<'_>, now: u64) -> bool {
+        if h.protocol != PROTOCOL {
+            let msg = format!(
+                "protocol {} not supported, this node speaks {PROTOCOL}",
+                h.protocol
+            );
+            return self
+                .transition(Trigger::HelloUnsupportedProtocol, rid, &msg)
+                .await;
+        }
+        let node = Arc::clone(&self.core.node);
+        let id = match node.auth.verify(&h.token, &h.device, now) {
+            Ok(id) => id,
+            Err(e) => {
+                inc(&METRICS.auth_failures_total);
+                let trigger = if e == AuthError::Expired {
+                    Trigger::HelloExpiredToken
+                } else {
+                    Trigger::HelloBadToken
+                };
+                return self.transition(trigger, rid, &e.to_string()).await;
+            }
+        };
+        let (Ok(user), Ok(device)) = (UserId::new(id.user), DeviceId::new(id.device)) else {
+            return self
+                .transition(Trigger::HelloBadToken, rid, "invalid user or device id")
+                .await;
+        };
+        if self.conn.accept(now, id.expires_ms).is_none() {
+            return false;
+        }
+        inc(&METRICS.sessions_authenticated_total);
+        let user_key: Arc<str> = Arc::from(user.as_str());
+        let info = SessionInfo {
+            user,
+            device,
+            session_id: self.me.session_id(),
+        };
+        let owner = self.core.owner_core(&user_key);
+        self.core.route(
+            owner,
+            CoreMsg::Register {
+                user: Arc::clone(&user_key),
+                device: Arc::from(info.device.as_str()),
+                conn: self.me,
+            },
+        );
+        let cfg = &node.cfg;
+        let welcome = Frame::new(
+            rid,
+            Body::Welcome(Welcome {
+                protocol: PROTOCOL,
+                capabilities: h.capabilities.intersect(SERVED_CAPABILITIES),
+                max_frame: cfg.max_frame,
+                heartbeat_secs: (cfg.timers.heartbeat_ms / 1000).clamp(1, u64::from(u16::MAX))
+                    as u16,
+                idle_timeout_secs: (cfg.timers.idle_ms / 1000).clamp(1, u64::from(u16::MAX)) as u16,
+                user: info.user.as_str().to_owned().into(),
+                session_id: info.session_id,
+                server_time: now,
+                // The store has no inbox-head query yet; 0 means "unknown, SYNC to find out".
+                inbox_head: 0,
+                node: cfg.node_id.clone().into(),
+            }),
+        );
+        debug!(conn = ?self.me, user = %info.user, device = %info.device, max_frame = h.max_frame.max(MIN_MAX_BODY), "session open");
+        self.session = Some(Box::new(Session { info, user_key }));
+        self.write_frame(&welcome).await
+    }
+
+    /// Awaits a storage operation; on failure answers the request with the matching ERROR.
+    async fn storage<T>(
+        &mut self,
+        rid: u32,
+        submitted: Result<Completion<T>, SubmitError>,
+    ) -> Option<T> {
+        let completion = match submitted {
+            Ok(c) => c,
+            Err(SubmitError::Busy) => {
+                inc(&METRICS.storage_busy_total);
+                let _ = self
+                    .write_frame(&session::submit_error(rid, SubmitError::Busy))
+                    .await;
+                return None;
+            }
+            Err(SubmitError::Closed) => {
+                self.transition(Trigger::ShuttingDown, rid, "storage is shut down")
+                    .await;
+                return None;
+            }
+        };
+        match completion.await {
+            Ok(v) => Some(v),
+            Err(e) => {
+                warn!(conn = ?self.me, "storage operation failed: {e}");
+                let _ = self.write_frame(&session::op_error(rid, &e)).await;
+                None
+            }
+        }
+    }
+
+    async fn on_request(&mut self, frame: &Frame<'_>, now: u64) -> bool {
+        let Some(s) = self.session.as_ref() else {
+            return false;
+        };
+        let info = s.info.clone();
+        let node = Arc::clone(&self.core.node);
+        let rid = frame.request_id;
+        let store = &node.store;
+        match session::plan(&info, frame, &node.cfg.limits) {
+            Plan::Reply(f) => self.write_frame(&f).await,
+            Plan::Ignore => true,
+            Plan::Unexpected => {
+                let msg = format!("{} is not a client frame", frame.frame_type());
+                self.transition(Trigger::UnexpectedFrame, rid, &msg).await
+            }
+            Plan::Append { msg } => {
+                //= SPEC.md#send
+                //# SEND_ACK is sent only after the message is durable.
+                let Some(r) = self.storage(rid, store.append_direct(msg.clone())).await else {
+                    return self.conn.state() == State::Open;
+                };
+                if r.duplicate {
+                    inc(&METRICS.messages_duplicate_total);
+                } else {
+                    inc(&METRICS.messages_stored_total);
+                }
+                let ok = self.write_frame(&session::send_ack(rid, &msg, &r)).await;
+                for d in session::deliveries(&info, &msg, &r) {
+                    self.core.deliver(d);
+                }
+                ok
+            }
+            Plan::PushAck { inbox_seq, reply } => {
+                let update = PositionUpdate {
+                    user: info.user.clone(),
+                    device: info.device.clone(),
+                    pulled: None,
+                    acked: Some(inbox_seq),
+                    read: None,
+                };
+                if self
+                    .storage(rid, store.update_position(update))
+                    .await
+                    .is_none()
+                {
+                    return self.conn.state() == State::Open;
+                }
+                !reply || self.write_frame(&Frame::new(rid, Body::Ok)).await
+            }
+            Plan::Sync { after, limit } => {
+                //= SPEC.md#sync
+                //# Asking for the page after X acknowledges everything up to X.
+                // The page does not wait for the position to be durable, and a full write queue
+                // does not fail the read: positions only move forward, the next SYNC or
+                // PUSH_ACK records it again.
+                if after > Seq::ZERO {
+                    let update = PositionUpdate {
+                        user: info.user.clone(),
+                        device: info.device.clone(),
+                        pulled: None,
+                        acked: Some(after),
+                        read: None,
+                    };
+                    if let Err(SubmitError::Busy) = store.update_position(update) {
+                        inc(&METRICS.storage_busy_total);
+                    }
+                }
+                let Some(entries) = self
+                    .storage(rid, store.inbox_page(info.user.clone(), after, limit + 1))
+                    .await
+                else {
+                    return self.conn.state() == State::Open;
+                };
+                let page = session::sync_page(rid, &info.user, after, entries, limit);
+                if let Body::SyncPage(p) = &page.body {
+                    if let Some(last) = p.messages.last() {
+                        // Recording what was handed out is bookkeeping; the reply need not wait.
+                        let _ = store.update_position(PositionUpdate {
+                            user: info.user.clone(),
+                            device: info.device.clone(),
+                            pulled: Some(Seq(last.inbox_seq)),
+                            acked: None,
+                            read: None,
+                        });
+                    }
+                }
+                self.write_frame(&page).await
+            }
+            Plan::History {
+                conv,
+                peer,
+                anchor,
+                direction,
+                limit,
+            } => {
+                let Some(msgs) = self
+                    .storage(rid, store.history(conv, anchor, direction, limit + 1))
+                    .await
+                else {
+                    return self.conn.state() == State::Open;
+                };
+                self.write_frame(&session::history_page(
+                    rid, &info.user, &peer, direction, msgs, limit,
+                ))
+                .await
+            }
+            Plan::Contacts { before_ms, limit } => {
+                let fetch = session::contacts_fetch(before_ms, limit);
+                let Some(list) = self
+                    .storage(rid, store.recent(info.user.clone(), fetch))
+                    .await
+                else {
+                    return self.conn.state() == State::Open;
+                };
+                self.write_frame(&session::contacts_page(
+                    rid, &info.user, &list, before_ms, limit,
+                ))
+                .await
+            }
+            Plan::Read { conv, peer, up_to } => {
+                let req = MarkRead {
+                    user: info.user.clone(),
+                    conv,
+                    up_to,
+                };
+                let Some(state) = self.storage(rid, store.mark_read(req)).await else {
+                    return self.conn.state() == State::Open;
+                };
+                let ok = self.write_frame(&Frame::new(rid, Body::Ok)).await;
+                for d in session::read_receipts(&info, &peer, state.read_seq, now) {
+                    self.core.deliver(d);
+                }
+                ok
+            }
+            Plan::Typing { peer, frame } => {
+                self.core.deliver(Delivery {
+                    user: peer,
+                    except_session: None,
+                    frame,
+                });
+                true
+            }
+        }
+    }
+
+    /// Takes a transition of the table and sends its effect; `true` while still open.
+    async fn transition(&mut self, trigger: Trigger, rid: u32, message: &str) -> bool {
+        if let Some(row) = self.conn.apply(trigger) {
+            self.effect(row.effect, rid, message).await;
+        }
+        self.conn.state() != State::Closed
+    }
+
+    async fn effect(&mut self, effect: Effect, rid: u32, message: &str) {
+        let frame = match effect {
+            Effect::Error(code) => session::error(rid, code, message),
+            Effect::Close(reason) => Frame::new(
+                0,
+                Body::Close(Close {
+                    reason,
+                    retry_after_ms: 0,
+                    message: message.to_owned().into(),
+                }),
+            ),
+            Effect::Nothing
+            | Effect::Welcome
+            | Effect::Respond
+            | Effect::DecodeErrorCode
+            | Effect::Redirect => return,
+        };
+        let _ = self.write_frame(&frame).await;
+    }
+
+    /// Encodes and writes one frame; `false` if the socket failed.
+    async fn write_frame(&mut self, frame: &Frame<'_>) -> bool {
+        let core = Rc::clone(&self.core);
+        let mut buf = core.pool.take();
+        if frame.encode(&mut buf).is_err() {
+            core.pool.put(buf);
+            return true;
+        }
+        inc(&METRICS.frames_out_total);
+        let (res, buf) = self.stream.write_all(buf).await;
+        core.pool.put(buf);
+        res.is_ok()
+    }
+
+    /// Writes queued pushes, coalesced into pooled buffers.
+    async fn flush_queue(&mut self) -> bool {
+        let core = Rc::clone(&self.core);
+        loop {
+            let mut buf = core.pool.take();
+            {
+                let mut q = self.shared.queue.borrow_mut();
+                while let Some(f) = q.front() {
+                    if !buf.is_empty() && buf.len() + f.len() > core.pool.buf_size() {
+                        break;
+                    }
+                    buf.extend_from_slice(f);
+                    q.pop_front();
+                    inc(&METRICS.frames_out_total);
+                }
+            }
+            if buf.is_empty() {
+                core.pool.put(buf);
+                return true;
+            }
+            let (res, buf) = self.stream.write_all(buf).await;
+            core.pool.put(buf);
+            if res.is_err() {
+                return false;
+            }
+        }
+    }
+
+    /// Closes our side, then drains what the peer still sends for a moment, so that the kernel
+    /// ends the connection with FIN rather than RST and the peer gets to read our last frame.
+    async fn finish(&mut self) {
+        let _ = self.stream.shutdown().await;
+        if self.peer_closed {
+            return;
+        }
+        let core = Rc::clone(&self.core);
+        let deadline = monoio::time::Instant::now() + Duration::from_millis(500);
+        for _ in 0..64 {
+            let ready = monoio::select! {
+                r = self.stream.readable(false) => r.is_ok(),
+                _ = monoio::time::sleep_until(deadline) => false,
+            };
+            if !ready {
+                return;
+            }
+            let buf = core.pool.take();
+            let (res, buf) = self.stream.read(buf).await;
+            core.pool.put(buf);
+            if !matches!(res, Ok(n) if n > 0) {
+                return;
+            }
+        }
+    }
+}
+
+/// A started node.
+#[derive(Debug)]
+pub struct RunningNode {
+    pub native: SocketAddr,
+    pub admin: SocketAddr,
+    threads: Vec<JoinHandle<()>>,
+    store: Arc<NodeStore>,
+}
+
+impl RunningNode {
+    /// Blocks while the node runs (until every core thread ends).
+    pub fn wait(mut self) {
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+        drop(self.store);
+    }
+}
+
+/// Binds `cores` listening sockets to one address with SO_REUSEPORT, so the kernel spreads
+/// accepts over the cores. With port 0, the first socket picks the port and the others join it.
+fn bind_reuseport(addr: SocketAddr, cores: usize) -> anyhow::Result<Vec<std::net::TcpListener>> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let mut out = Vec::with_capacity(cores);
+    let mut addr = addr;
+    for _ in 0..cores {
+        let s = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+        s.set_reuse_address(true)?;
+        s.set_reuse_port(true)?;
+        s.set_nonblocking(true)?;
+        s.bind(&addr.into())
+            .with_context(|| format!("binding {addr}"))?;
+        s.listen(4096)?;
+        let l: std::net::TcpListener = s.into();
+        addr = l.local_addr()?;
+        out.push(l);
+    }
+    Ok(out)
+}
+
+fn build_authenticator(key: &AuthKey) -> anyhow::Result<Authenticator> {
+    Ok(match key {
+        AuthKey::Secret { secret, .. } => Authenticator::hs256(secret),
+        AuthKey::PublicKey { algorithm, pem } => {
+            Authenticator::public_key(crate::auth::parse_algorithm(algorithm)?, pem)?
+        }
+    })
+}
+
+/// Name of the file a node writes its bound addresses to.
+pub const PORTS_FILE: &str = "ports.json";
+
+/// Opens the store, binds the listeners, writes `ports.json` and starts the cores and the admin
+/// endpoint.
+pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
+    std::fs::create_dir_all(&settings.data_dir)
+        .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    let ports_path = settings.data_dir.join(PORTS_FILE);
+    let _ = std::fs::remove_file(&ports_path);
+
+    let db_path = settings.data_dir.join("db");
+    let engine = RocksEngine::open(&db_path, &RocksConfig::default())
+        .with_context(|| format!("opening database {}", db_path.display()))?;
+    let store_config = StoreConfig {
+        write_queue_capacity: settings.storage_write_queue,
+        read_queue_capacity: settings.storage_read_queue,
+        node_id: Some(settings.node_id.clone()),
+        ..StoreConfig::default()
+    };
+    let store = Arc::new(
+        Store::open(engine, store_config, Arc::new(SystemClock)).context("opening store")?,
+    );
+
+    let cores = settings.cores;
+    let listeners = bind_reuseport(settings.native, cores)?;
+    let native = listeners[0].local_addr()?;
+    let admin_listener = std::net::TcpListener::bind(settings.admin)
+        .with_context(|| format!("binding admin {}", settings.admin))?;
+    let admin = admin_listener.local_addr()?;
+
+    let mut senders = Vec::with_capacity(cores);
+    let mut receivers = Vec::with_capacity(cores);
+    for _ in 0..cores {
+        let (tx, rx) = flume::bounded(CORE_QUEUE);
+        senders.push(tx);
+        receivers.push(rx);
+    }
+    let node = Arc::new(NodeShared {
+        store: Arc::clone(&store),
+        auth: build_authenticator(&settings.auth)?,
+        owners: OwnerTable::local(cores as u16),
+        peers: senders,
+        cfg: ConnConfig {
+            timers: settings.timers,
+            outbound_queue: settings.outbound_queue,
+            max_frame: settings.max_frame,
+            node_id: settings.node_id.clone(),
+            limits: Limits::default(),
+        },
+    });
+
+    let mut threads = Vec::with_capacity(cores + 1);
+    for (i, (listener, rx)) in listeners.into_iter().zip(receivers).enumerate() {
+        let node = Arc::clone(&node);
+        let t = std::thread::Builder::new()
+            .name(format!("tern-core-{i}"))
+            .spawn(move || run_core(i as u16, listener, rx, node))
+            .context("spawning core thread")?;
+        threads.push(t);
+    }
+    let info = crate::admin::AdminInfo {
+        node_id: settings.node_id.clone(),
+        cores,
+    };
+    let t = std::thread::Builder::new()
+        .name("tern-admin".into())
+        .spawn(move || crate::admin::serve(admin_listener, info))
+        .context("spawning admin thread")?;
+    threads.push(t);
+
+    let ports = serde_json::json!({ "native": native.to_string(), "admin": admin.to_string() });
+    let tmp = settings.data_dir.join("ports.json.tmp");
+    std::fs::write(&tmp, ports.to_string()).context("writing ports.json")?;
+    std::fs::rename(&tmp, &ports_path).context("writing ports.json")?;
+    Ok(RunningNode {
+        native,
+        admin,
+        threads,
+        store,
+    })
+}
+
+fn run_core(
+    i: u16,
+    listener: std::net::TcpListener,
+    rx: flume::Receiver<CoreMsg>,
+    node: Arc<NodeShared>,
+) {
+    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+        .enable_timer()
+        .build();
+    let mut rt = match rt {
+        Ok(rt) => rt,
+        Err(e) => {
+            tracing::error!("core {i}: cannot build runtime: {e}");
+            return;
+        }
+    };
+    let driver = match &rt {
+        monoio::FusionRuntime::Uring(_) => "io_uring",
+        monoio::FusionRuntime::Legacy(_) => "epoll (legacy)",
+    };
+    info!("core {i}: monoio runtime with the {driver} driver");
+    rt.block_on(core_main(i, listener, rx, node));
+}
+
+async fn core_main(
+    i: u16,
+    listener: std::net::TcpListener,
+    rx: flume::Receiver<CoreMsg>,
+    node: Arc<NodeShared>,
+) {
+    let listener = match TcpListener::from_std(listener) {
+        Ok(l) => l,
+        Err(e) => {
+            tracing::error!("core {i}: cannot register listener: {e}");
+            return;
+        }
+    };
+    let core = Rc::new(Core::new(i, node));
+    let inbox_core = Rc::clone(&core);
+    monoio::spawn(async move {
+        while let Ok(msg) = rx.recv_async().await {
+            inbox_core.handle(msg);
+        }
+    });
+    let sweep_core = Rc::clone(&core);
+    monoio::spawn(async move {
+        loop {
+            monoio::time::sleep(SWEEP_INTERVAL).await;
+            sweep_core.sweep(now_ms());
+        }
+    });
+    loop {
+        match listener.accept().await {
+            Ok((stream, _peer)) => {
+                let _ = stream.set_nodelay(true);
+                monoio::spawn(serve(Rc::clone(&core), stream));
+            }
+            Err(e) => {
+                // Out of file descriptors and the like: back off instead of spinning.
+                warn!("core {i}: accept failed: {e}");
+                monoio::time::sleep(Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn session_ids_name_core_and_connection() {
+        let c = ConnRef { core: 3, id: 77 };
+        assert_eq!(ConnRef::from_session_id(c.session_id()), c);
+    }
+
+    #[test]
+    fn sweeper_marks_due_deadlines_once() {
+        let s = ConnShared::default();
+        assert!(!s.sweep(100));
+        s.deadline_ms.set(1_000);
+        assert!(!s.sweep(999));
+        assert!(s.sweep(1_000));
+        assert!(!s.sweep(2_000), "already due");
+        assert!(s.timer_due.get());
+    }
+
+    #[test]
+    fn outbound_queue_overflow_kicks_as_slow_consumer() {
+        let s = ConnShared::default();
+        for _ in 0..3 {
+            s.enqueue(Bytes::from_static(b"x"), 3);
+        }
+        assert!(s.kick.get().is_none());
+        s.enqueue(Bytes::from_static(b"x"), 3);
+        assert_eq!(s.kick.get(), Some(CloseReason::SLOW_CONSUMER));
+        assert!(s.queue.borrow().is_empty());
+    }
+
+    /// The future an idle connection keeps alive, measured on a real socket.
+    #[test]
+    fn connection_future_is_small() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap();
+        let store =
+            Arc::new(Store::open(engine, StoreConfig::default(), Arc::new(SystemClock)).unwrap());
+        let node = Arc::new(NodeShared {
+            store,
+            auth: Authenticator::hs256(b"0123456789abcdef"),
+            owners: OwnerTable::local(1),
+            peers: Vec::new(),
+            cfg: ConnConfig {
+                timers: Timers::default(),
+                outbound_queue: 8,
+                max_frame: DEFAULT_MAX_BODY,
+                node_id: "t".into(),
+                limits: Limits::default(),
+            },
+        });
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let _client = std::net::TcpStream::connect(addr).unwrap();
+            let (stream, _) = listener.accept().await.unwrap();
+            let core = Rc::new(Core::new(0, node));
+            let fut = serve(core, stream);
+            let size = std::mem::size_of_val(&fut);
+            println!(
+                "connection future: {size} bytes; Connection: {} bytes",
+                std::mem::size_of::<Connection>()
+            );
+            assert!(size <= 512, "connection future is {size} bytes");
+        });
+    }
+}

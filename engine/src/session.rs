@@ -1,0 +1,763 @@
+//! The per-request rules of an authenticated session (SPEC.md §7), sans-io: a decoded frame goes
+//! in, a [`Plan`] comes out — an immediate reply, or a storage operation whose result the
+//! adapter feeds back through the builders below (`send_ack`, `sync_page`, …) to get the frames
+//! to send and the deliveries to route. Nothing here touches a socket, a runtime, a clock or the
+//! database, so every rule is unit-tested.
+
+use std::borrow::Cow;
+
+use tern_protocol::{
+    Body, Contact, ContactsPage, Conv, ConvKind, Direction, Error as ErrorBody, ErrorCode, Frame,
+    HistoryPage, Message, MessageFlags as WireFlags, MessageKind as WireKind, Ping, Receipt,
+    ReceiptKind, SendAck, SyncPage, Typing,
+};
+use tern_storage::{
+    AppendResult, ClientMsgId, ConvKey, DeviceId, DirectMessage, HistoryDirection, InboxMessage,
+    MessageFlags, MessageKind, OpError, RecentList, Seq, StoredMessage, SubmitError, UserId,
+};
+
+use crate::auth::valid_id;
+
+/// Who a session is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SessionInfo {
+    pub user: UserId,
+    pub device: DeviceId,
+    pub session_id: u64,
+}
+
+/// Page sizes: what a limit of 0 means, and the most a request gets.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PageLimits {
+    pub default: usize,
+    pub max: usize,
+}
+
+/// Paging limits of the session requests.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Limits {
+    pub sync: PageLimits,
+    pub history: PageLimits,
+    pub contacts: PageLimits,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            sync: PageLimits {
+                default: 100,
+                max: 500,
+            },
+            history: PageLimits {
+                default: 50,
+                max: 200,
+            },
+            contacts: PageLimits {
+                default: 50,
+                max: 200,
+            },
+        }
+    }
+}
+
+impl PageLimits {
+    fn apply(self, asked: u16) -> usize {
+        match asked {
+            0 => self.default,
+            n => usize::from(n).min(self.max),
+        }
+    }
+}
+
+/// What a request asks of the node.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Plan {
+    /// Send this frame, nothing else to do.
+    Reply(Frame<'static>),
+    /// The frame is not one a client may send in an open session: close (UNEXPECTED_FRAME).
+    Unexpected,
+    /// The peer said goodbye or reported an error; nothing to answer.
+    Ignore,
+    /// Persist a one-to-one message, then answer with [`send_ack`] and route [`deliveries`].
+    Append { msg: DirectMessage },
+    /// Move the device's acked position; answer OK when `reply`.
+    PushAck { inbox_seq: Seq, reply: bool },
+    /// Acknowledge everything up to `after`, then page the inbox after it.
+    Sync { after: Seq, limit: usize },
+    /// Page a conversation's timeline.
+    History {
+        conv: ConvKey,
+        peer: String,
+        anchor: Seq,
+        direction: HistoryDirection,
+        limit: usize,
+    },
+    /// Page the recent-conversation list.
+    Contacts { before_ms: u64, limit: usize },
+    /// Mark a conversation read, answer OK, and route [`read_receipts`].
+    Read {
+        conv: ConvKey,
+        peer: UserId,
+        up_to: Seq,
+    },
+    /// Forward a typing indicator to the peer's devices.
+    Typing { peer: UserId, frame: Frame<'static> },
+}
+
+/// An ERROR frame.
+pub fn error(request_id: u32, code: ErrorCode, message: impl Into<String>) -> Frame<'static> {
+    Frame::new(
+        request_id,
+        Body::Error(ErrorBody {
+            code,
+            message: Cow::Owned(message.into()),
+        }),
+    )
+}
+
+fn invalid(request_id: u32, message: &str) -> Plan {
+    Plan::Reply(error(request_id, ErrorCode::INVALID_ARGUMENT, message))
+}
+
+/// The peer of a one-to-one conversation named on the wire, or the error to answer (boxed: a
+/// `Plan` is large and the error path is rare).
+fn direct_peer(request_id: u32, conv: &Conv<'_>) -> Result<UserId, Box<Plan>> {
+    if conv.kind != ConvKind::DIRECT {
+        return Err(Box::new(invalid(
+            request_id,
+            "only direct conversations are served by this node version",
+        )));
+    }
+    if !valid_id(&conv.id) {
+        return Err(Box::new(invalid(
+            request_id,
+            "conversation id is not a valid user id",
+        )));
+    }
+    UserId::new(conv.id.as_ref()).map_err(|e| Box::new(invalid(request_id, &e.to_string())))
+}
+
+/// Decides what a frame received in an open session asks for.
+pub fn plan(s: &SessionInfo, frame: &Frame<'_>, limits: &Limits) -> Plan {
+    let rid = frame.request_id;
+    match &frame.body {
+        //= SPEC.md#heartbeat
+        //# A PING is answered with a PONG echoing its time.
+        Body::Ping(p) => Plan::Reply(Frame::new(rid, Body::Pong(Ping { time: p.time }))),
+        Body::Pong(_) | Body::Close(_) | Body::Error(_) => Plan::Ignore,
+        Body::Send(m) => {
+            let peer = match direct_peer(rid, &m.to) {
+                Ok(p) => p,
+                Err(plan) => return *plan,
+            };
+            // Clients send content kinds only; 0x40 and above are system events.
+            if m.kind.0 == 0 || m.kind.0 >= 0x40 {
+                return invalid(rid, "message kind must be a content kind (1..=0x3f)");
+            }
+            Plan::Append {
+                msg: DirectMessage {
+                    sender: s.user.clone(),
+                    sender_device: s.device.clone(),
+                    recipient: peer,
+                    client_msg_id: ClientMsgId(m.msg_id.0),
+                    kind: MessageKind(m.kind.0),
+                    body: m.body.to_vec(),
+                },
+            }
+        }
+        Body::PushAck(a) => Plan::PushAck {
+            inbox_seq: Seq(a.inbox_seq),
+            reply: rid != 0,
+        },
+        Body::Sync(q) => Plan::Sync {
+            after: Seq(q.after_inbox_seq),
+            limit: limits.sync.apply(q.limit),
+        },
+        Body::History(h) => {
+            let peer = match direct_peer(rid, &h.conv) {
+                Ok(p) => p,
+                Err(plan) => return *plan,
+            };
+            let (direction, anchor) = match h.direction {
+                //= SPEC.md#history
+                //# BEFORE with seq 0 means "the newest messages".
+                Direction::BEFORE if h.seq == 0 => (HistoryDirection::Before, Seq::MAX),
+                Direction::BEFORE => (HistoryDirection::Before, Seq(h.seq)),
+                Direction::AFTER => (HistoryDirection::After, Seq(h.seq)),
+                _ => return invalid(rid, "unknown history direction"),
+            };
+            Plan::History {
+                conv: ConvKey::direct(&s.user, &peer),
+                peer: peer.as_str().to_owned(),
+                anchor,
+                direction,
+                limit: limits.history.apply(h.limit),
+            }
+        }
+        Body::Contacts(c) => Plan::Contacts {
+            before_ms: c.before_time,
+            limit: limits.contacts.apply(c.limit),
+        },
+        Body::Read(r) => match direct_peer(rid, &r.conv) {
+            Ok(peer) => Plan::Read {
+                conv: ConvKey::direct(&s.user, &peer),
+                peer,
+                up_to: Seq(r.conv_seq),
+            },
+            Err(plan) => *plan,
+        },
+        Body::Typing(t) => match direct_peer(rid, &t.conv) {
+            Ok(peer) => Plan::Typing {
+                frame: Frame::new(
+                    0,
+                    Body::Typing(Typing {
+                        conv: Conv::direct(s.user.as_str().to_owned()),
+                        user: Cow::Owned(s.user.as_str().to_owned()),
+                        state: t.state,
+                    }),
+                ),
+                peer,
+            },
+            Err(plan) => *plan,
+        },
+        // Frames only a server sends, and a second HELLO.
+        Body::Hello(_)
+        | Body::Welcome(_)
+        | Body::Redirect(_)
+        | Body::Ok
+        | Body::SendAck(_)
+        | Body::Push(_)
+        | Body::SyncPage(_)
+        | Body::HistoryPage(_)
+        | Body::ContactsPage(_)
+        | Body::Receipt(_)
+        | Body::GroupListPage(_)
+        | Body::GroupInfo(_)
+        | Body::RelationPage(_) => Plan::Unexpected,
+        // Valid requests of features this version does not serve yet (groups, rooms, topics,
+        // relations, presence, recall): a non-closing error, so a client can degrade.
+        _ => Plan::Reply(error(
+            rid,
+            ErrorCode::INVALID_ARGUMENT,
+            format!(
+                "{} is not supported by this node version",
+                frame.frame_type()
+            ),
+        )),
+    }
+}
+
+/// The ERROR for a request storage did not accept. Busy is OVERLOADED and keeps the connection.
+pub fn submit_error(request_id: u32, e: SubmitError) -> Frame<'static> {
+    match e {
+        SubmitError::Busy => error(
+            request_id,
+            ErrorCode::OVERLOADED,
+            "storage is busy, retry later",
+        ),
+        SubmitError::Closed => error(request_id, ErrorCode::SHUTTING_DOWN, "storage is shut down"),
+    }
+}
+
+/// The ERROR for a storage operation that failed.
+pub fn op_error(request_id: u32, e: &OpError) -> Frame<'static> {
+    let code = match e {
+        OpError::NotFound(_) => ErrorCode::NOT_FOUND,
+        OpError::NotAllowed(_) => ErrorCode::FORBIDDEN,
+        OpError::Invalid(_) | OpError::AlreadyRecalled => ErrorCode::INVALID_ARGUMENT,
+        OpError::Closed => ErrorCode::SHUTTING_DOWN,
+        OpError::Engine(_) => ErrorCode::INTERNAL,
+    };
+    error(request_id, code, e.to_string())
+}
+
+/// SEND_ACK for a stored (or de-duplicated) message.
+pub fn send_ack(request_id: u32, msg: &DirectMessage, r: &AppendResult) -> Frame<'static> {
+    Frame::new(
+        request_id,
+        Body::SendAck(SendAck {
+            msg_id: tern_protocol::MsgId(msg.client_msg_id.0),
+            conv_seq: r.conv_seq.0,
+            inbox_seq: r.sender_inbox_seq.0,
+            time: r.time_ms,
+        }),
+    )
+}
+
+/// A conversation as `viewer` names it on the wire.
+pub fn wire_conv(conv: &ConvKey, viewer: &UserId) -> Conv<'static> {
+    match conv {
+        ConvKey::Direct(pair) => {
+            let peer = pair.peer_of(viewer).unwrap_or(pair.high());
+            Conv::direct(peer.as_str().to_owned())
+        }
+        ConvKey::Group(g) => Conv::group(g.as_str().to_owned()),
+        ConvKey::Room(r) => Conv {
+            kind: ConvKind::ROOM,
+            id: Cow::Owned(r.as_str().to_owned()),
+        },
+        ConvKey::Topic(t) => Conv {
+            kind: ConvKind::TOPIC,
+            id: Cow::Owned(t.as_str().to_owned()),
+        },
+    }
+}
+
+/// Storage's event kinds live above 0x80; the wire puts system kinds at 0x40.
+fn wire_kind(k: MessageKind) -> WireKind {
+    if k == MessageKind::RECALL_EVENT {
+        WireKind::RECALL
+    } else {
+        WireKind(k.0)
+    }
+}
+
+/// A stored message as `viewer` sees it, with `inbox_seq` from the viewer's inbox (0 if none).
+pub fn wire_message(m: &StoredMessage, viewer: &UserId, inbox_seq: Seq) -> Message<'static> {
+    Message {
+        conv: wire_conv(&m.conv, viewer),
+        sender: Cow::Owned(m.sender.as_str().to_owned()),
+        sender_device: Cow::Owned(m.sender_device.as_str().to_owned()),
+        conv_seq: m.seq.0,
+        inbox_seq: inbox_seq.0,
+        msg_id: tern_protocol::MsgId(m.client_msg_id.0),
+        time: m.time_ms,
+        kind: wire_kind(m.kind),
+        flags: WireFlags(m.flags.0),
+        body: Cow::Owned(m.body.clone()),
+    }
+}
+
+/// A PUSH for one user.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Delivery {
+    pub user: UserId,
+    /// Skip this session (the sending device already has the message).
+    pub except_session: Option<u64>,
+    pub frame: Frame<'static>,
+}
+
+/// Who is told about a newly stored message: every device of the recipient, and the sender's
+/// other devices (multi-device roaming). A retransmission is delivered to nobody: the original
+/// was, and anything missed is in the inboxes.
+pub fn deliveries(s: &SessionInfo, msg: &DirectMessage, r: &AppendResult) -> Vec<Delivery> {
+    if r.duplicate {
+        return Vec::new();
+    }
+    let stored = StoredMessage {
+        conv: r.conv.clone(),
+        seq: r.conv_seq,
+        sender: msg.sender.clone(),
+        sender_device: msg.sender_device.clone(),
+        client_msg_id: msg.client_msg_id,
+        time_ms: r.time_ms,
+        kind: msg.kind,
+        flags: MessageFlags::NONE,
+        body: msg.body.clone(),
+    };
+    let push =
+        |viewer: &UserId, seq: Seq| Frame::new(0, Body::Push(wire_message(&stored, viewer, seq)));
+    let mut out = Vec::with_capacity(2);
+    if msg.recipient != msg.sender {
+        out.push(Delivery {
+            user: msg.recipient.clone(),
+            except_session: None,
+            frame: push(&msg.recipient, r.recipient_inbox_seq),
+        });
+    }
+    out.push(Delivery {
+        user: msg.sender.clone(),
+        except_session: Some(s.session_id),
+        frame: push(&msg.sender, r.sender_inbox_seq),
+    });
+    out
+}
+
+/// SYNC_PAGE from an inbox page fetched with `limit + 1` entries (the extra one only tells
+/// whether there is more).
+pub fn sync_page(
+    request_id: u32,
+    viewer: &UserId,
+    after: Seq,
+    mut entries: Vec<InboxMessage>,
+    limit: usize,
+) -> Frame<'static> {
+    let more = entries.len() > limit;
+    entries.truncate(limit);
+    // Without a head query in the store API, the head reported is the last entry seen (exact
+    // when `more` is false; a lower bound otherwise, and the client keeps paging).
+    let head = entries
+        .last()
+        .map_or(after.0, |e| e.inbox_seq.0.max(after.0));
+    let messages = entries
+        .iter()
+        .map(|e| wire_message(&e.message, viewer, e.inbox_seq))
+        .collect();
+    Frame::new(
+        request_id,
+        Body::SyncPage(SyncPage {
+            head,
+            more,
+            messages,
+        }),
+    )
+}
+
+/// HISTORY_PAGE from a history query fetched with `limit + 1` entries; ascending conv seq.
+pub fn history_page(
+    request_id: u32,
+    viewer: &UserId,
+    peer: &str,
+    direction: HistoryDirection,
+    mut msgs: Vec<StoredMessage>,
+    limit: usize,
+) -> Frame<'static> {
+    let more = msgs.len() > limit;
+    msgs.truncate(limit);
+    if direction == HistoryDirection::Before {
+        msgs.reverse();
+    }
+    let messages = msgs
+        .iter()
+        .map(|m| wire_message(m, viewer, Seq::ZERO))
+        .collect();
+    Frame::new(
+        request_id,
+        Body::HistoryPage(HistoryPage {
+            conv: Conv::direct(peer.to_owned()),
+            more,
+            messages,
+        }),
+    )
+}
+
+/// How many recent conversations to ask storage for to serve a CONTACTS page: the store pages
+/// by count only, so a `before_ms` cursor filters a larger list.
+pub fn contacts_fetch(before_ms: u64, limit: usize) -> usize {
+    if before_ms == 0 {
+        limit + 1
+    } else {
+        10_000
+    }
+}
+
+/// CONTACTS_PAGE, most recent first, from the store's recent list.
+pub fn contacts_page(
+    request_id: u32,
+    viewer: &UserId,
+    list: &RecentList,
+    before_ms: u64,
+    limit: usize,
+) -> Frame<'static> {
+    let mut entries = list
+        .conversations
+        .iter()
+        .filter(|c| before_ms == 0 || c.last_time_ms < before_ms)
+        .map(|c| Contact {
+            conv: wire_conv(&c.conv, viewer),
+            unread: u64::from(c.unread),
+            read_seq: c.read_seq.0,
+            mentioned: c.mentioned,
+            time: c.last_time_ms,
+            last: c
+                .last_message
+                .as_ref()
+                .map(|m| wire_message(m, viewer, Seq::ZERO)),
+        })
+        .collect::<Vec<_>>();
+    let more = entries.len() > limit;
+    entries.truncate(limit);
+    Frame::new(
+        request_id,
+        Body::ContactsPage(ContactsPage {
+            total_unread: list.total_unread,
+            more,
+            entries,
+        }),
+    )
+}
+
+/// RECEIPT(READ) deliveries after `reader` read `peer`'s conversation up to `read_seq`: to the
+/// peer's devices, and to the reader's other devices so their unread counts follow.
+pub fn read_receipts(s: &SessionInfo, peer: &UserId, read_seq: Seq, now_ms: u64) -> Vec<Delivery> {
+    let receipt = |conv_peer: &UserId| {
+        Frame::new(
+            0,
+            Body::Receipt(Receipt {
+                conv: Conv::direct(conv_peer.as_str().to_owned()),
+                user: Cow::Owned(s.user.as_str().to_owned()),
+                kind: ReceiptKind::READ,
+                conv_seq: read_seq.0,
+                time: now_ms,
+            }),
+        )
+    };
+    let mut out = Vec::with_capacity(2);
+    if *peer != s.user {
+        out.push(Delivery {
+            user: peer.clone(),
+            except_session: None,
+            frame: receipt(&s.user),
+        });
+    }
+    out.push(Delivery {
+        user: s.user.clone(),
+        except_session: Some(s.session_id),
+        frame: receipt(peer),
+    });
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use tern_protocol::{Contacts, History, MsgId, PushAck, Read, Send, Sync};
+
+    fn me() -> SessionInfo {
+        SessionInfo {
+            user: UserId::new("alice").unwrap(),
+            device: DeviceId::new("phone").unwrap(),
+            session_id: 7,
+        }
+    }
+
+    fn send(to: &str, kind: u8) -> Frame<'static> {
+        Frame::new(
+            3,
+            Body::Send(Send {
+                to: Conv::direct(to.to_owned()),
+                msg_id: MsgId([1; 16]),
+                kind: WireKind(kind),
+                body: Cow::Borrowed(b"hi"),
+            }),
+        )
+    }
+
+    fn result(dup: bool) -> AppendResult {
+        AppendResult {
+            conv: ConvKey::direct(&UserId::new("alice").unwrap(), &UserId::new("bob").unwrap()),
+            conv_seq: Seq(4),
+            sender_inbox_seq: Seq(10),
+            recipient_inbox_seq: Seq(20),
+            time_ms: 99,
+            duplicate: dup,
+        }
+    }
+
+    #[test]
+    fn send_plans_an_append_and_validates() {
+        let l = Limits::default();
+        let Plan::Append { msg } = plan(&me(), &send("bob", 1), &l) else {
+            panic!()
+        };
+        assert_eq!(msg.recipient.as_str(), "bob");
+        assert_eq!(msg.body, b"hi");
+        for bad in [
+            send("", 1),
+            send("bob", 0),
+            send("bob", 0x40),
+            send(&"x".repeat(65), 1),
+        ] {
+            let Plan::Reply(f) = plan(&me(), &bad, &l) else {
+                panic!()
+            };
+            let Body::Error(e) = f.body else { panic!() };
+            assert_eq!(e.code, ErrorCode::INVALID_ARGUMENT);
+            assert_eq!(f.request_id, 3);
+        }
+        let group = Frame::new(
+            1,
+            Body::Send(Send {
+                to: Conv::group("g"),
+                msg_id: MsgId([1; 16]),
+                kind: WireKind::TEXT,
+                body: Cow::Borrowed(b""),
+            }),
+        );
+        assert!(matches!(plan(&me(), &group, &l), Plan::Reply(_)));
+    }
+
+    #[test]
+    fn ack_and_deliveries_follow_the_append_result() {
+        let l = Limits::default();
+        let Plan::Append { msg } = plan(&me(), &send("bob", 1), &l) else {
+            panic!()
+        };
+        let ack = send_ack(3, &msg, &result(false));
+        let Body::SendAck(a) = ack.body else { panic!() };
+        assert_eq!((a.conv_seq, a.inbox_seq, a.time), (4, 10, 99));
+        let d = deliveries(&me(), &msg, &result(false));
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0].user.as_str(), "bob");
+        let Body::Push(p) = &d[0].frame.body else {
+            panic!()
+        };
+        assert_eq!(
+            (p.conv.id.as_ref(), p.inbox_seq, p.sender.as_ref()),
+            ("alice", 20, "alice")
+        );
+        assert_eq!(d[1].except_session, Some(7));
+        let Body::Push(p) = &d[1].frame.body else {
+            panic!()
+        };
+        assert_eq!((p.conv.id.as_ref(), p.inbox_seq), ("bob", 10));
+        assert!(deliveries(&me(), &msg, &result(true)).is_empty());
+    }
+
+    #[test]
+    fn note_to_self_is_delivered_once() {
+        let Plan::Append { msg } = plan(&me(), &send("alice", 1), &Limits::default()) else {
+            panic!()
+        };
+        let mut r = result(false);
+        r.conv = ConvKey::direct(&msg.sender, &msg.sender);
+        let d = deliveries(&me(), &msg, &r);
+        assert_eq!(d.len(), 1);
+        let Body::Push(p) = &d[0].frame.body else {
+            panic!()
+        };
+        assert_eq!(p.conv.id.as_ref(), "alice");
+    }
+
+    #[test]
+    fn paging_requests_apply_limits() {
+        let l = Limits::default();
+        let f = Frame::new(
+            1,
+            Body::Sync(Sync {
+                after_inbox_seq: 5,
+                limit: 0,
+            }),
+        );
+        assert_eq!(
+            plan(&me(), &f, &l),
+            Plan::Sync {
+                after: Seq(5),
+                limit: 100
+            }
+        );
+        let f = Frame::new(
+            1,
+            Body::Sync(Sync {
+                after_inbox_seq: 5,
+                limit: 60_000,
+            }),
+        );
+        assert_eq!(
+            plan(&me(), &f, &l),
+            Plan::Sync {
+                after: Seq(5),
+                limit: 500
+            }
+        );
+        let f = Frame::new(
+            1,
+            Body::History(History {
+                conv: Conv::direct("bob"),
+                direction: Direction::BEFORE,
+                seq: 0,
+                limit: 10,
+            }),
+        );
+        let Plan::History {
+            anchor,
+            direction,
+            limit,
+            ..
+        } = plan(&me(), &f, &l)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (anchor, direction, limit),
+            (Seq::MAX, HistoryDirection::Before, 10)
+        );
+        let f = Frame::new(
+            1,
+            Body::Contacts(Contacts {
+                before_time: 0,
+                limit: 0,
+            }),
+        );
+        assert_eq!(
+            plan(&me(), &f, &l),
+            Plan::Contacts {
+                before_ms: 0,
+                limit: 50
+            }
+        );
+        let f = Frame::new(0, Body::PushAck(PushAck { inbox_seq: 9 }));
+        assert_eq!(
+            plan(&me(), &f, &l),
+            Plan::PushAck {
+                inbox_seq: Seq(9),
+                reply: false
+            }
+        );
+        let f = Frame::new(
+            2,
+            Body::Read(Read {
+                conv: Conv::direct("bob"),
+                conv_seq: 3,
+            }),
+        );
+        assert!(matches!(
+            plan(&me(), &f, &l),
+            Plan::Read { up_to: Seq(3), .. }
+        ));
+    }
+
+    #[test]
+    fn server_frames_from_a_client_are_unexpected() {
+        let f = Frame::new(0, Body::Ok);
+        assert_eq!(plan(&me(), &f, &Limits::default()), Plan::Unexpected);
+    }
+
+    #[test]
+    fn sync_page_reports_more_and_head() {
+        let stored = |seq| InboxMessage {
+            inbox_seq: Seq(seq),
+            message: StoredMessage {
+                conv: result(false).conv,
+                seq: Seq(seq),
+                sender: UserId::new("bob").unwrap(),
+                sender_device: DeviceId::new("d").unwrap(),
+                client_msg_id: ClientMsgId([0; 16]),
+                time_ms: 1,
+                kind: MessageKind::TEXT,
+                flags: MessageFlags::NONE,
+                body: vec![],
+            },
+        };
+        let f = sync_page(
+            1,
+            &me().user,
+            Seq(0),
+            vec![stored(1), stored(2), stored(3)],
+            2,
+        );
+        let Body::SyncPage(p) = f.body else { panic!() };
+        assert!(p.more);
+        assert_eq!(p.messages.len(), 2);
+        assert_eq!(p.head, 2);
+        assert_eq!(p.messages[0].conv.id, "bob");
+        let f = sync_page(1, &me().user, Seq(7), vec![], 2);
+        let Body::SyncPage(p) = f.body else { panic!() };
+        assert_eq!((p.more, p.head), (false, 7));
+    }
+
+    #[test]
+    fn read_receipts_go_to_the_peer_and_my_other_devices() {
+        let bob = UserId::new("bob").unwrap();
+        let r = read_receipts(&me(), &bob, Seq(5), 1);
+        assert_eq!(r.len(), 2);
+        let Body::Receipt(x) = &r[0].frame.body else {
+            panic!()
+        };
+        assert_eq!(
+            (x.conv.id.as_ref(), x.user.as_ref(), x.conv_seq),
+            ("alice", "alice", 5)
+        );
+    }
+}

@@ -1,0 +1,295 @@
+//! End-to-end test support: real `ternd` processes on 127.0.0.1 with port 0 and a temporary data
+//! dir, found through the `ports.json` they write. Every wait is bounded in time.
+//!
+//! The binaries are the ones cargo builds next to the test executables (run the tests with
+//! `cargo test --release --workspace`, or `-p tern-engine -p tern-tools -p tern-tests`, so that
+//! they are current); set `TERND_BIN` / `TERN_BIN` to use others.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use tern_protocol::{Body, Frame};
+use tern_tools::{Connection, ConnectionError, HelloParams};
+
+/// How long any single wait in a test may take.
+pub const WAIT: Duration = Duration::from_secs(10);
+
+fn workspace_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+/// Path of a binary of the workspace. `cargo test --workspace` (and `cargo test -p tern-engine
+/// -p tern-tools -p tern-tests`) builds them next to the test executables, in
+/// `target/release/`; when one is missing it is built here with cargo.
+fn built_binary(package: &str, bin: &str, env_override: &str) -> PathBuf {
+    if let Some(p) = std::env::var_os(env_override) {
+        return PathBuf::from(p);
+    }
+    // The test executable is target/release/deps/<name>; binaries are in target/release.
+    let exe = std::env::current_exe().unwrap_or_else(|e| panic!("current_exe: {e}"));
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .unwrap_or_else(|| panic!("unexpected test exe path {exe:?}"));
+    let path = dir.join(bin);
+    if !path.exists() {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        let status = Command::new(cargo)
+            .args(["build", "--release", "--quiet", "-p", package, "--bin", bin])
+            .current_dir(workspace_root())
+            .status()
+            .unwrap_or_else(|e| panic!("cannot run cargo to build {bin}: {e}"));
+        assert!(status.success(), "building {bin} failed");
+    }
+    assert!(path.exists(), "{path:?} missing");
+    path
+}
+
+/// The `ternd` binary.
+pub fn ternd_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| built_binary("tern-engine", "ternd", "TERND_BIN"))
+}
+
+/// The `tern` client binary.
+pub fn tern_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| built_binary("tern-tools", "tern", "TERN_BIN"))
+}
+
+/// The `terndump` protocol dump tool.
+pub fn terndump_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| built_binary("tern-tools", "terndump", "TERNDUMP_BIN"))
+}
+
+/// The `ternbench` load tool.
+pub fn ternbench_bin() -> &'static Path {
+    static BIN: OnceLock<PathBuf> = OnceLock::new();
+    BIN.get_or_init(|| built_binary("tern-tools", "ternbench", "TERNBENCH_BIN"))
+}
+
+/// A running `ternd` with its own data dir; killed when dropped.
+#[derive(Debug)]
+pub struct Node {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    extra: Vec<String>,
+    pub native: String,
+    pub admin: String,
+}
+
+impl Node {
+    /// Starts a node in a fresh temporary data dir (dev mode, two cores).
+    pub fn start() -> Node {
+        Node::start_with(&[])
+    }
+
+    /// Starts a node with extra command-line arguments.
+    pub fn start_with(extra: &[&str]) -> Node {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let mut node = Node {
+            child: None,
+            dir,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            native: String::new(),
+            admin: String::new(),
+        };
+        node.spawn();
+        node
+    }
+
+    /// The data dir.
+    pub fn data_dir(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Process id of the running node.
+    pub fn pid(&self) -> u32 {
+        self.child.as_ref().map_or(0, Child::id)
+    }
+
+    fn spawn(&mut self) {
+        let ports = self.dir.path().join("ports.json");
+        let _ = std::fs::remove_file(&ports);
+        // A restart keeps the addresses, so that clients reconnect to the same place.
+        let native = if self.native.is_empty() {
+            "127.0.0.1:0".to_owned()
+        } else {
+            self.native.clone()
+        };
+        let admin = if self.admin.is_empty() {
+            "127.0.0.1:0".to_owned()
+        } else {
+            self.admin.clone()
+        };
+        let child = Command::new(ternd_bin())
+            .args([
+                "--dev",
+                "--native",
+                &native,
+                "--admin",
+                &admin,
+                "--cores",
+                "2",
+                "--data-dir",
+            ])
+            .arg(self.dir.path())
+            .args(&self.extra)
+            .env("RUST_LOG", "warn")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start ternd: {e}"));
+        self.child = Some(child);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(text) = std::fs::read_to_string(&ports) {
+                if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
+                    self.native = v["native"].as_str().unwrap_or_default().to_owned();
+                    self.admin = v["admin"].as_str().unwrap_or_default().to_owned();
+                    return;
+                }
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("ternd exited during start: {status}");
+            }
+            assert!(
+                Instant::now() < deadline,
+                "ternd did not write ports.json in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGKILL: no shutdown code runs, as in a crash.
+    pub fn kill(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    /// Kills the node and starts it again on the same data dir and addresses.
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Mints a token with `ternd token` (the node's dev secret).
+    pub fn token(&self, user: &str, device: Option<&str>, ttl_secs: u64) -> String {
+        let mut cmd = Command::new(ternd_bin());
+        cmd.args([
+            "token",
+            "--user",
+            user,
+            "--ttl",
+            &ttl_secs.to_string(),
+            "--data-dir",
+        ])
+        .arg(self.dir.path());
+        if let Some(d) = device {
+            cmd.args(["--device", d]);
+        }
+        let out = cmd.output().unwrap_or_else(|e| panic!("ternd token: {e}"));
+        assert!(
+            out.status.success(),
+            "ternd token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// Connects and authenticates `user` on `device` with a fresh token bound to the device.
+    pub fn connect(&self, user: &str, device: &str) -> Connection {
+        let token = self.token(user, Some(device), 3600);
+        Connection::connect(&self.native, &HelloParams::new(token, device), WAIT)
+            .unwrap_or_else(|e| panic!("{user}/{device} cannot connect: {e}"))
+    }
+
+    /// Tries a handshake with an arbitrary token and device.
+    pub fn try_connect(&self, token: &str, device: &str) -> Result<Connection, ConnectionError> {
+        Connection::connect(&self.native, &HelloParams::new(token, device), WAIT)
+    }
+
+    /// GET on the admin endpoint: (status line, body).
+    pub fn admin_get(&self, path: &str) -> (String, String) {
+        use std::io::{Read, Write};
+        let mut s = std::net::TcpStream::connect(&self.admin)
+            .unwrap_or_else(|e| panic!("admin connect: {e}"));
+        s.set_read_timeout(Some(WAIT)).ok();
+        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")
+            .unwrap_or_else(|e| panic!("admin write: {e}"));
+        let mut text = String::new();
+        s.read_to_string(&mut text)
+            .unwrap_or_else(|e| panic!("admin read: {e}"));
+        let (head, body) = text.split_once("\r\n\r\n").unwrap_or((&text, ""));
+        (
+            head.lines().next().unwrap_or_default().to_owned(),
+            body.to_owned(),
+        )
+    }
+}
+
+impl Drop for Node {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Receives frames until `pred` picks one, within [`WAIT`]; frames not picked are returned too.
+pub fn recv_until(
+    conn: &mut Connection,
+    mut pred: impl FnMut(&Frame<'static>) -> bool,
+) -> (Frame<'static>, Vec<Frame<'static>>) {
+    let deadline = Instant::now() + WAIT;
+    let mut skipped = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "no matching frame within {WAIT:?}; got {skipped:?}"
+        );
+        match conn.recv(left) {
+            Ok(Some(f)) if pred(&f) => return (f, skipped),
+            Ok(Some(f)) => skipped.push(f),
+            Ok(None) => {}
+            Err(e) => panic!("connection failed while waiting: {e}; got {skipped:?}"),
+        }
+    }
+}
+
+/// Waits for the server to end the connection; returns every frame received before.
+pub fn recv_until_closed(conn: &mut Connection) -> Vec<Frame<'static>> {
+    let deadline = Instant::now() + WAIT;
+    let mut frames = Vec::new();
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        assert!(
+            !left.is_zero(),
+            "connection still open after {WAIT:?}; got {frames:?}"
+        );
+        match conn.recv(left) {
+            Ok(Some(f)) => frames.push(f),
+            Ok(None) => {}
+            Err(_) => return frames,
+        }
+    }
+}
+
+/// Asserts that no frame arrives for `quiet`.
+pub fn assert_silent(conn: &mut Connection, quiet: Duration) {
+    match conn.recv(quiet) {
+        Ok(None) => {}
+        Ok(Some(f)) => panic!("expected silence, got {f:?}"),
+        Err(e) => panic!("connection failed: {e}"),
+    }
+}
+
+/// Whether a frame is a PUSH.
+pub fn is_push(f: &Frame<'_>) -> bool {
+    matches!(f.body, Body::Push(_))
+}

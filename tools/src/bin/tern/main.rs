@@ -1,0 +1,340 @@
+//! `tern`: command-line client of a tern node, built on the SDK (`tern_tools`).
+//!
+//! ```text
+//! tern --server 127.0.0.1:14000 --token $T send --to bob "hi"
+//! tern --token $T watch            # messages, receipts, typing, presence as they arrive
+//! tern --token $T sync             # pull the inbox from the saved position
+//! tern --token $T history --with bob
+//! tern --token $T contacts
+//! ```
+//! `--json` prints one JSON object per line.
+
+use std::path::PathBuf;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context as _};
+use clap::{Parser, Subcommand};
+use serde_json::json;
+use tern_protocol::{
+    Body, Contacts, Conv, Direction, History, Message, MessageKind, PushAck, Read, Sync,
+};
+use tern_tools::{token_device, Client, ClientConfig, Connection, DeviceState, Event, HelloParams};
+
+#[derive(Debug, Parser)]
+#[command(name = "tern", version, about = "tern command-line client")]
+struct Cli {
+    /// Node address (native protocol).
+    #[arg(
+        long,
+        env = "TERN_SERVER",
+        default_value = "127.0.0.1:14000",
+        global = true
+    )]
+    server: String,
+    /// Token (JWT) identifying the user; `ternd token` mints one in dev mode.
+    #[arg(long, env = "TERN_TOKEN", global = true, hide_env_values = true)]
+    token: Option<String>,
+    /// Device id; default: the token's device claim, else "cli".
+    #[arg(long, env = "TERN_DEVICE", global = true)]
+    device: Option<String>,
+    /// File keeping this device's inbox position (for sync and watch).
+    #[arg(long, env = "TERN_STATE", global = true)]
+    state: Option<PathBuf>,
+    /// One JSON object per line.
+    #[arg(long, global = true)]
+    json: bool,
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Debug, Subcommand)]
+enum Cmd {
+    /// Send a text message (retransmitted until the node acknowledges it).
+    Send {
+        #[arg(long)]
+        to: String,
+        text: String,
+    },
+    /// Print incoming messages, receipts, typing and presence as they arrive.
+    Watch {
+        /// Stop after this many seconds (default: run until interrupted).
+        #[arg(long)]
+        seconds: Option<u64>,
+        /// Stop after this many messages.
+        #[arg(long)]
+        count: Option<usize>,
+    },
+    /// Pull the inbox from the saved position (or --after) to the end.
+    Sync {
+        #[arg(long)]
+        after: Option<u64>,
+    },
+    /// Page the conversation with a user.
+    History {
+        #[arg(long = "with")]
+        with: String,
+        #[arg(long, default_value_t = 50)]
+        limit: u16,
+        /// Messages before this conversation sequence (default: the newest).
+        #[arg(long, default_value_t = 0)]
+        before: u64,
+    },
+    /// Recent conversations with unread counts.
+    Contacts {
+        #[arg(long, default_value_t = 50)]
+        limit: u16,
+    },
+    /// Mark the conversation with a user read up to a sequence.
+    Read {
+        #[arg(long = "with")]
+        with: String,
+        #[arg(long)]
+        seq: u64,
+    },
+}
+
+const TIMEOUT: Duration = Duration::from_secs(10);
+
+fn body_text(m: &Message<'_>) -> String {
+    match std::str::from_utf8(&m.body) {
+        Ok(s) => s.to_owned(),
+        Err(_) => format!("0x{}", hex::encode(&m.body)),
+    }
+}
+
+fn message_json(m: &Message<'_>) -> serde_json::Value {
+    json!({
+        "type": "message",
+        "conv": m.conv.id,
+        "conv_kind": m.conv.kind.0,
+        "sender": m.sender,
+        "sender_device": m.sender_device,
+        "conv_seq": m.conv_seq,
+        "inbox_seq": m.inbox_seq,
+        "msg_id": hex::encode(m.msg_id.0),
+        "time": m.time,
+        "kind": m.kind.0,
+        "flags": m.flags.0,
+        "body": body_text(m),
+    })
+}
+
+fn print_message(json: bool, m: &Message<'_>) {
+    if json {
+        println!("{}", message_json(m));
+    } else {
+        println!(
+            "[{} #{} inbox {}] {}/{}: {}",
+            m.conv,
+            m.conv_seq,
+            m.inbox_seq,
+            m.sender,
+            m.sender_device,
+            body_text(m)
+        );
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let Some(token) = cli.token.clone() else {
+        bail!("--token (or TERN_TOKEN) is required; in dev mode mint one with `ternd token --user U --device D`");
+    };
+    let device = cli
+        .device
+        .clone()
+        .or_else(|| token_device(&token))
+        .unwrap_or_else(|| "cli".into());
+    let hello = HelloParams::new(token.clone(), device.clone());
+    let json = cli.json;
+    match &cli.command {
+        Cmd::Send { to, text } => {
+            let mut cfg = ClientConfig::new(cli.server.clone(), token, device);
+            cfg.state_path = cli.state.clone();
+            let client = Client::start(cfg);
+            let ack = client
+                .send_wait(to, MessageKind::TEXT, text.as_bytes().to_vec(), TIMEOUT)
+                .with_context(|| format!("sending to {to}"))?;
+            client.stop();
+            if json {
+                println!(
+                    "{}",
+                    json!({"type": "send_ack", "to": to, "msg_id": hex::encode(ack.msg_id.0), "conv_seq": ack.conv_seq, "inbox_seq": ack.inbox_seq, "time": ack.time})
+                );
+            } else {
+                println!(
+                    "sent to {to}: conv_seq {} inbox_seq {} time {}",
+                    ack.conv_seq, ack.inbox_seq, ack.time
+                );
+            }
+        }
+        Cmd::Watch { seconds, count } => {
+            let mut cfg = ClientConfig::new(cli.server.clone(), token, device);
+            cfg.state_path = cli.state.clone();
+            let client = Client::start(cfg);
+            let end = seconds.map(|s| Instant::now() + Duration::from_secs(s));
+            let mut messages = 0usize;
+            while end.is_none_or(|e| Instant::now() < e) && count.is_none_or(|c| messages < c) {
+                let Some(ev) = client.next_event(Duration::from_millis(200)) else {
+                    continue;
+                };
+                match ev {
+                    Event::Message(m) => {
+                        messages += 1;
+                        print_message(json, &m);
+                    }
+                    Event::Receipt(r) if json => println!(
+                        "{}",
+                        json!({"type": "receipt", "conv": r.conv.id, "user": r.user, "kind": r.kind.0, "conv_seq": r.conv_seq, "time": r.time})
+                    ),
+                    Event::Receipt(r) => {
+                        println!("[{}] {} {} up to #{}", r.conv, r.user, r.kind, r.conv_seq)
+                    }
+                    Event::Typing(t) if json => println!(
+                        "{}",
+                        json!({"type": "typing", "conv": t.conv.id, "user": t.user, "state": t.state.0})
+                    ),
+                    Event::Typing(t) => println!("[{}] {} {}", t.conv, t.user, t.state),
+                    Event::Presence(p) if json => println!(
+                        "{}",
+                        json!({"type": "presence", "user": p.user, "status": p.status.0, "last_seen": p.last_seen, "text": p.text})
+                    ),
+                    Event::Presence(p) => println!("{} is {} {}", p.user, p.status, p.text),
+                    Event::Connected { user, session_id } if json => println!(
+                        "{}",
+                        json!({"type": "connected", "user": user, "session_id": session_id})
+                    ),
+                    Event::Connected { user, .. } => eprintln!("connected as {user}"),
+                    Event::Disconnected { reason } if json => {
+                        println!("{}", json!({"type": "disconnected", "reason": reason}))
+                    }
+                    Event::Disconnected { reason } => {
+                        eprintln!("disconnected: {reason}; reconnecting")
+                    }
+                    Event::Fatal { code, message } => {
+                        bail!("refused by the server ({code}): {message}")
+                    }
+                    Event::Synced { inbox_seq } if json => {
+                        println!("{}", json!({"type": "synced", "inbox_seq": inbox_seq}))
+                    }
+                    Event::Synced { .. } | Event::SendAcked { .. } | Event::SendFailed { .. } => {}
+                }
+            }
+            client.stop();
+        }
+        Cmd::Sync { after } => {
+            let mut conn = Connection::connect(&cli.server, &hello, TIMEOUT)?;
+            let saved = match &cli.state {
+                Some(p) => {
+                    DeviceState::load(p).with_context(|| format!("reading {}", p.display()))?
+                }
+                None => DeviceState::default(),
+            };
+            let mut pos = after.unwrap_or(saved.inbox_seq);
+            // Bounded: at most 10,000 pages of up to 500 messages.
+            for _ in 0..10_000 {
+                let f = conn.request(
+                    Body::Sync(Sync {
+                        after_inbox_seq: pos,
+                        limit: 500,
+                    }),
+                    TIMEOUT,
+                )?;
+                let Body::SyncPage(page) = f.body else {
+                    bail!("unexpected answer {:?}", f.frame_type())
+                };
+                for m in &page.messages {
+                    print_message(json, m);
+                    pos = pos.max(m.inbox_seq);
+                }
+                if !page.more {
+                    break;
+                }
+            }
+            conn.request(Body::PushAck(PushAck { inbox_seq: pos }), TIMEOUT)?;
+            if let Some(p) = &cli.state {
+                DeviceState { inbox_seq: pos }
+                    .save(p)
+                    .with_context(|| format!("writing {}", p.display()))?;
+            }
+            if json {
+                println!("{}", json!({"type": "synced", "inbox_seq": pos}));
+            } else {
+                eprintln!("synced to inbox seq {pos}");
+            }
+        }
+        Cmd::History {
+            with,
+            limit,
+            before,
+        } => {
+            let mut conn = Connection::connect(&cli.server, &hello, TIMEOUT)?;
+            let body = Body::History(History {
+                conv: Conv::direct(with.as_str()),
+                direction: Direction::BEFORE,
+                seq: *before,
+                limit: *limit,
+            });
+            let f = conn.request(body, TIMEOUT)?;
+            let Body::HistoryPage(page) = f.body else {
+                bail!("unexpected answer {:?}", f.frame_type())
+            };
+            for m in &page.messages {
+                print_message(json, m);
+            }
+            if page.more && !json {
+                eprintln!(
+                    "(more: --before {})",
+                    page.messages.first().map_or(0, |m| m.conv_seq)
+                );
+            }
+        }
+        Cmd::Contacts { limit } => {
+            let mut conn = Connection::connect(&cli.server, &hello, TIMEOUT)?;
+            let f = conn.request(
+                Body::Contacts(Contacts {
+                    before_time: 0,
+                    limit: *limit,
+                }),
+                TIMEOUT,
+            )?;
+            let Body::ContactsPage(page) = f.body else {
+                bail!("unexpected answer {:?}", f.frame_type())
+            };
+            if json {
+                for c in &page.entries {
+                    println!(
+                        "{}",
+                        json!({"type": "contact", "conv": c.conv.id, "conv_kind": c.conv.kind.0, "unread": c.unread, "read_seq": c.read_seq, "time": c.time, "last": c.last.as_ref().map(message_json)})
+                    );
+                }
+                println!(
+                    "{}",
+                    json!({"type": "total_unread", "total_unread": page.total_unread, "more": page.more})
+                );
+            } else {
+                for c in &page.entries {
+                    let last = c.last.as_ref().map(body_text).unwrap_or_default();
+                    println!("{}  unread {}  {}", c.conv, c.unread, last);
+                }
+                println!("total unread: {}", page.total_unread);
+            }
+        }
+        Cmd::Read { with, seq } => {
+            let mut conn = Connection::connect(&cli.server, &hello, TIMEOUT)?;
+            conn.request(
+                Body::Read(Read {
+                    conv: Conv::direct(with.as_str()),
+                    conv_seq: *seq,
+                }),
+                TIMEOUT,
+            )?;
+            if json {
+                println!("{}", json!({"type": "read", "conv": with, "conv_seq": seq}));
+            } else {
+                println!("read {with} up to #{seq}");
+            }
+        }
+    }
+    Ok(())
+}

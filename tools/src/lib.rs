@@ -1,0 +1,20 @@
+//! tern's client SDK, for ordinary blocking code (std::net, threads; no async runtime needed).
+//!
+//! Two layers:
+//! - [`Connection`]: one TCP connection speaking the wire protocol — HELLO/WELCOME, framed
+//!   requests matched by request id, server-initiated frames kept in arrival order. What tests
+//!   and one-shot commands use.
+//! - [`Client`]: the reliable client of the six-packet model on a worker thread — a send queue
+//!   with a local increasing sequence and retransmission timers (same message id, RETRANSMIT
+//!   flag) until SEND_ACK, de-duplication of received messages by conversation sequence, the
+//!   device's inbox position persisted in a local file and acknowledged in batches, reconnect
+//!   with exponential backoff and a resync (SYNC from the persisted position) after every
+//!   connect.
+
+pub mod client;
+pub mod connection;
+pub mod state;
+
+pub use client::{Client, ClientConfig, Event, PendingSend, SendError};
+pub use connection::{token_device, Connection, ConnectionError, HelloParams};
+pub use state::DeviceState;
