@@ -125,19 +125,21 @@ impl Node {
         } else {
             self.admin.clone()
         };
-        let child = Command::new(ternd_bin())
-            .args([
-                "--dev",
-                "--native",
-                &native,
-                "--admin",
-                &admin,
-                "--cores",
-                "2",
-                "--data-dir",
-            ])
-            .arg(self.dir.path())
-            .args(&self.extra)
+        let mut cmd = Command::new(ternd_bin());
+        cmd.args([
+            "--dev",
+            "--native",
+            &native,
+            "--admin",
+            &admin,
+            "--data-dir",
+        ])
+        .arg(self.dir.path())
+        .args(&self.extra);
+        if !self.extra.iter().any(|a| a == "--cores") {
+            cmd.args(["--cores", "2"]);
+        }
+        let child = cmd
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
