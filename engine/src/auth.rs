@@ -218,6 +218,32 @@ mod tests {
         ));
     }
 
+    /// A throwaway Ed25519 key pair, generated for this test only.
+    pub(crate) const TEST_ED_PRIVATE: &str = "-----BEGIN PRIVATE KEY-----\nMC4CAQAwBQYDK2VwBCIEIFBUCcYSh+Xq8yCQQDye7xqSG/42QDN4aPbUkGpmOh5i\n-----END PRIVATE KEY-----\n";
+    pub(crate) const TEST_ED_PUBLIC: &str = "-----BEGIN PUBLIC KEY-----\nMCowBQYDK2VwAyEAiVjYKODS9GBcpVtMKi0w126tWBx99rTtTdBsxdQV5AM=\n-----END PUBLIC KEY-----\n";
+
+    #[test]
+    fn eddsa_public_key_verifies_and_rejects_hs256() {
+        let a = Authenticator::public_key(Algorithm::EdDSA, TEST_ED_PUBLIC.as_bytes()).unwrap();
+        let claims = Claims {
+            sub: "alice".into(),
+            dev: None,
+            exp: NOW + 60,
+            iat: None,
+        };
+        let key = EncodingKey::from_ed_pem(TEST_ED_PRIVATE.as_bytes()).unwrap();
+        let t = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key).unwrap();
+        assert_eq!(a.verify(&t, "phone", NOW * 1000).unwrap().user, "alice");
+        // An HS256 token (e.g. signed with the public key as a secret) is refused.
+        let forged = mint_hs256(TEST_ED_PUBLIC.as_bytes(), "alice", None, 60, NOW).unwrap();
+        assert!(matches!(
+            a.verify(&forged, "phone", NOW * 1000),
+            Err(AuthError::Invalid(_))
+        ));
+        assert!(parse_algorithm("rs256").is_ok());
+        assert!(parse_algorithm("none").is_err());
+    }
+
     #[test]
     fn device_claim_may_be_spelled_device() {
         let c: Claims = serde_json::from_str(r#"{"sub":"u","device":"d","exp":1}"#).unwrap();

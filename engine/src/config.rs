@@ -54,6 +54,24 @@ pub struct NodeArgs {
     /// Node identity, recorded in the database on first start.
     #[arg(long, env = "TERN_NODE_ID", global = true)]
     pub node_id: Option<String>,
+    /// io driver: auto (io_uring, falling back to epoll), io_uring, or legacy (epoll).
+    #[arg(long, env = "TERN_IO_DRIVER", global = true)]
+    pub io_driver: Option<IoDriver>,
+}
+
+/// Which monoio driver the cores run.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, clap::ValueEnum, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum IoDriver {
+    /// io_uring when the kernel allows it, epoll otherwise.
+    #[default]
+    Auto,
+    /// io_uring or fail.
+    #[value(name = "io_uring", alias = "iouring")]
+    #[serde(rename = "io_uring")]
+    IoUring,
+    /// epoll.
+    Legacy,
 }
 
 /// Subcommands.
@@ -83,6 +101,7 @@ pub struct FileConfig {
     pub cores: Option<usize>,
     pub dev: Option<bool>,
     pub node_id: Option<String>,
+    pub io_driver: Option<IoDriver>,
     #[serde(default)]
     pub auth: AuthFile,
     #[serde(default)]
@@ -154,6 +173,7 @@ pub struct Settings {
     pub timers: Timers,
     pub outbound_queue: usize,
     pub max_frame: u32,
+    pub io_driver: IoDriver,
     pub storage_write_queue: usize,
     pub storage_read_queue: usize,
 }
@@ -284,6 +304,7 @@ impl Settings {
             timers,
             outbound_queue: file.limits.outbound_queue.unwrap_or(1024).max(1),
             max_frame,
+            io_driver: args.io_driver.or(file.io_driver).unwrap_or_default(),
             storage_write_queue: file.limits.storage_write_queue.unwrap_or(65_536).max(1),
             storage_read_queue: file.limits.storage_read_queue.unwrap_or(4_096).max(1),
         })

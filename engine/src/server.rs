@@ -46,7 +46,7 @@ use tern_storage::{
 use tracing::{debug, info, warn};
 
 use crate::auth::{AuthError, Authenticator};
-use crate::config::{AuthKey, Settings};
+use crate::config::{AuthKey, IoDriver, Settings};
 use crate::conn::{classify, Conn, Effect, State, Timers, Trigger};
 use crate::metrics::{dec, inc, METRICS};
 use crate::pool::BufPool;
@@ -1047,11 +1047,12 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
     });
 
     let mut threads = Vec::with_capacity(cores + 1);
+    let driver = settings.io_driver;
     for (i, (listener, rx)) in listeners.into_iter().zip(receivers).enumerate() {
         let node = Arc::clone(&node);
         let t = std::thread::Builder::new()
             .name(format!("tern-core-{i}"))
-            .spawn(move || run_core(i as u16, listener, rx, node))
+            .spawn(move || run_core(i as u16, listener, rx, node, driver))
             .context("spawning core thread")?;
         threads.push(t);
     }
@@ -1082,23 +1083,39 @@ fn run_core(
     listener: std::net::TcpListener,
     rx: flume::Receiver<CoreMsg>,
     node: Arc<NodeShared>,
+    driver: IoDriver,
 ) {
-    let rt = monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
-        .enable_timer()
-        .build();
-    let mut rt = match rt {
-        Ok(rt) => rt,
-        Err(e) => {
-            tracing::error!("core {i}: cannot build runtime: {e}");
-            return;
-        }
+    let fut = core_main(i, listener, rx, node);
+    let built = match driver {
+        IoDriver::Auto => monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut rt| {
+                let name = match &rt {
+                    monoio::FusionRuntime::Uring(_) => "io_uring",
+                    monoio::FusionRuntime::Legacy(_) => "epoll (legacy)",
+                };
+                info!("core {i}: monoio runtime with the {name} driver");
+                rt.block_on(fut)
+            }),
+        IoDriver::IoUring => monoio::RuntimeBuilder::<monoio::IoUringDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut rt| {
+                info!("core {i}: monoio runtime with the io_uring driver (forced)");
+                rt.block_on(fut)
+            }),
+        IoDriver::Legacy => monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .map(|mut rt| {
+                info!("core {i}: monoio runtime with the epoll (legacy) driver (forced)");
+                rt.block_on(fut)
+            }),
     };
-    let driver = match &rt {
-        monoio::FusionRuntime::Uring(_) => "io_uring",
-        monoio::FusionRuntime::Legacy(_) => "epoll (legacy)",
-    };
-    info!("core {i}: monoio runtime with the {driver} driver");
-    rt.block_on(core_main(i, listener, rx, node));
+    if let Err(e) = built {
+        tracing::error!("core {i}: cannot build the {driver:?} runtime: {e}");
+    }
 }
 
 async fn core_main(

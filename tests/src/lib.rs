@@ -139,6 +139,8 @@ impl Node {
         if !self.extra.iter().any(|a| a == "--cores") {
             cmd.args(["--cores", "2"]);
         }
+        // TERN_IO_DRIVER (auto, io_uring, legacy) reaches the node through its environment, so
+        // the whole suite can be run on either driver.
         let child = cmd
             .env("RUST_LOG", "warn")
             .stdin(Stdio::null())

@@ -429,3 +429,20 @@ fn storage_busy_answers_overloaded_and_keeps_the_connection() {
         .unwrap();
     assert!(busy >= overloaded as u64, "{metrics}");
 }
+
+#[test]
+fn the_epoll_driver_serves_the_same_protocol() {
+    let node = Node::start_with(&["--io-driver", "legacy"]);
+    let mut alice = node.connect("alice", "phone");
+    let mut bob = node.connect("bob", "phone");
+    let ack = send(&mut alice, "bob", msg_id(1), "over epoll");
+    let (f, _) = recv_until(&mut bob, is_push);
+    let Body::Push(m) = f.body else {
+        unreachable!()
+    };
+    assert_eq!(
+        (m.conv_seq, text(&m)),
+        (ack.conv_seq, "over epoll".to_owned())
+    );
+    assert_eq!(sync_all(&mut bob, 0).len(), 1);
+}
