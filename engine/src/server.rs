@@ -186,6 +186,19 @@ impl ConnShared {
         self.wake();
     }
 
+    /// Resolves when the connection is kicked.
+    async fn kicked(&self) {
+        poll_fn(|cx| {
+            if self.kick.get().is_some() {
+                Poll::Ready(())
+            } else {
+                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                Poll::Pending
+            }
+        })
+        .await
+    }
+
     /// Marks the timer due if the deadline has passed; `true` if it did.
     fn sweep(&self, now_ms: u64) -> bool {
         let d = self.deadline_ms.get();
@@ -386,6 +399,8 @@ impl Core {
 struct Session {
     info: SessionInfo,
     user_key: Arc<str>,
+    /// Largest body the client accepts (HELLO.max_frame, raised to the protocol minimum).
+    max_out: u32,
 }
 
 enum Event {
@@ -668,7 +683,12 @@ impl Connection {
             }),
         );
         debug!(conn = ?self.me, user = %info.user, device = %info.device, max_frame = h.max_frame.max(MIN_MAX_BODY), "session open");
-        self.session = Some(Box::new(Session { info, user_key }));
+        let max_out = h.max_frame.clamp(MIN_MAX_BODY, tern_protocol::ABS_MAX_BODY);
+        self.session = Some(Box::new(Session {
+            info,
+            user_key,
+            max_out,
+        }));
         self.write_frame(&welcome).await
     }
 
@@ -708,6 +728,7 @@ impl Connection {
             return false;
         };
         let info = s.info.clone();
+        let max_out = s.max_out;
         let node = Arc::clone(&self.core.node);
         let rid = frame.request_id;
         let store = &node.store;
@@ -776,7 +797,7 @@ impl Connection {
                 else {
                     return self.conn.state() == State::Open;
                 };
-                let page = session::sync_page(rid, &info.user, after, entries, limit);
+                let page = session::sync_page(rid, &info.user, after, entries, limit, max_out);
                 if let Body::SyncPage(p) = &page.body {
                     if let Some(last) = p.messages.last() {
                         // Recording what was handed out is bookkeeping; the reply need not wait.
@@ -805,7 +826,7 @@ impl Connection {
                     return self.conn.state() == State::Open;
                 };
                 self.write_frame(&session::history_page(
-                    rid, &info.user, &peer, direction, msgs, limit,
+                    rid, &info.user, &peer, direction, msgs, limit, max_out,
                 ))
                 .await
             }
@@ -910,10 +931,31 @@ impl Connection {
                 core.pool.put(buf);
                 return true;
             }
-            let (res, buf) = self.stream.write_all(buf).await;
-            core.pool.put(buf);
-            if res.is_err() {
-                return false;
+            // A peer that stops reading blocks this write while pushes keep coming; the queue
+            // then overflows and the kick must end the connection even though the write never
+            // completes.
+            let shared = Rc::clone(&self.shared);
+            let written = monoio::select! {
+                r = self.stream.write_all(buf) => Some(r),
+                _ = shared.kicked() => None,
+            };
+            match written {
+                Some((res, buf)) => {
+                    core.pool.put(buf);
+                    if res.is_err() {
+                        return false;
+                    }
+                }
+                None => {
+                    // A frame is half written: no CLOSE can follow it, the socket is closed.
+                    let trigger = match self.shared.kick.get() {
+                        Some(CloseReason::REPLACED) => Trigger::Replaced,
+                        Some(CloseReason::SLOW_CONSUMER) => Trigger::OutboundFull,
+                        _ => Trigger::Drain,
+                    };
+                    self.conn.apply(trigger);
+                    return false;
+                }
             }
         }
     }

@@ -381,9 +381,17 @@ pub fn sync_page(
     after: Seq,
     mut entries: Vec<InboxMessage>,
     limit: usize,
+    max_body: u32,
 ) -> Frame<'static> {
-    let more = entries.len() > limit;
+    let mut more = entries.len() > limit;
     entries.truncate(limit);
+    //= SPEC.md#sync
+    //# The server caps the limit to fit the client's max_frame.
+    let fit = fitting(entries.iter().map(|e| &e.message), max_body);
+    if fit < entries.len() {
+        entries.truncate(fit);
+        more = true;
+    }
     // Without a head query in the store API, the head reported is the last entry seen (exact
     // when `more` is false; a lower bound otherwise, and the client keeps paging).
     let head = entries
@@ -411,9 +419,16 @@ pub fn history_page(
     direction: HistoryDirection,
     mut msgs: Vec<StoredMessage>,
     limit: usize,
+    max_body: u32,
 ) -> Frame<'static> {
-    let more = msgs.len() > limit;
+    let mut more = msgs.len() > limit;
     msgs.truncate(limit);
+    // Storage order is nearest to the anchor first, so the messages kept are the nearest.
+    let fit = fitting(msgs.iter(), max_body);
+    if fit < msgs.len() {
+        msgs.truncate(fit);
+        more = true;
+    }
     if direction == HistoryDirection::Before {
         msgs.reverse();
     }
@@ -429,6 +444,31 @@ pub fn history_page(
             messages,
         }),
     )
+}
+
+/// How many of `msgs`, in order, fit in a page body of at most `max_body` bytes (at least one,
+/// so that paging always advances; a client whose limit is below one message cannot receive it
+/// in any form).
+fn fitting<'m>(msgs: impl Iterator<Item = &'m StoredMessage>, max_body: u32) -> usize {
+    // Page fields other than the messages: head/more or conv/more, and the list count.
+    const PAGE_OVERHEAD: usize = 160;
+    // Message fields besides the ids and the body: conv kind, varints, msgid, kind, flags.
+    const MESSAGE_OVERHEAD: usize = 80;
+    let budget = (max_body as usize).saturating_sub(PAGE_OVERHEAD);
+    let mut used = 0;
+    let mut n = 0;
+    for m in msgs {
+        used += MESSAGE_OVERHEAD
+            + m.body.len()
+            + m.sender.as_str().len()
+            + m.sender_device.as_str().len()
+            + 2 * tern_storage::MAX_ID_LEN;
+        if used > budget && n > 0 {
+            break;
+        }
+        n += 1;
+    }
+    n
 }
 
 /// How many recent conversations to ask storage for to serve a CONTACTS page: the store pages
@@ -736,13 +776,28 @@ mod tests {
             Seq(0),
             vec![stored(1), stored(2), stored(3)],
             2,
+            65_536,
         );
         let Body::SyncPage(p) = f.body else { panic!() };
         assert!(p.more);
         assert_eq!(p.messages.len(), 2);
         assert_eq!(p.head, 2);
         assert_eq!(p.messages[0].conv.id, "bob");
-        let f = sync_page(1, &me().user, Seq(7), vec![], 2);
+        let f = sync_page(1, &me().user, Seq(7), vec![], 2, 65_536);
+        let Body::SyncPage(p) = f.body else { panic!() };
+        assert_eq!((p.more, p.head), (false, 7));
+        // Pages are cut to the client's max_frame; the encoded frame stays below it.
+        let big = |seq| {
+            let mut m = stored(seq);
+            m.message.body = vec![b'x'; 1500];
+            m
+        };
+        let f = sync_page(1, &me().user, Seq(0), (1..=5).map(big).collect(), 100, 4096);
+        assert!(f.to_bytes().unwrap().len() <= 4096 + tern_protocol::HEADER_LEN);
+        let Body::SyncPage(p) = f.body else { panic!() };
+        assert!(p.more);
+        assert_eq!(p.messages.len(), 2);
+        let f = sync_page(1, &me().user, Seq(7), vec![], 2, 65_536);
         let Body::SyncPage(p) = f.body else { panic!() };
         assert_eq!((p.more, p.head), (false, 7));
     }

@@ -446,3 +446,30 @@ fn the_epoll_driver_serves_the_same_protocol() {
     );
     assert_eq!(sync_all(&mut bob, 0).len(), 1);
 }
+
+#[test]
+fn a_device_that_stops_reading_is_closed_and_its_messages_stay_in_the_inbox() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tern.toml");
+    std::fs::write(&cfg, "[limits]\noutbound_queue = 4\n").unwrap();
+    let node = Node::start_with(&["--config", cfg.to_str().unwrap()]);
+    let mut bob = node.connect("bob", "phone"); // never reads while alice sends
+    let mut alice = node.connect("alice", "phone");
+    const N: u64 = 400;
+    let body = "x".repeat(32 * 1024);
+    for i in 0..N {
+        send(&mut alice, "bob", msg_id(i), &body);
+    }
+    // bob finds the frames the kernel buffered, then the end of the connection.
+    let frames = tern_tests::recv_until_closed(&mut bob);
+    let pushes = frames.iter().filter(|f| is_push(f)).count() as u64;
+    assert!(
+        pushes < N,
+        "all {pushes} delivered: the slow consumer was not detected"
+    );
+    let (_, metrics) = node.admin_get("/metrics");
+    assert!(metrics.contains("tern_slow_consumers_total 1"), "{metrics}");
+    // Nothing was lost: a new session pulls every message from the inbox.
+    let mut bob = node.connect("bob", "phone");
+    assert_eq!(sync_all(&mut bob, 0).len() as u64, N);
+}

@@ -10,6 +10,9 @@ use tern_protocol::{
     DEFAULT_MAX_BODY, PROTOCOL,
 };
 
+/// The largest body this client accepts (announced in HELLO).
+pub const CLIENT_MAX_FRAME: u32 = 1 << 20;
+
 /// What a HELLO says.
 #[derive(Debug, Clone)]
 pub struct HelloParams {
@@ -110,7 +113,7 @@ impl Connection {
         let body = Body::Hello(Hello {
             protocol: PROTOCOL,
             capabilities: Capabilities::ALL,
-            max_frame: 16 << 20,
+            max_frame: CLIENT_MAX_FRAME,
             token: hello.token.as_str().into(),
             device: hello.device.as_str().into(),
             resume_inbox_seq: hello.resume_inbox_seq,
@@ -121,7 +124,8 @@ impl Connection {
                 body: Body::Welcome(w),
                 ..
             } => {
-                c.max_in = w.max_frame.max(DEFAULT_MAX_BODY);
+                // Our receive limit is the one HELLO announced; WELCOME's is for sending.
+                c.max_in = CLIENT_MAX_FRAME;
                 c.welcome = Some(w);
                 Ok(c)
             }
