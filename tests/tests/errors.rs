@@ -247,3 +247,20 @@ fn a_new_session_of_the_same_device_replaces_the_old_one() {
         other => panic!("expected CLOSE REPLACED, got {other:?}"),
     }
 }
+
+#[test]
+fn a_session_ends_when_its_token_expires() {
+    let node = Node::start();
+    let token = node.token("alice", Some("phone"), 2);
+    let mut alice = node.try_connect(&token, "phone").unwrap();
+    let started = std::time::Instant::now();
+    let frames = recv_until_closed(&mut alice);
+    match frames.as_slice() {
+        [Frame {
+            body: Body::Close(c),
+            ..
+        }] => assert_eq!(c.reason, CloseReason::AUTH_EXPIRED),
+        other => panic!("expected CLOSE AUTH_EXPIRED, got {other:?}"),
+    }
+    assert!(started.elapsed() < Duration::from_secs(4));
+}
