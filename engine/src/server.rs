@@ -398,7 +398,6 @@ impl Core {
 #[derive(Debug)]
 struct Session {
     info: SessionInfo,
-    user_key: Arc<str>,
     /// Largest body the client accepts (HELLO.max_frame, raised to the protocol minimum).
     max_out: u32,
 }
@@ -445,14 +444,9 @@ pub async fn serve(core: Rc<Core>, stream: TcpStream) {
     Box::pin(c.finish()).await;
     core.conns.borrow_mut().remove(&id);
     if let Some(s) = c.session.take() {
-        let owner = core.owner_core(&s.user_key);
-        core.route(
-            owner,
-            CoreMsg::Unregister {
-                user: s.user_key,
-                conn: me,
-            },
-        );
+        let user: Arc<str> = Arc::from(s.info.user.as_str());
+        let owner = core.owner_core(&user);
+        core.route(owner, CoreMsg::Unregister { user, conn: me });
     }
     dec(&METRICS.connections_open);
 }
@@ -684,11 +678,9 @@ impl Connection {
         );
         debug!(conn = ?self.me, user = %info.user, device = %info.device, max_frame = h.max_frame.max(MIN_MAX_BODY), "session open");
         let max_out = h.max_frame.clamp(MIN_MAX_BODY, tern_protocol::ABS_MAX_BODY);
-        self.session = Some(Box::new(Session {
-            info,
-            user_key,
-            max_out,
-        }));
+        // The session keeps no copy of the registry's key: an idle connection pays for one
+        // user id, and the Unregister at the end builds its own.
+        self.session = Some(Box::new(Session { info, max_out }));
         self.write_frame(&welcome).await
     }
 
