@@ -27,7 +27,7 @@ struct Cli {
     /// Print one JSON object per line instead of text.
     #[arg(long, global = true)]
     json: bool,
-    /// Show only matching frames: type=SEND,PUSH | user=ID | conv=ID | conn=N (repeatable; all must match).
+    /// Show only matching frames: type=SEND,PUSH | user=ID | conv=ID | conn=N | port=N (repeatable; all must match).
     #[arg(long, global = true, value_parser = Filter::parse)]
     filter: Vec<Filter>,
     /// Largest body accepted before a HELLO or WELCOME announces another limit (the spec's
@@ -144,6 +144,7 @@ fn decode_files(
             time: None,
             conn: i + 1,
             dir: "c>s",
+            ports: None,
         };
         let mut d = StreamDecoder::new(false, max_body);
         let mut res = Ok(());
@@ -182,6 +183,7 @@ fn decode_pcap(file: &PathBuf, max_body: u32, mut p: Printer, summary: bool) -> 
             time: Some(s.time),
             conn,
             dir: if from_client { "c>s" } else { "s>c" },
+            ports: Some((conns.ends[conn - 1].0.port(), conns.ends[conn - 1].1.port())),
         };
         let (re, dec) = dirs.entry((conn, from_client)).or_default();
         for delivery in re.push(s.seq, s.syn, &s.payload) {
@@ -206,6 +208,7 @@ fn decode_pcap(file: &PathBuf, max_body: u32, mut p: Printer, summary: bool) -> 
             time: None,
             conn: key.0,
             dir: if key.1 { "c>s" } else { "s>c" },
+            ports: Some((conns.ends[key.0 - 1].0.port(), conns.ends[key.0 - 1].1.port())),
         };
         for delivery in re.flush() {
             let d = dec.get_or_insert_with(|| StreamDecoder::new(true, max_body));
@@ -316,6 +319,7 @@ fn pump(
             time: output::now(),
             conn,
             dir,
+            ports: None,
         };
         d.feed(&buf[..n], &mut |item| print(printer, &origin, item));
     }
@@ -323,6 +327,7 @@ fn pump(
         time: output::now(),
         conn,
         dir,
+        ports: None,
     };
     d.finish(&mut |item| print(printer, &origin, item));
     let _ = to.shutdown(std::net::Shutdown::Write);

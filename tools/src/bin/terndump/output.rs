@@ -19,6 +19,8 @@ pub struct Origin {
     pub conn: usize,
     /// "c>s" (client to server) or "s>c".
     pub dir: &'static str,
+    /// Client and server ports, when known (captures).
+    pub ports: Option<(u16, u16)>,
 }
 
 /// One `--filter` term; terms are ANDed.
@@ -28,12 +30,13 @@ pub enum Filter {
     User(String),
     Conv(String),
     Conn(usize),
+    Port(u16),
 }
 
 impl Filter {
     pub fn parse(s: &str) -> Result<Filter> {
         let Some((k, v)) = s.split_once('=') else {
-            bail!("filter `{s}`: expected type=SEND,PUSH | user=ID | conv=ID | conn=N");
+            bail!("filter `{s}`: expected type=SEND,PUSH | user=ID | conv=ID | conn=N | port=N");
         };
         Ok(match k {
             "type" => {
@@ -49,7 +52,8 @@ impl Filter {
             "user" => Filter::User(v.to_owned()),
             "conv" => Filter::Conv(v.to_owned()),
             "conn" => Filter::Conn(v.parse()?),
-            _ => bail!("filter: unknown key `{k}` (type, user, conv, conn)"),
+            "port" => Filter::Port(v.parse()?),
+            _ => bail!("filter: unknown key `{k}` (type, user, conv, conn, port)"),
         })
     }
 
@@ -57,6 +61,7 @@ impl Filter {
         match self {
             Filter::Types(ts) => ft.is_some_and(|f| ts.contains(&f)),
             Filter::Conn(n) => o.conn == *n,
+            Filter::Port(p) => o.ports.is_some_and(|(c, s)| c == *p || s == *p),
             Filter::User(u) => {
                 has_value(body, &["sender", "user", "owner", "users", "members"], u)
                     || conv_ids(body).any(|(kind, id)| kind == "DIRECT" && id == u)
@@ -159,7 +164,7 @@ impl Printer {
             Item::Resync { offset, skipped } => {
                 self.resyncs += 1;
                 if self.filters.is_empty()
-                    || self.filters.iter().all(|f| matches!(f, Filter::Conn(_)))
+                    || self.filters.iter().all(|f| matches!(f, Filter::Conn(_) | Filter::Port(_)))
                 {
                     if self
                         .filters
