@@ -1,0 +1,485 @@
+//! Storage throughput and inbox-read latency.
+//!
+//! 1. One-to-one messages persisted through the store's group-commit writer with everything they
+//!    touch (message row, two inbox entries and heads, dedup row, two recent rows, total unread),
+//!    WAL fsynced per batch, submitted from `--threads` threads.
+//! 2. A bare RocksDB `WriteBatch` loop on a fresh database with the same options, writing exactly
+//!    the keys and values the store wrote, batch for batch (so the same batch sizes), each batch
+//!    fsynced. The ratio of the two is the cost of the store's logic.
+//! 3. Inbox pages of `--page` entries (joined with their messages) read through the reader pool
+//!    from a store of `--inbox-store-messages` messages: latency percentiles (hdrhistogram).
+//!
+//! `cargo run --profile release -p tern-benches --bin storage_throughput -- --help`
+
+use std::collections::VecDeque;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use anyhow::{anyhow, Context, Result};
+use clap::Parser;
+use hdrhistogram::Histogram;
+use rand::{Rng, SeedableRng};
+use tern_storage::{
+    AppendResult, BatchEntry, Cf, ClientMsgId, Completion, DeviceId, DirectMessage, Direction,
+    Durability, EngineError, KvEngine, MessageKind, RocksConfig, RocksEngine, ScanRange, Seq,
+    Store, StoreConfig, SubmitError, SystemClock, TimeOf, UserId, Visitor, WriteBatch,
+};
+
+#[derive(Parser, Debug, Clone)]
+#[command(
+    about = "tern storage: group-commit throughput vs a bare RocksDB loop, and inbox-page latency"
+)]
+struct Args {
+    /// Messages in the timed run.
+    #[arg(long, default_value_t = 400_000)]
+    messages: u64,
+    /// Threads submitting messages.
+    #[arg(long, default_value_t = 2)]
+    threads: usize,
+    /// Completions each submitting thread keeps in flight.
+    #[arg(long, default_value_t = 8192)]
+    window: usize,
+    /// Distinct users.
+    #[arg(long, default_value_t = 2_000)]
+    users: u64,
+    /// Contacts per user (a message goes from a user to one of their contacts).
+    #[arg(long, default_value_t = 10)]
+    contacts: u64,
+    /// Body size in bytes.
+    #[arg(long, default_value_t = 100)]
+    body: usize,
+    /// Most operations per group-commit batch.
+    #[arg(long, default_value_t = 8192)]
+    max_batch_ops: usize,
+    /// Write queue capacity.
+    #[arg(long, default_value_t = 65_536)]
+    queue: usize,
+    /// Skip the untimed warm-up that sends one message per (user, contact) pair first (so the
+    /// timed run measures steady state, not first-touch cache loads).
+    #[arg(long)]
+    no_warmup: bool,
+    /// Messages in the store the inbox pages are read from.
+    #[arg(long, default_value_t = 1_000_000)]
+    inbox_store_messages: u64,
+    /// Users of that store.
+    #[arg(long, default_value_t = 1_000)]
+    inbox_users: u64,
+    /// Entries per inbox page.
+    #[arg(long, default_value_t = 100)]
+    page: usize,
+    /// Inbox pages measured.
+    #[arg(long, default_value_t = 5_000)]
+    page_samples: u64,
+    /// Skip the inbox-page measurement.
+    #[arg(long)]
+    skip_inbox: bool,
+    /// Skip the throughput measurement.
+    #[arg(long)]
+    skip_throughput: bool,
+    /// Skip the bare RocksDB loops (for profiling the store alone).
+    #[arg(long)]
+    skip_bare: bool,
+    /// RocksDB memtable size per column family, MiB.
+    #[arg(long, default_value_t = 64)]
+    write_buffer_mb: usize,
+    /// Directory for the databases (default: a temporary directory).
+    #[arg(long)]
+    dir: Option<PathBuf>,
+}
+
+/// Forwards to RocksDB and keeps a copy of every batch written while `on` (the copy is charged
+/// to the store's run, not to the bare loop).
+struct Recording {
+    inner: RocksEngine,
+    on: Arc<AtomicBool>,
+    batches: Arc<Mutex<Vec<WriteBatch>>>,
+}
+
+impl KvEngine for Recording {
+    fn get_with<R>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        visit: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, EngineError> {
+        self.inner.get_with(cf, key, visit)
+    }
+    fn scan(
+        &self,
+        cf: Cf,
+        range: ScanRange<'_>,
+        direction: Direction,
+        limit: usize,
+        visit: &mut Visitor<'_>,
+    ) -> Result<usize, EngineError> {
+        self.inner.scan(cf, range, direction, limit, visit)
+    }
+    fn write(&self, batch: &WriteBatch, sync: bool) -> Result<(), EngineError> {
+        self.inner.write(batch, sync)?;
+        if self.on.load(Ordering::Relaxed) {
+            if let Ok(mut batches) = self.batches.lock() {
+                batches.push(batch.clone());
+            }
+        }
+        Ok(())
+    }
+    fn set_expiry(&self, cf: Cf, time_of: TimeOf, cutoff_ms: u64) {
+        self.inner.set_expiry(cf, time_of, cutoff_ms)
+    }
+    fn expire_now(&self, cf: Cf) -> Result<(), EngineError> {
+        self.inner.expire_now(cf)
+    }
+    fn flush(&self) -> Result<(), EngineError> {
+        self.inner.flush()
+    }
+}
+
+fn user(n: u64) -> UserId {
+    // Ids are at most 64 bytes; this is about 10.
+    UserId::new(format!("user{n:06}")).unwrap_or_else(|_| unreachable!("short id"))
+}
+
+fn message(sender: u64, recipient: u64, id: u64, body: usize) -> DirectMessage {
+    let mut cmid = [0u8; 16];
+    cmid[8..].copy_from_slice(&id.to_be_bytes());
+    DirectMessage {
+        sender: user(sender),
+        sender_device: DeviceId::new("phone").unwrap_or_else(|_| unreachable!("short id")),
+        recipient: user(recipient),
+        client_msg_id: ClientMsgId(cmid),
+        kind: MessageKind::TEXT,
+        body: vec![b'm'; body],
+    }
+}
+
+fn contact(args: &Args, u: u64, c: u64) -> u64 {
+    (u + 1 + c * (args.users / (args.contacts + 1)).max(1)) % args.users
+}
+
+/// Submits `msgs` from one thread keeping up to `window` in flight, and hands each result with
+/// its message's tag to `on_result`.
+fn pump<E: KvEngine, T>(
+    store: &Store<E>,
+    msgs: impl Iterator<Item = (DirectMessage, T)>,
+    window: usize,
+    mut on_result: impl FnMut(&AppendResult, T),
+) -> Result<()> {
+    let mut in_flight: VecDeque<(Completion<AppendResult>, T)> = VecDeque::with_capacity(window);
+    let mut finish = |(c, tag): (Completion<AppendResult>, T)| -> Result<()> {
+        on_result(&c.wait()?, tag);
+        Ok(())
+    };
+    for (msg, tag) in msgs {
+        let mut msg = Some(msg);
+        while let Some(m) = msg.take() {
+            // Keep a copy only for the rare retry after Busy.
+            match store.append_direct(m.clone()) {
+                Ok(c) => {
+                    in_flight.push_back((c, tag));
+                    break;
+                }
+                Err(SubmitError::Busy) => {
+                    msg = Some(m);
+                    let oldest = in_flight
+                        .pop_front()
+                        .ok_or_else(|| anyhow!("busy with nothing in flight"))?;
+                    finish(oldest)?;
+                }
+                Err(e) => return Err(e.into()),
+            }
+        }
+        if in_flight.len() >= window {
+            if let Some(oldest) = in_flight.pop_front() {
+                finish(oldest)?;
+            }
+        }
+    }
+    for c in in_flight {
+        finish(c)?;
+    }
+    Ok(())
+}
+
+struct RunResult {
+    secs: f64,
+    batches: u64,
+    rows: u64,
+}
+
+fn store_run(args: &Args, dir: &Path, recorded: &Arc<Mutex<Vec<WriteBatch>>>) -> Result<RunResult> {
+    let on = Arc::new(AtomicBool::new(false));
+    let engine = Recording {
+        inner: RocksEngine::open(dir, &rocks_config(args))?,
+        on: on.clone(),
+        batches: recorded.clone(),
+    };
+    let config = StoreConfig {
+        write_queue_capacity: args.queue,
+        max_batch_ops: args.max_batch_ops,
+        ..StoreConfig::default()
+    };
+    let store = Arc::new(Store::open(engine, config, Arc::new(SystemClock))?);
+    let id_base = AtomicU64::new(1 << 40);
+
+    if !args.no_warmup {
+        let warm = (0..args.users).flat_map(|u| (0..args.contacts).map(move |c| (u, c)));
+        let msgs = warm.map(|(u, c)| {
+            (
+                message(
+                    u,
+                    contact(args, u, c),
+                    id_base.fetch_add(1, Ordering::Relaxed),
+                    args.body,
+                ),
+                (),
+            )
+        });
+        pump(&*store, msgs, args.window, |_, ()| {})?;
+    }
+
+    on.store(true, Ordering::SeqCst);
+    let before = store.writer_stats();
+    let start = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = (0..args.threads as u64)
+            .map(|t| {
+                let store = store.clone();
+                s.spawn(move || {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(t + 1);
+                    let per_thread = args.messages / args.threads as u64;
+                    let msgs = (0..per_thread).map(move |i| {
+                        let u = rng.random_range(0..args.users);
+                        let c = rng.random_range(0..args.contacts);
+                        (
+                            message(u, contact(args, u, c), (t << 32) | i, args.body),
+                            (),
+                        )
+                    });
+                    pump(&*store, msgs, args.window, |_, ()| {})
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow!("submitter panicked"))??;
+        }
+        Ok(())
+    })?;
+    let secs = start.elapsed().as_secs_f64();
+    on.store(false, Ordering::SeqCst);
+    let after = store.writer_stats();
+    Ok(RunResult {
+        secs,
+        batches: after.batches - before.batches,
+        rows: after.rows - before.rows,
+    })
+}
+
+fn rocks_config(args: &Args) -> RocksConfig {
+    RocksConfig {
+        write_buffer_size: args.write_buffer_mb << 20,
+        ..RocksConfig::default()
+    }
+}
+
+fn bare_run(args: &Args, dir: &Path, batches: &[WriteBatch], sorted: bool) -> Result<RunResult> {
+    let engine = RocksEngine::open(dir, &rocks_config(args))?;
+    let db = engine.db();
+    let handles = Cf::ALL.map(|cf| db.cf_handle(cf.name()));
+    let mut opts = rocksdb::WriteOptions::default();
+    opts.set_sync(true);
+    let start = Instant::now();
+    let mut rows = 0;
+    for batch in batches {
+        let mut wb = rocksdb::WriteBatch::default();
+        let entries: Vec<BatchEntry<'_>> = if sorted {
+            batch.sorted_entries()
+        } else {
+            batch.iter().collect()
+        };
+        for entry in entries {
+            match entry {
+                BatchEntry::Put { cf, key, value } => {
+                    let h = handles[cf.index()].context("column family")?;
+                    wb.put_cf(h, key, value);
+                }
+                BatchEntry::Delete { cf, key } => {
+                    let h = handles[cf.index()].context("column family")?;
+                    wb.delete_cf(h, key);
+                }
+            }
+            rows += 1;
+        }
+        db.write_opt(wb, &opts)?;
+    }
+    Ok(RunResult {
+        secs: start.elapsed().as_secs_f64(),
+        batches: batches.len() as u64,
+        rows,
+    })
+}
+
+fn inbox_run(args: &Args, dir: &Path) -> Result<()> {
+    let engine = RocksEngine::open(dir, &rocks_config(args))?;
+    let config = StoreConfig {
+        write_queue_capacity: args.queue,
+        max_batch_ops: args.max_batch_ops,
+        // Filling is not what is measured here.
+        durability: Durability::UnsyncedForBenchmarksOnly,
+        ..StoreConfig::default()
+    };
+    let store = Arc::new(Store::open(engine, config, Arc::new(SystemClock))?);
+    let heads: Arc<Vec<AtomicU64>> =
+        Arc::new((0..args.inbox_users).map(|_| AtomicU64::new(0)).collect());
+    let fill_start = Instant::now();
+    std::thread::scope(|s| -> Result<()> {
+        let handles: Vec<_> = (0..args.threads as u64)
+            .map(|t| {
+                let store = store.clone();
+                let heads = heads.clone();
+                s.spawn(move || {
+                    let mut rng = rand::rngs::StdRng::seed_from_u64(100 + t);
+                    let per_thread = args.inbox_store_messages / args.threads as u64;
+                    let users = args.inbox_users;
+                    let msgs = (0..per_thread).map(move |i| {
+                        let from = rng.random_range(0..users);
+                        let to = (from + rng.random_range(1..users)) % users;
+                        (message(from, to, (t << 32) | i, args.body), (from, to))
+                    });
+                    pump(&*store, msgs, args.window, |r, (from, to)| {
+                        heads[from as usize].fetch_max(r.sender_inbox_seq.0, Ordering::Relaxed);
+                        heads[to as usize].fetch_max(r.recipient_inbox_seq.0, Ordering::Relaxed);
+                    })
+                })
+            })
+            .collect();
+        for h in handles {
+            h.join().map_err(|_| anyhow!("filler panicked"))??;
+        }
+        Ok(())
+    })?;
+    let fill_secs = fill_start.elapsed().as_secs_f64();
+    store.engine().flush()?;
+
+    let mut hist = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3)?;
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let mut entries = 0u64;
+    let warmup = args.page_samples / 10;
+    for i in 0..warmup + args.page_samples {
+        let u = rng.random_range(0..args.inbox_users);
+        let len = heads[u as usize].load(Ordering::Relaxed);
+        let after = rng.random_range(0..=len.saturating_sub(args.page as u64));
+        let start = Instant::now();
+        let page = store.inbox_page(user(u), Seq(after), args.page)?.wait()?;
+        let micros = start.elapsed().as_micros() as u64;
+        if i >= warmup {
+            hist.record(micros.max(1))?;
+            entries += page.len() as u64;
+        }
+    }
+    let total_entries: u64 = heads.iter().map(|h| h.load(Ordering::Relaxed)).sum();
+    println!();
+    println!(
+        "inbox page: {} pages of up to {} entries (joined with message rows) via the reader pool",
+        args.page_samples, args.page
+    );
+    println!(
+        "  store: {} messages, {} users, {} inbox entries (~{} per user), filled in {:.1} s (unsynced fill), then flushed",
+        args.inbox_store_messages,
+        args.inbox_users,
+        total_entries,
+        total_entries / args.inbox_users.max(1),
+        fill_secs
+    );
+    println!(
+        "  mean entries per page: {:.1}",
+        entries as f64 / args.page_samples as f64
+    );
+    println!("| percentile | latency (µs) |");
+    println!("|-----------:|-------------:|");
+    for (name, q) in [
+        ("p50", 0.50),
+        ("p90", 0.90),
+        ("p99", 0.99),
+        ("p99.9", 0.999),
+    ] {
+        println!("| {name:>10} | {:>12} |", hist.value_at_quantile(q));
+    }
+    println!("| {:>10} | {:>12} |", "max", hist.max());
+    println!("| {:>10} | {:>12.1} |", "mean", hist.mean());
+    Ok(())
+}
+
+fn main() -> Result<()> {
+    let args = Args::parse();
+    let tmp;
+    let dir = match &args.dir {
+        Some(d) => d.clone(),
+        None => {
+            tmp = tempfile::tempdir()?;
+            tmp.path().to_path_buf()
+        }
+    };
+    println!("tern storage throughput");
+    println!(
+        "parameters: messages={} threads={} window/thread={} users={} contacts/user={} body={}B max_batch_ops={} queue={} warmup={} durability=WAL fsync per batch cores={}",
+        args.messages,
+        args.threads,
+        args.window,
+        args.users,
+        args.contacts,
+        args.body,
+        args.max_batch_ops,
+        args.queue,
+        !args.no_warmup,
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+    );
+
+    if !args.skip_throughput {
+        let recorded = Arc::new(Mutex::new(Vec::new()));
+        let ours = store_run(&args, &dir.join("store"), &recorded)?;
+        let batches = std::mem::take(&mut *recorded.lock().map_err(|_| anyhow!("poisoned"))?);
+        if args.skip_bare {
+            println!(
+                "store: {:.0} msgs/s ({} batches)",
+                args.messages as f64 / ours.secs,
+                ours.batches
+            );
+            return Ok(());
+        }
+        let bare_sorted = bare_run(&args, &dir.join("bare-sorted"), &batches, true)?;
+        let bare = bare_run(&args, &dir.join("bare"), &batches, false)?;
+        drop(batches);
+        let n = args.messages as f64;
+        println!();
+        println!("| run                               | messages | seconds | msgs/s    | batches | msgs/batch | rows/msg |");
+        println!("|-----------------------------------|---------:|--------:|----------:|--------:|-----------:|---------:|");
+        for (name, r) in [
+            ("store: group-commit writer", &ours),
+            ("bare loop, keys sorted per batch", &bare_sorted),
+            ("bare loop, batch order", &bare),
+        ] {
+            println!(
+                "| {name:<33} | {:>8} | {:>7.2} | {:>9.0} | {:>7} | {:>10.1} | {:>8.2} |",
+                args.messages,
+                r.secs,
+                n / r.secs,
+                r.batches,
+                n / r.batches.max(1) as f64,
+                r.rows as f64 / n
+            );
+        }
+        // The store's engine writes each batch sorted by (family, key), so the sorted bare loop
+        // is the like-for-like baseline; the unsorted one is the naive loop.
+        println!(
+            "ratio store/bare: {:.1}% of the sorted bare loop, {:.1}% of the batch-order bare loop",
+            100.0 * bare_sorted.secs / ours.secs,
+            100.0 * bare.secs / ours.secs
+        );
+    }
+    if !args.skip_inbox {
+        inbox_run(&args, &dir.join("inbox"))?;
+    }
+    Ok(())
+}

@@ -1,0 +1,1458 @@
+//! The timeline rules of the write path, written once against [`KvEngine`]: key layouts, sequence
+//! allocation, de-duplication, unread counters. Run by the single writer thread; no clock, no
+//! threads, no I/O of its own beyond the engine.
+//!
+//! # Why a single writer
+//! Every write goes through one [`WriterCore`], which owns the only mutable copy of the counters it
+//! caches (last seq per timeline, unread per conversation and per user, device positions). A
+//! read-modify-write of an unread counter therefore cannot race with another one; a RocksDB merge
+//! operator would also avoid lost updates, but the writer needs the resulting values anyway (to
+//! return sequences, to decrement totals by the exact amount a mark-read clears), and a merge
+//! operator would push that arithmetic into compaction callbacks with no way to report it back.
+//!
+//! # Batches
+//! The driver calls [`begin`](WriterCore::begin) with the time, [`apply`](WriterCore::apply) for
+//! each queued operation, [`seal`](WriterCore::seal) (which adds each counter row changed in the
+//! batch once, with its final value) and [`take`](WriterCore::take)s the batch to a committer
+//! thread, which writes it and completes the callers while the next batch is being built.
+//! Within and across batches every operation sees the ones before it: the caches hold the newest
+//! values, and `pending_dedup` holds the results of appends whose batches are not yet known
+//! durable, so two transmissions of one client msg id get one message even if the first is
+//! still in flight. The rare operations that must *read rows* written by a batch that may still
+//! be in flight (a recall of a recent message, a partial mark-read recount, group edits) ask for
+//! a barrier: `apply` hands the operation back, the driver drains the pipeline and re-applies it
+//! in a fresh batch.
+//!
+//! # Failures
+//! An operation that fails before changing anything (not found, not allowed, a failed read) fails
+//! alone. A failure after it started changing the batch poisons the batch: it is not written,
+//! every operation in it fails, and once the pipeline is drained the caches are dropped and
+//! reloaded from what is durable. A failed write fails its batch and every batch built after it
+//! on the same caches; the writer then drops its caches before building more.
+
+use std::collections::HashMap;
+use std::mem;
+use std::sync::Arc;
+
+use crate::engine::{Cf, Direction, EngineError, KvEngine, ScanRange, WriteBatch};
+use crate::error::OpError;
+use crate::ids::{ConvKey, GroupId, MessageFlags, MessageKind, Seq, UserId};
+use crate::keys::{self, decode_conv, prefix_end, KeyReader};
+use crate::read::group_from;
+use crate::records::{
+    access, bad, dedup_time_of, encode, inbox_time_of, ArchivedCursorRecord, ArchivedDedupRecord,
+    ArchivedGroupRecord, ArchivedInboxHeadRecord, ArchivedMemberRecord, ArchivedMessageRecord,
+    ArchivedPositionRecord, ArchivedRecentRecord, ArchivedRelationRecord,
+    ArchivedTotalUnreadRecord, CursorRecord, DedupRecord, GroupRecord, InboxHeadRecord,
+    InboxRecord, MemberOfRecord, MemberRecord, MessageRecord, PositionRecord, RecentRecord,
+    RelationRecord, TotalUnreadRecord,
+};
+use crate::types::{
+    AppendResult, CursorUpdate, DevicePosition, DirectMessage, GroupCursor, GroupInfo, GroupUpdate,
+    MarkRead, Member, MemberUpdate, PositionUpdate, ReadState, Recall, RecallResult, Relation,
+    RelationKind,
+};
+
+/// Where a write operation's result goes.
+pub(crate) type Reply<T> = oneshot::Sender<Result<T, OpError>>;
+
+/// A write operation queued for the writer thread.
+#[derive(Debug)]
+pub(crate) enum WriteCmd {
+    AppendDirect(DirectMessage, Reply<AppendResult>),
+    UpdatePosition(PositionUpdate, Reply<DevicePosition>),
+    MarkRead(MarkRead, Reply<ReadState>),
+    Recall(Recall, Reply<RecallResult>),
+    PutGroup(GroupUpdate, Reply<GroupInfo>),
+    PutMember(MemberUpdate, Reply<Member>),
+    RemoveMember(GroupId, UserId, Reply<bool>),
+    PutCursor(CursorUpdate, Reply<GroupCursor>),
+    PutRelation(UserId, RelationKind, UserId, Reply<Relation>),
+    RemoveRelation(UserId, RelationKind, UserId, Reply<bool>),
+}
+
+/// A result waiting for its batch to be committed.
+pub(crate) trait Complete: Send {
+    /// Delivers the result, or the commit's failure for operations that had succeeded.
+    fn complete(self: Box<Self>, commit: &Result<(), EngineError>);
+}
+
+struct Done<T> {
+    tx: Reply<T>,
+    result: Result<T, OpError>,
+}
+
+impl<T: Send> Complete for Done<T> {
+    fn complete(self: Box<Self>, commit: &Result<(), EngineError>) {
+        let result = match (commit, self.result) {
+            (_, Err(e)) => Err(e),
+            (Ok(()), Ok(v)) => Ok(v),
+            (Err(e), Ok(_)) => Err(OpError::Engine(e.clone())),
+        };
+        // The caller may have given up waiting; that is its business.
+        let _ = self.tx.send(result);
+    }
+}
+
+fn done<T: Send + 'static>(tx: Reply<T>, result: Result<T, OpError>) -> Box<dyn Complete> {
+    Box::new(Done { tx, result })
+}
+
+/// What [`WriterCore::apply`] did with an operation.
+pub(crate) enum Applied {
+    /// Added to the batch; complete it after the commit.
+    Queued(Box<dyn Complete>),
+    /// Needs a barrier: commit the batch, begin a new one, apply this again.
+    Barrier(WriteCmd),
+}
+
+/// Limits and ages the core applies.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct CoreConfig {
+    pub max_cached_entries: usize,
+    pub inbox_max_age_ms: u64,
+    pub dedup_window_ms: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct ConvHead {
+    last: Seq,
+    /// Generation of the batch that last appended to the conversation.
+    dirty_gen: u64,
+}
+
+#[derive(Clone, Copy, Debug, Default)]
+struct RecentState {
+    last_seq: Seq,
+    last_time_ms: u64,
+    unread: u32,
+    read_seq: Seq,
+    mentioned: bool,
+    updated_ms: u64,
+}
+
+impl RecentState {
+    fn record(&self) -> RecentRecord {
+        RecentRecord {
+            last_seq: self.last_seq.0,
+            last_time_ms: self.last_time_ms,
+            unread: self.unread,
+            read_seq: self.read_seq.0,
+            mentioned: self.mentioned,
+            updated_ms: self.updated_ms,
+        }
+    }
+}
+
+/// A cached counter row and the batch generation that last changed it.
+#[derive(Clone, Copy, Debug)]
+struct Cached<T> {
+    value: T,
+    dirty_gen: u64,
+}
+
+#[derive(Clone, Copy, Debug)]
+enum DirtyRow {
+    InboxHead,
+    Recent,
+    Total,
+}
+
+/// Updates a cached counter row and queues it for `seal` the first time it changes in a batch.
+fn set_cached<T>(
+    map: &mut HashMap<Vec<u8>, Cached<T>>,
+    dirty: &mut Vec<(DirtyRow, Vec<u8>)>,
+    kind: DirtyRow,
+    gen: u64,
+    key: &[u8],
+    value: T,
+) {
+    match map.get_mut(key) {
+        Some(c) => {
+            c.value = value;
+            if c.dirty_gen != gen {
+                c.dirty_gen = gen;
+                dirty.push((kind, key.to_vec()));
+            }
+        }
+        None => {
+            map.insert(
+                key.to_vec(),
+                Cached {
+                    value,
+                    dirty_gen: gen,
+                },
+            );
+            dirty.push((kind, key.to_vec()));
+        }
+    }
+}
+
+/// A participant's state loaded before a recall changes anything.
+struct Peer {
+    user: UserId,
+    user_key: Vec<u8>,
+    last: Seq,
+    recent_key: Vec<u8>,
+    recent: Option<RecentState>,
+    total: u64,
+}
+
+/// See the module docs.
+pub(crate) struct WriterCore<E: KvEngine> {
+    engine: Arc<E>,
+    config: CoreConfig,
+    batch: WriteBatch,
+    /// Batch generation; starts at 1 so a cache entry's 0 means "not touched by any batch".
+    gen: u64,
+    now: u64,
+    poisoned: Option<EngineError>,
+    convs: HashMap<Vec<u8>, ConvHead>,
+    inbox_heads: HashMap<Vec<u8>, Cached<Seq>>,
+    recents: HashMap<Vec<u8>, Cached<Option<RecentState>>>,
+    totals: HashMap<Vec<u8>, Cached<u64>>,
+    /// Counter rows changed in this batch, written once each by `seal`.
+    dirty: Vec<(DirtyRow, Vec<u8>)>,
+    positions: HashMap<Vec<u8>, DevicePosition>,
+    /// Results of appends in batches not yet known durable, with their batch generation.
+    pending_dedup: HashMap<Vec<u8>, (AppendResult, u64)>,
+    /// `cf ‖ key` of rows in rarely written families changed by this batch.
+    touched: HashMap<Vec<u8>, u64>,
+    /// Every batch up to this generation has been written (or failed).
+    durable: u64,
+    // Scratch buffers reused across operations.
+    k1: Vec<u8>,
+    k2: Vec<u8>,
+    k3: Vec<u8>,
+    k4: Vec<u8>,
+    k5: Vec<u8>,
+}
+
+impl<E: KvEngine> std::fmt::Debug for WriterCore<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("WriterCore")
+            .field("gen", &self.gen)
+            .field("now", &self.now)
+            .field("batch", &self.batch)
+            .finish_non_exhaustive()
+    }
+}
+
+fn last_seq_in(engine: &impl KvEngine, cf: Cf, prefix: &[u8]) -> Result<Seq, EngineError> {
+    let end = prefix_end(prefix);
+    let mut start = prefix.to_vec();
+    start.push(0);
+    let mut last = Seq::ZERO;
+    let plen = prefix.len();
+    engine.scan(
+        cf,
+        ScanRange {
+            start: &start,
+            end: end.as_deref(),
+        },
+        Direction::Backward,
+        1,
+        &mut |k, _| {
+            last = KeyReader::new(&k[plen..]).seq().map_err(|e| bad(cf, e))?;
+            Ok(())
+        },
+    )?;
+    Ok(last)
+}
+
+impl<E: KvEngine> WriterCore<E> {
+    pub(crate) fn new(engine: Arc<E>, config: CoreConfig) -> Self {
+        WriterCore {
+            engine,
+            config,
+            batch: WriteBatch::new(),
+            gen: 1,
+            now: 0,
+            poisoned: None,
+            convs: HashMap::new(),
+            inbox_heads: HashMap::new(),
+            dirty: Vec::new(),
+            recents: HashMap::new(),
+            totals: HashMap::new(),
+            positions: HashMap::new(),
+            pending_dedup: HashMap::new(),
+            touched: HashMap::new(),
+            durable: 0,
+            k1: Vec::new(),
+            k2: Vec::new(),
+            k3: Vec::new(),
+            k4: Vec::new(),
+            k5: Vec::new(),
+        }
+    }
+
+    /// Starts a batch at time `now_ms` (never earlier than the previous batch's time, so message
+    /// times are monotonic per process even if the wall clock steps back). Also advances the
+    /// expiry cutoffs.
+    ///
+    /// `durable` is the generation of the newest batch the committer has finished with: rows of
+    /// later batches may not be readable yet, so the core keeps their effects in memory.
+    pub(crate) fn begin(&mut self, now_ms: u64, durable: u64) {
+        self.durable = durable;
+        if !self.pending_dedup.is_empty() {
+            self.pending_dedup.retain(|_, (_, gen)| *gen > durable);
+        }
+        if !self.touched.is_empty() {
+            self.touched.retain(|_, gen| *gen > durable);
+        }
+        self.now = self.now.max(now_ms);
+        self.engine.set_expiry(
+            Cf::Inbox,
+            inbox_time_of,
+            self.now.saturating_sub(self.config.inbox_max_age_ms),
+        );
+        self.engine.set_expiry(
+            Cf::Dedup,
+            dedup_time_of,
+            self.now.saturating_sub(self.config.dedup_window_ms),
+        );
+    }
+
+    /// The batch built so far.
+    #[cfg(test)]
+    pub(crate) fn batch(&self) -> &WriteBatch {
+        &self.batch
+    }
+
+    /// Why the batch must not be written, if it must not.
+    pub(crate) fn poisoned(&self) -> Option<&EngineError> {
+        self.poisoned.as_ref()
+    }
+
+    /// Adds the counter rows changed in this batch (inbox heads, recent rows, unread totals),
+    /// each once with its final value: under load many operations of one batch hit the same
+    /// rows, and the batch is atomic, so intermediate values need not be written. Call once,
+    /// right before writing the batch.
+    pub(crate) fn seal(&mut self) {
+        let dirty = mem::take(&mut self.dirty);
+        for (kind, key) in &dirty {
+            if self.poisoned.is_some() {
+                break;
+            }
+            let result = match kind {
+                DirtyRow::InboxHead => match self.inbox_heads.get(key) {
+                    Some(c) => {
+                        let rec = InboxHeadRecord {
+                            last_seq: c.value.0,
+                        };
+                        self.put(Cf::Inbox, key, &rec)
+                    }
+                    None => Ok(()),
+                },
+                DirtyRow::Recent => match self.recents.get(key) {
+                    Some(Cached {
+                        value: Some(state), ..
+                    }) => {
+                        let rec = state.record();
+                        self.put(Cf::Recent, key, &rec)
+                    }
+                    _ => Ok(()),
+                },
+                DirtyRow::Total => match self.totals.get(key) {
+                    Some(c) => {
+                        let rec = TotalUnreadRecord { total: c.value };
+                        self.put(Cf::Recent, key, &rec)
+                    }
+                    None => Ok(()),
+                },
+            };
+            // `put` has poisoned the batch on failure.
+            let _ = result;
+        }
+        self.dirty = dirty;
+        self.dirty.clear();
+    }
+
+    /// The generation of the batch being built.
+    pub(crate) fn gen(&self) -> u64 {
+        self.gen
+    }
+
+    /// Hands the sealed batch to the driver (leaving `spare`, cleared, to build the next one in)
+    /// and moves to the next generation.
+    pub(crate) fn take(&mut self, mut spare: WriteBatch) -> WriteBatch {
+        spare.clear();
+        let batch = mem::replace(&mut self.batch, spare);
+        self.dirty.clear();
+        self.poisoned = None;
+        self.gen += 1;
+        batch
+    }
+
+    /// Entries cached; beyond the configured limit the driver drains the pipeline and calls
+    /// [`reset`](Self::reset).
+    pub(crate) fn over_cache_limit(&self) -> bool {
+        let cached = self.convs.len()
+            + self.inbox_heads.len()
+            + self.recents.len()
+            + self.totals.len()
+            + self.positions.len();
+        cached > self.config.max_cached_entries
+    }
+
+    /// Forgets every cached and pending value, to be reloaded from the engine. Only correct when
+    /// no batch is in flight (all written or failed).
+    pub(crate) fn reset(&mut self) {
+        self.convs.clear();
+        self.inbox_heads.clear();
+        self.recents.clear();
+        self.totals.clear();
+        self.positions.clear();
+        self.pending_dedup.clear();
+        self.touched.clear();
+    }
+
+    /// Single-threaded driving for tests: ends the batch after it was written (`committed`) or
+    /// not.
+    #[cfg(test)]
+    pub(crate) fn finish(&mut self, committed: bool) {
+        let gen = self.gen;
+        self.take(WriteBatch::new());
+        self.durable = gen;
+        if !committed {
+            self.reset();
+        }
+    }
+
+    /// Applies one operation to the batch, or hands it back when it needs a barrier (commit the
+    /// batch, `begin` a new one, apply again).
+    pub(crate) fn apply(&mut self, cmd: WriteCmd) -> Applied {
+        if self.poisoned.is_some() {
+            // Nothing more goes into a batch that will not be written.
+            return Applied::Barrier(cmd);
+        }
+        Applied::Queued(match cmd {
+            WriteCmd::AppendDirect(msg, tx) => {
+                let r = self.append_direct(msg);
+                done(tx, r)
+            }
+            WriteCmd::UpdatePosition(update, tx) => {
+                let r = self.update_position(update);
+                done(tx, r)
+            }
+            WriteCmd::MarkRead(req, tx) => match self.mark_read_needs_barrier(&req) {
+                Ok(true) => return Applied::Barrier(WriteCmd::MarkRead(req, tx)),
+                Ok(false) => {
+                    let r = self.mark_read(req);
+                    done(tx, r)
+                }
+                Err(e) => done(tx, Err(e.into())),
+            },
+            WriteCmd::Recall(req, tx) => {
+                if self.conv_dirty(&req.conv) {
+                    return Applied::Barrier(WriteCmd::Recall(req, tx));
+                }
+                let r = self.recall(req);
+                done(tx, r)
+            }
+            WriteCmd::PutGroup(update, tx) => {
+                keys::group_key(&mut self.k1, &update.id);
+                if self.is_touched(Cf::Groups, 1) {
+                    return Applied::Barrier(WriteCmd::PutGroup(update, tx));
+                }
+                let r = self.put_group(update);
+                done(tx, r)
+            }
+            WriteCmd::PutMember(update, tx) => {
+                keys::group_key(&mut self.k1, &update.group);
+                keys::member_key(&mut self.k2, &update.group, &update.user);
+                if self.is_touched(Cf::Groups, 1) || self.is_touched(Cf::Members, 2) {
+                    return Applied::Barrier(WriteCmd::PutMember(update, tx));
+                }
+                let r = self.put_member(update);
+                done(tx, r)
+            }
+            WriteCmd::RemoveMember(group, user, tx) => {
+                keys::group_key(&mut self.k1, &group);
+                keys::member_key(&mut self.k2, &group, &user);
+                if self.is_touched(Cf::Groups, 1) || self.is_touched(Cf::Members, 2) {
+                    return Applied::Barrier(WriteCmd::RemoveMember(group, user, tx));
+                }
+                let r = self.remove_member(&group, &user);
+                done(tx, r)
+            }
+            WriteCmd::PutCursor(update, tx) => {
+                keys::member_key(&mut self.k1, &update.group, &update.user);
+                if self.is_touched(Cf::Cursors, 1) {
+                    return Applied::Barrier(WriteCmd::PutCursor(update, tx));
+                }
+                let r = self.put_cursor(update);
+                done(tx, r)
+            }
+            WriteCmd::PutRelation(user, kind, other, tx) => {
+                keys::relation_key(&mut self.k1, &user, kind.0, &other);
+                if self.is_touched(Cf::Relations, 1) {
+                    return Applied::Barrier(WriteCmd::PutRelation(user, kind, other, tx));
+                }
+                let r = self.put_relation(other, kind);
+                done(tx, r)
+            }
+            WriteCmd::RemoveRelation(user, kind, other, tx) => {
+                keys::relation_key(&mut self.k1, &user, kind.0, &other);
+                if self.is_touched(Cf::Relations, 1) {
+                    return Applied::Barrier(WriteCmd::RemoveRelation(user, kind, other, tx));
+                }
+                let r = self.remove_relation();
+                done(tx, r)
+            }
+        })
+    }
+
+    // ---- helpers -------------------------------------------------------------------------
+
+    /// Whether the key in scratch buffer `k` (1 or 2) of family `cf` was changed in this batch.
+    fn is_touched(&mut self, cf: Cf, k: u8) -> bool {
+        let key = if k == 1 { &self.k1 } else { &self.k2 };
+        self.k5.clear();
+        self.k5.push(cf.index() as u8);
+        self.k5.extend_from_slice(key);
+        self.touched
+            .get(&self.k5)
+            .is_some_and(|gen| *gen > self.durable)
+    }
+
+    fn touch(&mut self, cf: Cf, key: &[u8]) {
+        let mut tagged = Vec::with_capacity(key.len() + 1);
+        tagged.push(cf.index() as u8);
+        tagged.extend_from_slice(key);
+        self.touched.insert(tagged, self.gen);
+    }
+
+    fn conv_dirty(&mut self, conv: &ConvKey) -> bool {
+        keys::conv_prefix(&mut self.k5, conv);
+        self.convs
+            .get(&self.k5)
+            .is_some_and(|h| h.dirty_gen > self.durable)
+    }
+
+    /// Records a failure that happened after the batch was changed.
+    fn poison(&mut self, e: EngineError) -> OpError {
+        self.poisoned.get_or_insert_with(|| e.clone());
+        OpError::Engine(e)
+    }
+
+    fn put<T>(&mut self, cf: Cf, key: &[u8], value: &T) -> Result<(), OpError>
+    where
+        T: for<'a, 'b> rkyv::Serialize<
+            rkyv::api::high::HighSerializer<
+                &'b mut Vec<u8>,
+                rkyv::ser::allocator::ArenaHandle<'a>,
+                rkyv::rancor::Error,
+            >,
+        >,
+    {
+        match self.batch.put_with(cf, key, |buf| encode(buf, value)) {
+            Ok(()) => Ok(()),
+            Err(e) => Err(self.poison(e)),
+        }
+    }
+
+    fn conv_head(&mut self, conv_bytes: &[u8]) -> Result<ConvHead, EngineError> {
+        if let Some(head) = self.convs.get(conv_bytes) {
+            return Ok(*head);
+        }
+        let last = last_seq_in(&*self.engine, Cf::Messages, conv_bytes)?;
+        let head = ConvHead { last, dirty_gen: 0 };
+        self.convs.insert(conv_bytes.to_vec(), head);
+        Ok(head)
+    }
+
+    fn set_conv_head(&mut self, conv_bytes: &[u8], last: Seq) {
+        let head = ConvHead {
+            last,
+            dirty_gen: self.gen,
+        };
+        match self.convs.get_mut(conv_bytes) {
+            Some(h) => *h = head,
+            None => {
+                self.convs.insert(conv_bytes.to_vec(), head);
+            }
+        }
+    }
+
+    fn inbox_last(&mut self, user_key: &[u8]) -> Result<Seq, EngineError> {
+        if let Some(c) = self.inbox_heads.get(user_key) {
+            return Ok(c.value);
+        }
+        let head = self
+            .engine
+            .get_with(Cf::Inbox, user_key, |v| {
+                access::<ArchivedInboxHeadRecord>(Cf::Inbox, v).map(|r| Seq(r.last_seq.to_native()))
+            })?
+            .transpose()?
+            .unwrap_or(Seq::ZERO);
+        let last = head.max(last_seq_in(&*self.engine, Cf::Inbox, user_key)?);
+        self.inbox_heads.insert(
+            user_key.to_vec(),
+            Cached {
+                value: last,
+                dirty_gen: 0,
+            },
+        );
+        Ok(last)
+    }
+
+    /// Appends an inbox entry for the user whose key is `user_key` and returns its seq.
+    fn push_inbox(
+        &mut self,
+        user_key: &[u8],
+        last: Seq,
+        conv_bytes: &[u8],
+        conv_seq: Seq,
+    ) -> Result<Seq, OpError> {
+        let seq = last.next();
+        let mut key = mem::take(&mut self.k5);
+        key.clear();
+        key.extend_from_slice(user_key);
+        keys::put_seq(&mut key, seq);
+        let rec = InboxRecord {
+            conv: conv_bytes.to_vec(),
+            conv_seq: conv_seq.0,
+            time_ms: self.now,
+        };
+        let r = self.put(Cf::Inbox, &key, &rec);
+        self.k5 = key;
+        r?;
+        set_cached(
+            &mut self.inbox_heads,
+            &mut self.dirty,
+            DirtyRow::InboxHead,
+            self.gen,
+            user_key,
+            seq,
+        );
+        Ok(seq)
+    }
+
+    fn recent_state(&mut self, recent_key: &[u8]) -> Result<Option<RecentState>, EngineError> {
+        if let Some(c) = self.recents.get(recent_key) {
+            return Ok(c.value);
+        }
+        let state = self
+            .engine
+            .get_with(Cf::Recent, recent_key, |v| {
+                access::<ArchivedRecentRecord>(Cf::Recent, v).map(|r| RecentState {
+                    last_seq: Seq(r.last_seq.to_native()),
+                    last_time_ms: r.last_time_ms.to_native(),
+                    unread: r.unread.to_native(),
+                    read_seq: Seq(r.read_seq.to_native()),
+                    mentioned: r.mentioned,
+                    updated_ms: r.updated_ms.to_native(),
+                })
+            })?
+            .transpose()?;
+        self.recents.insert(
+            recent_key.to_vec(),
+            Cached {
+                value: state,
+                dirty_gen: 0,
+            },
+        );
+        Ok(state)
+    }
+
+    fn set_recent(&mut self, recent_key: &[u8], state: RecentState) -> Result<(), OpError> {
+        set_cached(
+            &mut self.recents,
+            &mut self.dirty,
+            DirtyRow::Recent,
+            self.gen,
+            recent_key,
+            Some(state),
+        );
+        Ok(())
+    }
+
+    fn total(&mut self, user_key: &[u8]) -> Result<u64, EngineError> {
+        if let Some(c) = self.totals.get(user_key) {
+            return Ok(c.value);
+        }
+        let total = self
+            .engine
+            .get_with(Cf::Recent, user_key, |v| {
+                access::<ArchivedTotalUnreadRecord>(Cf::Recent, v).map(|r| r.total.to_native())
+            })?
+            .transpose()?
+            .unwrap_or(0);
+        self.totals.insert(
+            user_key.to_vec(),
+            Cached {
+                value: total,
+                dirty_gen: 0,
+            },
+        );
+        Ok(total)
+    }
+
+    fn set_total(&mut self, user_key: &[u8], total: u64) -> Result<(), OpError> {
+        set_cached(
+            &mut self.totals,
+            &mut self.dirty,
+            DirtyRow::Total,
+            self.gen,
+            user_key,
+            total,
+        );
+        Ok(())
+    }
+
+    // ---- operations ----------------------------------------------------------------------
+
+    fn append_direct(&mut self, msg: DirectMessage) -> Result<AppendResult, OpError> {
+        if msg.kind.is_event() {
+            return Err(OpError::Invalid("event kinds cannot be sent as messages"));
+        }
+        let mut dedup_key = Vec::new();
+        keys::dedup_key(&mut dedup_key, &msg.sender, msg.client_msg_id);
+        if let Some((hit, _)) = self.pending_dedup.get(&dedup_key) {
+            return Ok(AppendResult {
+                duplicate: true,
+                ..hit.clone()
+            });
+        }
+        let stored = self
+            .engine
+            .get_with(
+                Cf::Dedup,
+                &dedup_key,
+                |v| -> Result<AppendResult, EngineError> {
+                    let r = access::<ArchivedDedupRecord>(Cf::Dedup, v)?;
+                    Ok(AppendResult {
+                        conv: decode_conv(r.conv.as_slice()).map_err(|e| bad(Cf::Dedup, e))?,
+                        conv_seq: Seq(r.conv_seq.to_native()),
+                        sender_inbox_seq: Seq(r.sender_inbox_seq.to_native()),
+                        recipient_inbox_seq: Seq(r.recipient_inbox_seq.to_native()),
+                        time_ms: r.time_ms.to_native(),
+                        duplicate: true,
+                    })
+                },
+            )?
+            .transpose()?;
+        if let Some(original) = stored {
+            return Ok(original);
+        }
+
+        let conv = ConvKey::direct(&msg.sender, &msg.recipient);
+        let to_self = msg.sender == msg.recipient;
+        let mut conv_bytes = mem::take(&mut self.k1);
+        let mut recipient_key = mem::take(&mut self.k2);
+        let mut sender_key = mem::take(&mut self.k3);
+        let mut recent_key = mem::take(&mut self.k4);
+        keys::conv_prefix(&mut conv_bytes, &conv);
+        keys::user_key(&mut recipient_key, &msg.recipient);
+        keys::user_key(&mut sender_key, &msg.sender);
+        let r = self.append_direct_inner(
+            msg,
+            conv,
+            to_self,
+            dedup_key,
+            &conv_bytes,
+            &recipient_key,
+            &sender_key,
+            &mut recent_key,
+        );
+        self.k1 = conv_bytes;
+        self.k2 = recipient_key;
+        self.k3 = sender_key;
+        self.k4 = recent_key;
+        r
+    }
+
+    #[allow(clippy::too_many_arguments)]
+    fn append_direct_inner(
+        &mut self,
+        msg: DirectMessage,
+        conv: ConvKey,
+        to_self: bool,
+        dedup_key: Vec<u8>,
+        conv_bytes: &[u8],
+        recipient_key: &[u8],
+        sender_key: &[u8],
+        recent_key: &mut Vec<u8>,
+    ) -> Result<AppendResult, OpError> {
+        // Everything that can fail without harm happens before the first change to the batch.
+        let head = self.conv_head(conv_bytes)?;
+        let recipient_last = self.inbox_last(recipient_key)?;
+        let sender_last = if to_self {
+            recipient_last
+        } else {
+            self.inbox_last(sender_key)?
+        };
+        keys::recent_key(recent_key, &msg.recipient, &conv);
+        let recipient_recent = self.recent_state(recent_key)?;
+        let recipient_total = if to_self {
+            0
+        } else {
+            self.total(recipient_key)?
+        };
+        let sender_recent = if to_self {
+            None
+        } else {
+            keys::recent_key(recent_key, &msg.sender, &conv);
+            self.recent_state(recent_key)?
+        };
+
+        let now = self.now;
+        let conv_seq = head.last.next();
+        self.set_conv_head(conv_bytes, conv_seq);
+        let mut key = mem::take(&mut self.k5);
+        key.clear();
+        key.extend_from_slice(conv_bytes);
+        keys::put_seq(&mut key, conv_seq);
+        let row = MessageRecord {
+            sender: msg.sender.as_str().to_owned(),
+            sender_device: msg.sender_device.as_str().to_owned(),
+            client_msg_id: msg.client_msg_id.0,
+            time_ms: now,
+            kind: msg.kind.0,
+            flags: MessageFlags::NONE.0,
+            body: msg.body,
+        };
+        let r = self.put(Cf::Messages, &key, &row);
+        self.k5 = key;
+        r?;
+
+        let recipient_inbox_seq =
+            self.push_inbox(recipient_key, recipient_last, conv_bytes, conv_seq)?;
+        let sender_inbox_seq = if to_self {
+            recipient_inbox_seq
+        } else {
+            self.push_inbox(sender_key, sender_last, conv_bytes, conv_seq)?
+        };
+        let dedup = DedupRecord {
+            conv: conv_bytes.to_vec(),
+            conv_seq: conv_seq.0,
+            sender_inbox_seq: sender_inbox_seq.0,
+            recipient_inbox_seq: recipient_inbox_seq.0,
+            time_ms: now,
+        };
+        self.put(Cf::Dedup, &dedup_key, &dedup)?;
+
+        let counts = !to_self;
+        let mut state = recipient_recent.unwrap_or_default();
+        state.last_seq = conv_seq;
+        state.last_time_ms = now;
+        state.updated_ms = now;
+        if counts {
+            state.unread = state.unread.saturating_add(1);
+        }
+        keys::recent_key(recent_key, &msg.recipient, &conv);
+        self.set_recent(recent_key, state)?;
+        if counts {
+            self.set_total(recipient_key, recipient_total + 1)?;
+            let mut state = sender_recent.unwrap_or_default();
+            state.last_seq = conv_seq;
+            state.last_time_ms = now;
+            state.updated_ms = now;
+            keys::recent_key(recent_key, &msg.sender, &conv);
+            self.set_recent(recent_key, state)?;
+        }
+
+        let result = AppendResult {
+            conv,
+            conv_seq,
+            sender_inbox_seq,
+            recipient_inbox_seq,
+            time_ms: now,
+            duplicate: false,
+        };
+        self.pending_dedup
+            .insert(dedup_key, (result.clone(), self.gen));
+        Ok(result)
+    }
+
+    fn update_position(&mut self, update: PositionUpdate) -> Result<DevicePosition, OpError> {
+        let mut key = mem::take(&mut self.k1);
+        keys::position_key(&mut key, &update.user, &update.device);
+        let r = self.update_position_inner(&key, &update);
+        self.k1 = key;
+        r
+    }
+
+    fn update_position_inner(
+        &mut self,
+        key: &[u8],
+        update: &PositionUpdate,
+    ) -> Result<DevicePosition, OpError> {
+        let current = match self.positions.get(key) {
+            Some(p) => *p,
+            None => self
+                .engine
+                .get_with(Cf::Positions, key, |v| {
+                    access::<ArchivedPositionRecord>(Cf::Positions, v).map(|r| DevicePosition {
+                        pulled: Seq(r.pulled.to_native()),
+                        acked: Seq(r.acked.to_native()),
+                        read: Seq(r.read.to_native()),
+                        updated_ms: r.updated_ms.to_native(),
+                    })
+                })?
+                .transpose()?
+                .unwrap_or_default(),
+        };
+        let next = DevicePosition {
+            pulled: current.pulled.max(update.pulled.unwrap_or(Seq::ZERO)),
+            acked: current.acked.max(update.acked.unwrap_or(Seq::ZERO)),
+            read: current.read.max(update.read.unwrap_or(Seq::ZERO)),
+            updated_ms: self.now,
+        };
+        let rec = PositionRecord {
+            pulled: next.pulled.0,
+            acked: next.acked.0,
+            read: next.read.0,
+            updated_ms: next.updated_ms,
+        };
+        self.put(Cf::Positions, key, &rec)?;
+        self.positions.insert(key.to_vec(), next);
+        Ok(next)
+    }
+
+    fn mark_read_needs_barrier(&mut self, req: &MarkRead) -> Result<bool, EngineError> {
+        if !self.conv_dirty(&req.conv) {
+            return Ok(false);
+        }
+        keys::recent_key(&mut self.k4, &req.user, &req.conv);
+        let key = mem::take(&mut self.k4);
+        let state = self.recent_state(&key);
+        self.k4 = key;
+        // Only a partial read recounts rows, and only then must they be committed.
+        Ok(state?.is_some_and(|s| req.up_to < s.last_seq))
+    }
+
+    /// Content messages from others, not recalled, in `(after, up_to]`.
+    fn count_unread(
+        &self,
+        conv: &ConvKey,
+        user: &UserId,
+        after: Seq,
+        up_to: Seq,
+    ) -> Result<u32, EngineError> {
+        let mut start = Vec::new();
+        keys::message_key(&mut start, conv, after.next());
+        let mut end = Vec::new();
+        keys::message_key(&mut end, conv, up_to.next());
+        let mut n = 0u32;
+        self.engine.scan(
+            Cf::Messages,
+            ScanRange {
+                start: &start,
+                end: Some(&end),
+            },
+            Direction::Forward,
+            usize::MAX,
+            &mut |_, v| {
+                let r = access::<ArchivedMessageRecord>(Cf::Messages, v)?;
+                let counts = r.sender.as_str() != user.as_str()
+                    && !MessageKind(r.kind).is_event()
+                    && !MessageFlags(r.flags).contains(MessageFlags::RECALLED);
+                n += u32::from(counts);
+                Ok(())
+            },
+        )?;
+        Ok(n)
+    }
+
+    fn mark_read(&mut self, req: MarkRead) -> Result<ReadState, OpError> {
+        let mut recent_key = mem::take(&mut self.k4);
+        let mut user_key = mem::take(&mut self.k2);
+        keys::recent_key(&mut recent_key, &req.user, &req.conv);
+        keys::user_key(&mut user_key, &req.user);
+        let r = self.mark_read_inner(&req, &recent_key, &user_key);
+        self.k4 = recent_key;
+        self.k2 = user_key;
+        r
+    }
+
+    fn mark_read_inner(
+        &mut self,
+        req: &MarkRead,
+        recent_key: &[u8],
+        user_key: &[u8],
+    ) -> Result<ReadState, OpError> {
+        let Some(mut state) = self.recent_state(recent_key)? else {
+            return Err(OpError::NotFound("conversation"));
+        };
+        let total = self.total(user_key)?;
+        let read_seq = state.read_seq.max(req.up_to.min(state.last_seq));
+        let unread = if read_seq >= state.last_seq {
+            0
+        } else {
+            self.count_unread(&req.conv, &req.user, read_seq, state.last_seq)?
+        };
+        let total = (total + u64::from(unread)).saturating_sub(u64::from(state.unread));
+        if read_seq != state.read_seq || unread != state.unread || state.mentioned {
+            state.read_seq = read_seq;
+            state.unread = unread;
+            state.mentioned = false;
+            state.updated_ms = self.now;
+            self.set_recent(recent_key, state)?;
+            self.set_total(user_key, total)?;
+        }
+        Ok(ReadState {
+            read_seq,
+            unread,
+            total_unread: total,
+        })
+    }
+
+    fn recall(&mut self, req: Recall) -> Result<RecallResult, OpError> {
+        let mut conv_bytes = mem::take(&mut self.k1);
+        keys::conv_prefix(&mut conv_bytes, &req.conv);
+        let r = self.recall_inner(&req, &conv_bytes);
+        self.k1 = conv_bytes;
+        r
+    }
+
+    fn recall_inner(&mut self, req: &Recall, conv_bytes: &[u8]) -> Result<RecallResult, OpError> {
+        let mut key = conv_bytes.to_vec();
+        keys::put_seq(&mut key, req.seq);
+        let original = self
+            .engine
+            .get_with(
+                Cf::Messages,
+                &key,
+                |v| -> Result<MessageRecord, EngineError> {
+                    let r = access::<ArchivedMessageRecord>(Cf::Messages, v)?;
+                    Ok(MessageRecord {
+                        sender: r.sender.as_str().to_owned(),
+                        sender_device: r.sender_device.as_str().to_owned(),
+                        client_msg_id: r.client_msg_id,
+                        time_ms: r.time_ms.to_native(),
+                        kind: r.kind,
+                        flags: r.flags,
+                        body: r.body.as_slice().to_vec(),
+                    })
+                },
+            )?
+            .transpose()?
+            .ok_or(OpError::NotFound("message"))?;
+        if original.sender != req.by.as_str() {
+            return Err(OpError::NotAllowed("only the sender may recall a message"));
+        }
+        if MessageKind(original.kind).is_event() {
+            return Err(OpError::Invalid("events cannot be recalled"));
+        }
+        if MessageFlags(original.flags).contains(MessageFlags::RECALLED) {
+            return Err(OpError::AlreadyRecalled);
+        }
+
+        // Loads first. Only one-to-one conversations have per-user inbox and recent rows today;
+        // group timelines get theirs when group fan-out lands.
+        let head = self.conv_head(conv_bytes)?;
+        let mut peers: Vec<Peer> = Vec::new();
+        if let ConvKey::Direct(pair) = &req.conv {
+            let users: &[&UserId] = if pair.low() == pair.high() {
+                &[pair.low()]
+            } else {
+                &[pair.low(), pair.high()]
+            };
+            for user in users {
+                let mut user_key = Vec::new();
+                keys::user_key(&mut user_key, user);
+                let last = self.inbox_last(&user_key)?;
+                let mut recent_key = Vec::new();
+                keys::recent_key(&mut recent_key, user, &req.conv);
+                let recent = self.recent_state(&recent_key)?;
+                let total = self.total(&user_key)?;
+                peers.push(Peer {
+                    user: (*user).clone(),
+                    user_key,
+                    last,
+                    recent_key,
+                    recent,
+                    total,
+                });
+            }
+        }
+
+        let now = self.now;
+        let recalled = MessageRecord {
+            flags: original.flags | MessageFlags::RECALLED.0,
+            ..original
+        };
+        self.put(Cf::Messages, &key, &recalled)?;
+        let event_seq = head.last.next();
+        self.set_conv_head(conv_bytes, event_seq);
+        key.truncate(conv_bytes.len());
+        keys::put_seq(&mut key, event_seq);
+        let event = MessageRecord {
+            sender: req.by.as_str().to_owned(),
+            sender_device: req.by_device.as_str().to_owned(),
+            client_msg_id: [0; 16],
+            time_ms: now,
+            kind: MessageKind::RECALL_EVENT.0,
+            flags: 0,
+            body: req.seq.0.to_be_bytes().to_vec(),
+        };
+        self.put(Cf::Messages, &key, &event)?;
+        for Peer {
+            user,
+            user_key,
+            last,
+            recent_key,
+            recent,
+            total,
+        } in peers
+        {
+            self.push_inbox(&user_key, last, conv_bytes, event_seq)?;
+            let mut state = recent.unwrap_or_default();
+            state.last_seq = event_seq;
+            state.last_time_ms = now;
+            state.updated_ms = now;
+            // The recalled message no longer counts as unread for whoever had not read it.
+            if user != req.by && req.seq > state.read_seq && state.unread > 0 {
+                state.unread -= 1;
+                self.set_total(&user_key, total.saturating_sub(1))?;
+            }
+            self.set_recent(&recent_key, state)?;
+        }
+        Ok(RecallResult {
+            event_seq,
+            time_ms: now,
+        })
+    }
+
+    fn put_group(&mut self, update: GroupUpdate) -> Result<GroupInfo, OpError> {
+        let key = self.k1.clone();
+        let existing = self
+            .engine
+            .get_with(Cf::Groups, &key, |v| {
+                access::<ArchivedGroupRecord>(Cf::Groups, v)
+                    .map(|r| (r.member_count.to_native(), r.created_ms.to_native()))
+            })?
+            .transpose()?;
+        let (member_count, created_ms) = existing.unwrap_or((0, self.now));
+        let rec = GroupRecord {
+            name: update.name,
+            announcement: update.announcement,
+            avatar: update.avatar,
+            owner: update.owner.as_str().to_owned(),
+            settings: update.settings,
+            diffusion: update.diffusion.0,
+            member_count,
+            created_ms,
+            updated_ms: self.now,
+        };
+        self.put(Cf::Groups, &key, &rec)?;
+        self.touch(Cf::Groups, &key);
+        Ok(GroupInfo {
+            id: update.id,
+            name: rec.name,
+            announcement: rec.announcement,
+            avatar: rec.avatar,
+            owner: update.owner,
+            settings: rec.settings,
+            diffusion: update.diffusion,
+            member_count,
+            created_ms,
+            updated_ms: rec.updated_ms,
+        })
+    }
+
+    fn load_group(
+        &self,
+        group: &GroupId,
+        key: &[u8],
+    ) -> Result<Option<(GroupInfo, GroupRecord)>, EngineError> {
+        self.engine
+            .get_with(Cf::Groups, key, |v| -> Result<_, EngineError> {
+                let r = access::<ArchivedGroupRecord>(Cf::Groups, v)?;
+                let info = group_from(group.clone(), r)?;
+                let rec = GroupRecord {
+                    name: info.name.clone(),
+                    announcement: info.announcement.clone(),
+                    avatar: info.avatar.clone(),
+                    owner: info.owner.as_str().to_owned(),
+                    settings: info.settings,
+                    diffusion: info.diffusion.0,
+                    member_count: info.member_count,
+                    created_ms: info.created_ms,
+                    updated_ms: info.updated_ms,
+                };
+                Ok((info, rec))
+            })?
+            .transpose()
+    }
+
+    fn put_member(&mut self, update: MemberUpdate) -> Result<Member, OpError> {
+        let group_key = self.k1.clone();
+        let member_key = self.k2.clone();
+        let Some((_, mut group)) = self.load_group(&update.group, &group_key)? else {
+            return Err(OpError::NotFound("group"));
+        };
+        let existing_joined = self
+            .engine
+            .get_with(Cf::Members, &member_key, |v| {
+                access::<ArchivedMemberRecord>(Cf::Members, v).map(|r| r.joined_ms.to_native())
+            })?
+            .transpose()?;
+        let joined_ms = existing_joined.unwrap_or(self.now);
+        let rec = MemberRecord {
+            role: update.role.0,
+            muted_until_ms: update.muted_until_ms,
+            joined_ms,
+        };
+        self.put(Cf::Members, &member_key, &rec)?;
+        let mut of_key = Vec::new();
+        keys::member_of_key(&mut of_key, &update.user, &update.group);
+        self.put(
+            Cf::MemberOf,
+            &of_key,
+            &MemberOfRecord {
+                role: update.role.0,
+                joined_ms,
+            },
+        )?;
+        if existing_joined.is_none() {
+            group.member_count = group.member_count.saturating_add(1);
+            self.put(Cf::Groups, &group_key, &group)?;
+            self.touch(Cf::Groups, &group_key);
+        }
+        self.touch(Cf::Members, &member_key);
+        Ok(Member {
+            user: update.user,
+            role: update.role,
+            muted_until_ms: update.muted_until_ms,
+            joined_ms,
+        })
+    }
+
+    fn remove_member(&mut self, group_id: &GroupId, user: &UserId) -> Result<bool, OpError> {
+        let group_key = self.k1.clone();
+        let member_key = self.k2.clone();
+        let existed = self
+            .engine
+            .get_with(Cf::Members, &member_key, |_| ())?
+            .is_some();
+        if !existed {
+            return Ok(false);
+        }
+        let group = self.load_group(group_id, &group_key)?;
+        self.batch.delete(Cf::Members, &member_key);
+        let mut of_key = Vec::new();
+        keys::member_of_key(&mut of_key, user, group_id);
+        self.batch.delete(Cf::MemberOf, &of_key);
+        // The member's read-diffusion cursor goes with the membership.
+        self.batch.delete(Cf::Cursors, &member_key);
+        if let Some((_, mut rec)) = group {
+            rec.member_count = rec.member_count.saturating_sub(1);
+            self.put(Cf::Groups, &group_key, &rec)?;
+            self.touch(Cf::Groups, &group_key);
+        }
+        self.touch(Cf::Members, &member_key);
+        self.touch(Cf::Cursors, &member_key);
+        Ok(true)
+    }
+
+    fn put_cursor(&mut self, update: CursorUpdate) -> Result<GroupCursor, OpError> {
+        let key = self.k1.clone();
+        let current = self
+            .engine
+            .get_with(Cf::Cursors, &key, |v| {
+                access::<ArchivedCursorRecord>(Cf::Cursors, v)
+                    .map(|r| (Seq(r.acked.to_native()), Seq(r.read.to_native())))
+            })?
+            .transpose()?
+            .unwrap_or_default();
+        let cursor = GroupCursor {
+            acked: current.0.max(update.acked.unwrap_or(Seq::ZERO)),
+            read: current.1.max(update.read.unwrap_or(Seq::ZERO)),
+            updated_ms: self.now,
+        };
+        let rec = CursorRecord {
+            acked: cursor.acked.0,
+            read: cursor.read.0,
+            updated_ms: cursor.updated_ms,
+        };
+        self.put(Cf::Cursors, &key, &rec)?;
+        self.touch(Cf::Cursors, &key);
+        Ok(cursor)
+    }
+
+    fn put_relation(&mut self, other: UserId, kind: RelationKind) -> Result<Relation, OpError> {
+        let key = self.k1.clone();
+        let since = self
+            .engine
+            .get_with(Cf::Relations, &key, |v| {
+                access::<ArchivedRelationRecord>(Cf::Relations, v).map(|r| r.since_ms.to_native())
+            })?
+            .transpose()?;
+        let since_ms = match since {
+            Some(since) => since,
+            None => {
+                let since = self.now;
+                self.put(Cf::Relations, &key, &RelationRecord { since_ms: since })?;
+                self.touch(Cf::Relations, &key);
+                since
+            }
+        };
+        Ok(Relation {
+            other,
+            kind,
+            since_ms,
+        })
+    }
+
+    fn remove_relation(&mut self) -> Result<bool, OpError> {
+        let key = self.k1.clone();
+        let existed = self.engine.get_with(Cf::Relations, &key, |_| ())?.is_some();
+        if existed {
+            self.batch.delete(Cf::Relations, &key);
+            self.touch(Cf::Relations, &key);
+        }
+        Ok(existed)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::ids::{ClientMsgId, DeviceId};
+    use crate::mem::MemEngine;
+
+    fn core() -> (WriterCore<MemEngine>, MemEngine) {
+        let engine = MemEngine::new();
+        let config = CoreConfig {
+            max_cached_entries: 1000,
+            inbox_max_age_ms: 1_000_000,
+            dedup_window_ms: 1_000_000,
+        };
+        (WriterCore::new(Arc::new(engine.clone()), config), engine)
+    }
+
+    fn user(s: &str) -> UserId {
+        UserId::new(s).unwrap()
+    }
+
+    fn msg(from: &str, to: &str, id: u8) -> DirectMessage {
+        DirectMessage {
+            sender: user(from),
+            sender_device: DeviceId::new("d").unwrap(),
+            recipient: user(to),
+            client_msg_id: ClientMsgId([id; 16]),
+            kind: MessageKind::TEXT,
+            body: vec![id],
+        }
+    }
+
+    /// Applies `cmds` as one batch (no barrier expected), commits, and returns the receivers.
+    fn run_batch(core: &mut WriterCore<MemEngine>, engine: &MemEngine, cmds: Vec<WriteCmd>) {
+        let durable = core.gen() - 1;
+        core.begin(1_000, durable);
+        let mut waiting = Vec::new();
+        for cmd in cmds {
+            match core.apply(cmd) {
+                Applied::Queued(w) => waiting.push(w),
+                Applied::Barrier(_) => panic!("unexpected barrier"),
+            }
+        }
+        core.seal();
+        let result = engine.write(core.batch(), true);
+        core.finish(result.is_ok());
+        for w in waiting {
+            w.complete(&result);
+        }
+    }
+
+    #[test]
+    fn two_transmissions_in_one_batch_store_one_message() {
+        let (mut core, engine) = core();
+        let (tx1, rx1) = oneshot::channel();
+        let (tx2, rx2) = oneshot::channel();
+        run_batch(
+            &mut core,
+            &engine,
+            vec![
+                WriteCmd::AppendDirect(msg("a", "b", 1), tx1),
+                WriteCmd::AppendDirect(msg("a", "b", 1), tx2),
+            ],
+        );
+        let first = rx1.recv().unwrap().unwrap();
+        let second = rx2.recv().unwrap().unwrap();
+        assert!(!first.duplicate);
+        assert!(second.duplicate);
+        assert_eq!(
+            AppendResult {
+                duplicate: false,
+                ..second
+            },
+            first
+        );
+        let page = crate::read::inbox_page(&engine, &user("b"), Seq::ZERO, 10).unwrap();
+        assert_eq!(page.len(), 1);
+    }
+
+    #[test]
+    fn counters_see_earlier_operations_of_the_same_batch() {
+        let (mut core, engine) = core();
+        let mut rxs = Vec::new();
+        let mut cmds = Vec::new();
+        for i in 0..5 {
+            let (tx, rx) = oneshot::channel();
+            cmds.push(WriteCmd::AppendDirect(msg("a", "b", i), tx));
+            rxs.push(rx);
+        }
+        run_batch(&mut core, &engine, cmds);
+        let seqs: Vec<u64> = rxs
+            .into_iter()
+            .map(|rx| rx.recv().unwrap().unwrap().conv_seq.0)
+            .collect();
+        assert_eq!(seqs, vec![1, 2, 3, 4, 5]);
+        assert_eq!(crate::read::total_unread(&engine, &user("b")).unwrap(), 5);
+    }
+
+    #[test]
+    fn recall_of_a_message_in_the_open_batch_needs_a_barrier() {
+        let (mut core, _engine) = core();
+        let durable = core.gen() - 1;
+        core.begin(1_000, durable);
+        let (tx, _rx) = oneshot::channel();
+        assert!(matches!(
+            core.apply(WriteCmd::AppendDirect(msg("a", "b", 1), tx)),
+            Applied::Queued(_)
+        ));
+        let (tx, _rx) = oneshot::channel();
+        let recall = Recall {
+            conv: ConvKey::direct(&user("a"), &user("b")),
+            seq: Seq(1),
+            by: user("a"),
+            by_device: DeviceId::new("d").unwrap(),
+        };
+        assert!(matches!(
+            core.apply(WriteCmd::Recall(recall, tx)),
+            Applied::Barrier(_)
+        ));
+    }
+
+    #[test]
+    fn a_failed_commit_drops_cached_counters() {
+        let (mut core, engine) = core();
+        let durable = core.gen() - 1;
+        core.begin(1_000, durable);
+        let (tx, rx) = oneshot::channel();
+        let Applied::Queued(w) = core.apply(WriteCmd::AppendDirect(msg("a", "b", 1), tx)) else {
+            panic!("barrier")
+        };
+        // Pretend the write failed: nothing reached the engine.
+        let failed = Err(EngineError::Backend {
+            family: None,
+            detail: "disk on fire".into(),
+        });
+        core.finish(false);
+        w.complete(&failed);
+        assert!(matches!(rx.recv().unwrap(), Err(OpError::Engine(_))));
+        // The next message must get seq 1 again: seq 1 was never handed out.
+        let (tx, rx) = oneshot::channel();
+        run_batch(
+            &mut core,
+            &engine,
+            vec![WriteCmd::AppendDirect(msg("a", "b", 2), tx)],
+        );
+        assert_eq!(rx.recv().unwrap().unwrap().conv_seq, Seq(1));
+    }
+}

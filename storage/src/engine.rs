@@ -1,0 +1,390 @@
+//! The low-level storage trait: ordered key-value column families with point reads, bounded range
+//! scans and atomic multi-family write batches.
+//!
+//! Everything above it (timelines, dedup, unread counters) is written once against [`KvEngine`]
+//! and runs unchanged on [`crate::RocksEngine`] and [`crate::MemEngine`]; the conformance suite in
+//! `tests/conformance.rs` runs against both.
+
+use std::fmt;
+
+/// The column families, one per kind of record. Layouts are documented in the crate docs.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub enum Cf {
+    /// Schema version, node identity.
+    Meta,
+    /// Storage timelines: every message of every conversation (never expired).
+    Messages,
+    /// Per-user sync timelines (write diffusion): references to messages. Expired by age.
+    Inbox,
+    /// Per-device pull / ack / read positions in the user's inbox.
+    Positions,
+    /// (sender, client msg id) → the result first assigned. Expired after the dedup window.
+    Dedup,
+    /// Recent conversations per user with unread counts; the bare user key holds the total.
+    Recent,
+    /// Group metadata.
+    Groups,
+    /// Group members.
+    Members,
+    /// Reverse index: the groups a user belongs to.
+    MemberOf,
+    /// Read-diffusion cursors per group member.
+    Cursors,
+    /// Relationship chain: follow / friend / block.
+    Relations,
+}
+
+impl Cf {
+    /// Number of families.
+    pub const COUNT: usize = 11;
+
+    /// Every family, in index order.
+    pub const ALL: [Cf; Cf::COUNT] = [
+        Cf::Meta,
+        Cf::Messages,
+        Cf::Inbox,
+        Cf::Positions,
+        Cf::Dedup,
+        Cf::Recent,
+        Cf::Groups,
+        Cf::Members,
+        Cf::MemberOf,
+        Cf::Cursors,
+        Cf::Relations,
+    ];
+
+    /// The family's name on disk.
+    pub fn name(self) -> &'static str {
+        match self {
+            Cf::Meta => "meta",
+            Cf::Messages => "messages",
+            Cf::Inbox => "inbox",
+            Cf::Positions => "positions",
+            Cf::Dedup => "dedup",
+            Cf::Recent => "recent",
+            Cf::Groups => "groups",
+            Cf::Members => "members",
+            Cf::MemberOf => "member_of",
+            Cf::Cursors => "cursors",
+            Cf::Relations => "relations",
+        }
+    }
+
+    /// Position in [`Cf::ALL`].
+    pub fn index(self) -> usize {
+        self as usize
+    }
+
+    /// The family called `name`, if it is one of ours.
+    pub fn from_name(name: &str) -> Option<Cf> {
+        Cf::ALL.into_iter().find(|cf| cf.name() == name)
+    }
+
+    /// Families whose entries expire by the time stored in their values.
+    pub fn is_expirable(self) -> bool {
+        matches!(self, Cf::Inbox | Cf::Dedup)
+    }
+}
+
+impl fmt::Display for Cf {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+/// Scan order.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Direction {
+    /// Ascending key order.
+    Forward,
+    /// Descending key order.
+    Backward,
+}
+
+/// Keys `k` with `start <= k < end` (`end: None` means no upper bound).
+#[derive(Clone, Copy, Debug)]
+pub struct ScanRange<'a> {
+    /// Inclusive lower bound.
+    pub start: &'a [u8],
+    /// Exclusive upper bound.
+    pub end: Option<&'a [u8]>,
+}
+
+impl ScanRange<'_> {
+    /// Whether `key` lies in the range.
+    pub fn contains(&self, key: &[u8]) -> bool {
+        key >= self.start && self.end.is_none_or(|end| key < end)
+    }
+}
+
+/// The callback of [`KvEngine::scan`]: called with each key and value, in scan order.
+pub type Visitor<'a> = dyn FnMut(&[u8], &[u8]) -> Result<(), EngineError> + 'a;
+
+/// Extracts the expiry time (ms since the epoch) from an entry of an expirable family, or `None`
+/// for entries that never expire (e.g. counters kept in the same family).
+pub type TimeOf = fn(key: &[u8], value: &[u8]) -> Option<u64>;
+
+/// Errors of the engine layer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum EngineError {
+    /// The backend found damaged data.
+    #[error("corruption{}: {detail}", family.map(|f| format!(" in family {f}")).unwrap_or_default())]
+    Corruption {
+        /// The family being read or written, when known.
+        family: Option<Cf>,
+        /// The backend's message (names the file where the backend does).
+        detail: String,
+    },
+    /// A stored record does not decode: corruption or a bug, never a caller error.
+    #[error("undecodable record in family {family}: {detail}")]
+    BadRecord {
+        /// Where it was found.
+        family: Cf,
+        /// What is wrong with it.
+        detail: String,
+    },
+    /// An I/O or other backend failure.
+    #[error("storage backend error{}: {detail}", family.map(|f| format!(" in family {f}")).unwrap_or_default())]
+    Backend {
+        /// The family being accessed, when known.
+        family: Option<Cf>,
+        /// The backend's message.
+        detail: String,
+    },
+}
+
+#[derive(Clone, Copy, Debug)]
+struct BatchOp {
+    cf: Cf,
+    key_start: u32,
+    key_end: u32,
+    /// `None` for a delete.
+    value_end: Option<u32>,
+}
+
+/// An ordered list of puts and deletes over any families, applied atomically by
+/// [`KvEngine::write`]. Keys and values live in one growing buffer, so building a batch does not
+/// allocate per row once the buffer has grown.
+#[derive(Clone, Default)]
+pub struct WriteBatch {
+    data: Vec<u8>,
+    ops: Vec<BatchOp>,
+}
+
+impl fmt::Debug for WriteBatch {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WriteBatch")
+            .field("ops", &self.ops.len())
+            .field("bytes", &self.data.len())
+            .finish()
+    }
+}
+
+/// One entry of a [`WriteBatch`], as handed to an engine.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum BatchEntry<'a> {
+    /// Insert or overwrite.
+    Put {
+        /// Family.
+        cf: Cf,
+        /// Key.
+        key: &'a [u8],
+        /// Value.
+        value: &'a [u8],
+    },
+    /// Remove (no error if absent).
+    Delete {
+        /// Family.
+        cf: Cf,
+        /// Key.
+        key: &'a [u8],
+    },
+}
+
+impl BatchEntry<'_> {
+    /// The entry's family.
+    pub fn cf(&self) -> Cf {
+        match *self {
+            BatchEntry::Put { cf, .. } | BatchEntry::Delete { cf, .. } => cf,
+        }
+    }
+
+    /// The entry's key.
+    pub fn key(&self) -> &[u8] {
+        match *self {
+            BatchEntry::Put { key, .. } | BatchEntry::Delete { key, .. } => key,
+        }
+    }
+}
+
+impl WriteBatch {
+    /// An empty batch.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    fn offset(&self) -> u32 {
+        // A batch is bounded by the writer's `max_batch_ops`; 4 GiB would be a bug upstream.
+        u32::try_from(self.data.len()).unwrap_or(u32::MAX)
+    }
+
+    /// Queues a put.
+    pub fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        let key_start = self.offset();
+        self.data.extend_from_slice(key);
+        let key_end = self.offset();
+        self.data.extend_from_slice(value);
+        let value_end = Some(self.offset());
+        self.ops.push(BatchOp {
+            cf,
+            key_start,
+            key_end,
+            value_end,
+        });
+    }
+
+    /// Queues a put whose value `encode` appends to the buffer it is given; the value is what
+    /// `encode` appended. Lets values be serialized straight into the batch.
+    pub fn put_with<E>(
+        &mut self,
+        cf: Cf,
+        key: &[u8],
+        encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
+    ) -> Result<(), E> {
+        let key_start = self.offset();
+        self.data.extend_from_slice(key);
+        let key_end = self.offset();
+        if let Err(e) = encode(&mut self.data) {
+            self.data.truncate(key_start as usize);
+            return Err(e);
+        }
+        let value_end = Some(self.offset());
+        self.ops.push(BatchOp {
+            cf,
+            key_start,
+            key_end,
+            value_end,
+        });
+        Ok(())
+    }
+
+    /// Queues a delete.
+    pub fn delete(&mut self, cf: Cf, key: &[u8]) {
+        let key_start = self.offset();
+        self.data.extend_from_slice(key);
+        let key_end = self.offset();
+        self.ops.push(BatchOp {
+            cf,
+            key_start,
+            key_end,
+            value_end: None,
+        });
+    }
+
+    /// Number of queued puts and deletes.
+    pub fn len(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether nothing is queued.
+    pub fn is_empty(&self) -> bool {
+        self.ops.is_empty()
+    }
+
+    /// Bytes of keys and values queued.
+    pub fn data_len(&self) -> usize {
+        self.data.len()
+    }
+
+    /// Forgets every entry, keeping the buffers.
+    pub fn clear(&mut self) {
+        self.data.clear();
+        self.ops.clear();
+    }
+
+    /// The entries ordered by (family, key); entries with the same family and key keep their
+    /// queued order, so applying them in this order has the same effect as in queued order.
+    pub fn sorted_entries(&self) -> Vec<BatchEntry<'_>> {
+        let mut entries: Vec<BatchEntry<'_>> = self.iter().collect();
+        // Stable: a later put to the same key must still land last.
+        entries.sort_by(|a, b| (a.cf().index(), a.key()).cmp(&(b.cf().index(), b.key())));
+        entries
+    }
+
+    /// The entries in the order they were queued.
+    pub fn iter(&self) -> impl Iterator<Item = BatchEntry<'_>> + '_ {
+        self.ops.iter().map(move |op| {
+            let key = &self.data[op.key_start as usize..op.key_end as usize];
+            match op.value_end {
+                Some(end) => BatchEntry::Put {
+                    cf: op.cf,
+                    key,
+                    value: &self.data[op.key_end as usize..end as usize],
+                },
+                None => BatchEntry::Delete { cf: op.cf, key },
+            }
+        })
+    }
+}
+
+/// Ordered key-value storage with column families.
+///
+/// Semantics every implementation guarantees (checked by the conformance suite):
+/// - **Atomic batches.** [`write`](KvEngine::write) applies all entries of a batch or none, across
+///   families; readers never observe part of a batch. Entries apply in order (a later put to the
+///   same key wins).
+/// - **Durability.** When `write(batch, sync = true)` returns `Ok`, the batch survives a process
+///   crash and a power loss (the RocksDB WAL is fsynced). With `sync = false` it survives a
+///   process crash only if the OS flushed it; the memory engine keeps nothing across processes.
+/// - **Reads see completed writes.** A `get` or `scan` that starts after `write` returned sees the
+///   batch. There are no snapshots: a scan running concurrently with writes may or may not see
+///   them, but each entry it yields is a committed value.
+/// - **Expiry.** In families where [`Cf::is_expirable`], an entry whose [`TimeOf`] is below the
+///   family's cutoff may disappear at any moment after the cutoff is set, and will have
+///   disappeared once [`expire_now`](KvEngine::expire_now) returns. No other entry is ever
+///   removed except by a delete.
+///
+/// Callbacks passed to `get_with` and `scan` run while the engine holds the value (a pinned
+/// RocksDB slice, or the memory engine's read lock): they must not call back into the engine.
+pub trait KvEngine: Send + Sync + 'static {
+    /// Calls `visit` with the value stored under `key`, without copying it, and returns what
+    /// `visit` returned; `Ok(None)` if there is no such key.
+    fn get_with<R>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        visit: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, EngineError>;
+
+    /// Visits up to `limit` entries of `range` in `direction` order; stops early if `visit` fails
+    /// and returns that error. Returns the number of entries visited.
+    fn scan(
+        &self,
+        cf: Cf,
+        range: ScanRange<'_>,
+        direction: Direction,
+        limit: usize,
+        visit: &mut Visitor<'_>,
+    ) -> Result<usize, EngineError>;
+
+    /// Applies `batch` atomically; durable when `sync` is true and this returns `Ok`.
+    fn write(&self, batch: &WriteBatch, sync: bool) -> Result<(), EngineError>;
+
+    /// Installs the rule of an expirable family and raises its cutoff: entries with
+    /// `time_of(..) < cutoff_ms` may be removed from then on. The cutoff never moves back (a lower
+    /// value is ignored); the rule must be the same on every call.
+    fn set_expiry(&self, cf: Cf, time_of: TimeOf, cutoff_ms: u64);
+
+    /// Removes every expired entry of `cf` now (RocksDB: a manual compaction running the
+    /// compaction filter; memory: a sweep).
+    fn expire_now(&self, cf: Cf) -> Result<(), EngineError>;
+
+    /// Persists memtables (RocksDB) so later opens replay less WAL; a no-op in memory.
+    fn flush(&self) -> Result<(), EngineError>;
+
+    /// Column families found in the database that this version does not know (a newer schema
+    /// created them). The store refuses to serve while there are any.
+    fn unknown_families(&self) -> &[String] {
+        &[]
+    }
+}

@@ -1,0 +1,349 @@
+//! Identifier newtypes shared by every layer of the store: who wrote, which device, which
+//! conversation, which position in a timeline.
+//!
+//! String ids are validated once, at construction (UTF-8, 1..=64 bytes), so key encoding can rely
+//! on a one-byte length prefix.
+
+use std::fmt;
+
+/// The longest user, device, group, room or topic id, in bytes.
+pub const MAX_ID_LEN: usize = 64;
+
+/// Why a string was refused as an id.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum IdError {
+    /// Ids must not be empty.
+    #[error("{kind} id is empty")]
+    Empty {
+        /// Which id type refused it.
+        kind: &'static str,
+    },
+    /// Ids are at most [`MAX_ID_LEN`] bytes of UTF-8.
+    #[error("{kind} id is {len} bytes long, the limit is {MAX_ID_LEN}")]
+    TooLong {
+        /// Which id type refused it.
+        kind: &'static str,
+        /// Its length in bytes.
+        len: usize,
+    },
+}
+
+macro_rules! string_id {
+    ($(#[$doc:meta])* $name:ident, $kind:literal) => {
+        $(#[$doc])*
+        #[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(String);
+
+        impl $name {
+            /// Validates and wraps an id: UTF-8, 1..=[`MAX_ID_LEN`] bytes.
+            pub fn new(id: impl Into<String>) -> Result<Self, IdError> {
+                let id = id.into();
+                if id.is_empty() {
+                    return Err(IdError::Empty { kind: $kind });
+                }
+                if id.len() > MAX_ID_LEN {
+                    return Err(IdError::TooLong { kind: $kind, len: id.len() });
+                }
+                Ok(Self(id))
+            }
+
+            /// The id as text.
+            pub fn as_str(&self) -> &str {
+                &self.0
+            }
+        }
+
+        impl fmt::Debug for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                write!(f, concat!(stringify!($name), "({:?})"), self.0)
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(&self.0)
+            }
+        }
+
+        impl TryFrom<&str> for $name {
+            type Error = IdError;
+            fn try_from(id: &str) -> Result<Self, IdError> {
+                Self::new(id)
+            }
+        }
+    };
+}
+
+string_id!(
+    /// A user, as named by the application's identity backend.
+    UserId,
+    "user"
+);
+string_id!(
+    /// One of a user's devices (terminals); positions are kept per device.
+    DeviceId,
+    "device"
+);
+string_id!(
+    /// A group: a conversation with a member list, owner and admins.
+    GroupId,
+    "group"
+);
+string_id!(
+    /// A chat room: large, ephemeral membership, read diffusion.
+    RoomId,
+    "room"
+);
+string_id!(
+    /// A topic: publish/subscribe conversation.
+    TopicId,
+    "topic"
+);
+
+/// A position in a timeline (a conversation's storage timeline or a user's inbox).
+///
+/// Sequences start at 1 and are strictly increasing per timeline; `Seq::ZERO` means "before
+/// everything" when used as a cursor.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+pub struct Seq(pub u64);
+
+impl Seq {
+    /// Before the first entry of every timeline.
+    pub const ZERO: Seq = Seq(0);
+    /// After the last possible entry.
+    pub const MAX: Seq = Seq(u64::MAX);
+
+    /// The sequence after this one.
+    pub fn next(self) -> Seq {
+        Seq(self.0.saturating_add(1))
+    }
+}
+
+impl fmt::Debug for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Seq({})", self.0)
+    }
+}
+
+impl fmt::Display for Seq {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The id a client gives a message before sending it; retransmissions reuse it, and the store
+/// de-duplicates on (sender, client message id).
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ClientMsgId(pub [u8; 16]);
+
+impl fmt::Debug for ClientMsgId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("ClientMsgId(")?;
+        for b in self.0 {
+            write!(f, "{b:02x}")?;
+        }
+        f.write_str(")")
+    }
+}
+
+/// The kind byte of a conversation key. Unknown values survive a decode so a dump tool can print
+/// them.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ConvKind(pub u8);
+
+impl ConvKind {
+    /// One-to-one conversation.
+    pub const DIRECT: ConvKind = ConvKind(1);
+    /// Group conversation.
+    pub const GROUP: ConvKind = ConvKind(2);
+    /// Chat room.
+    pub const ROOM: ConvKind = ConvKind(3);
+    /// Topic.
+    pub const TOPIC: ConvKind = ConvKind(4);
+}
+
+impl fmt::Debug for ConvKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            ConvKind::DIRECT => f.write_str("DIRECT"),
+            ConvKind::GROUP => f.write_str("GROUP"),
+            ConvKind::ROOM => f.write_str("ROOM"),
+            ConvKind::TOPIC => f.write_str("TOPIC"),
+            ConvKind(other) => write!(f, "ConvKind({other:#04x})"),
+        }
+    }
+}
+
+/// The two users of a one-to-one conversation, in canonical order (smaller id first), so both
+/// sides name the same timeline.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub struct DirectPair {
+    low: UserId,
+    high: UserId,
+}
+
+impl DirectPair {
+    /// The pair of `a` and `b`, in whichever order they are given.
+    pub fn new(a: UserId, b: UserId) -> Self {
+        if a <= b {
+            DirectPair { low: a, high: b }
+        } else {
+            DirectPair { low: b, high: a }
+        }
+    }
+
+    /// The smaller user id.
+    pub fn low(&self) -> &UserId {
+        &self.low
+    }
+
+    /// The larger user id (equal to `low` for a conversation with oneself).
+    pub fn high(&self) -> &UserId {
+        &self.high
+    }
+
+    /// The other participant, if `me` is one of the two.
+    pub fn peer_of(&self, me: &UserId) -> Option<&UserId> {
+        if *me == self.low {
+            Some(&self.high)
+        } else if *me == self.high {
+            Some(&self.low)
+        } else {
+            None
+        }
+    }
+}
+
+/// Which conversation a timeline belongs to: kind + id.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash, Debug)]
+pub enum ConvKey {
+    /// One-to-one: the canonical pair of users.
+    Direct(DirectPair),
+    /// A group.
+    Group(GroupId),
+    /// A chat room.
+    Room(RoomId),
+    /// A topic.
+    Topic(TopicId),
+}
+
+impl ConvKey {
+    /// The one-to-one conversation between `a` and `b` (order does not matter).
+    pub fn direct(a: &UserId, b: &UserId) -> Self {
+        ConvKey::Direct(DirectPair::new(a.clone(), b.clone()))
+    }
+
+    /// The kind byte stored in keys.
+    pub fn kind(&self) -> ConvKind {
+        match self {
+            ConvKey::Direct(_) => ConvKind::DIRECT,
+            ConvKey::Group(_) => ConvKind::GROUP,
+            ConvKey::Room(_) => ConvKind::ROOM,
+            ConvKey::Topic(_) => ConvKind::TOPIC,
+        }
+    }
+}
+
+/// The kind of a stored message. Content kinds are below 0x80; event kinds (recall, ...) have the
+/// high bit set and never count as unread.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageKind(pub u8);
+
+impl MessageKind {
+    /// Plain text.
+    pub const TEXT: MessageKind = MessageKind(1);
+    /// Emoji / sticker.
+    pub const EMOJI: MessageKind = MessageKind(2);
+    /// Image reference.
+    pub const IMAGE: MessageKind = MessageKind(3);
+    /// Audio reference.
+    pub const AUDIO: MessageKind = MessageKind(4);
+    /// Video reference.
+    pub const VIDEO: MessageKind = MessageKind(5);
+    /// File reference.
+    pub const FILE: MessageKind = MessageKind(6);
+    /// Location.
+    pub const LOCATION: MessageKind = MessageKind(7);
+    /// Application-defined payload.
+    pub const CUSTOM: MessageKind = MessageKind(8);
+    /// Event: the message whose conversation seq is in the body (8 bytes, big-endian) was
+    /// recalled.
+    pub const RECALL_EVENT: MessageKind = MessageKind(0x80);
+
+    /// Events are timeline entries that are not content (they never count as unread).
+    pub fn is_event(self) -> bool {
+        self.0 & 0x80 != 0
+    }
+}
+
+impl fmt::Debug for MessageKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let name = match *self {
+            MessageKind::TEXT => "TEXT",
+            MessageKind::EMOJI => "EMOJI",
+            MessageKind::IMAGE => "IMAGE",
+            MessageKind::AUDIO => "AUDIO",
+            MessageKind::VIDEO => "VIDEO",
+            MessageKind::FILE => "FILE",
+            MessageKind::LOCATION => "LOCATION",
+            MessageKind::CUSTOM => "CUSTOM",
+            MessageKind::RECALL_EVENT => "RECALL_EVENT",
+            MessageKind(other) => return write!(f, "MessageKind({other:#04x})"),
+        };
+        f.write_str(name)
+    }
+}
+
+/// Flag bits of a stored message.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct MessageFlags(pub u8);
+
+impl MessageFlags {
+    /// No flag set.
+    pub const NONE: MessageFlags = MessageFlags(0);
+    /// The sender recalled the message; its body is kept (for audit) but must not be shown.
+    pub const RECALLED: MessageFlags = MessageFlags(0x01);
+
+    /// Whether every bit of `other` is set.
+    pub fn contains(self, other: MessageFlags) -> bool {
+        self.0 & other.0 == other.0
+    }
+}
+
+impl fmt::Debug for MessageFlags {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "MessageFlags({:#04x})", self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn ids_are_validated() {
+        assert_eq!(UserId::new(""), Err(IdError::Empty { kind: "user" }));
+        assert!(UserId::new("a".repeat(64)).is_ok());
+        assert_eq!(
+            DeviceId::new("d".repeat(65)),
+            Err(IdError::TooLong {
+                kind: "device",
+                len: 65
+            })
+        );
+    }
+
+    #[test]
+    fn direct_key_is_canonical() {
+        let a = UserId::new("alice").unwrap();
+        let b = UserId::new("bob").unwrap();
+        assert_eq!(ConvKey::direct(&a, &b), ConvKey::direct(&b, &a));
+        let ConvKey::Direct(pair) = ConvKey::direct(&b, &a) else {
+            panic!("not direct")
+        };
+        assert_eq!(pair.low(), &a);
+        assert_eq!(pair.peer_of(&a), Some(&b));
+        assert_eq!(pair.peer_of(&UserId::new("carol").unwrap()), None);
+    }
+}

@@ -1,0 +1,267 @@
+//! Stored values: rkyv 0.8 archives, one record type per column family.
+//!
+//! rkyv is built with its `unaligned` format feature, so every archived type has alignment 1
+//! (asserted below at compile time) and `rkyv::access` validates and reads a value in place from
+//! whatever slice RocksDB pins, at any address. With rkyv's default aligned format a pinned slice
+//! (an arbitrary offset inside a block or memtable entry) would have to be copied into an
+//! `AlignedVec` before every access. Values are serialized straight into the write batch's buffer.
+
+use rkyv::api::high::{HighSerializer, HighValidator};
+use rkyv::bytecheck::CheckBytes;
+use rkyv::rancor;
+use rkyv::ser::allocator::ArenaHandle;
+use rkyv::{Archive, Portable, Serialize};
+
+use crate::engine::{Cf, EngineError};
+use crate::ids::{ClientMsgId, ConvKey, DeviceId, MessageFlags, MessageKind, Seq, UserId};
+use crate::keys::KeyReader;
+use crate::types::StoredMessage;
+
+/// Current schema version, stored in `meta`. Bump when a layout changes incompatibly.
+pub const SCHEMA_VERSION: u32 = 1;
+
+/// `messages` value.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq)]
+pub(crate) struct MessageRecord {
+    pub sender: String,
+    pub sender_device: String,
+    pub client_msg_id: [u8; 16],
+    pub time_ms: u64,
+    pub kind: u8,
+    pub flags: u8,
+    pub body: Vec<u8>,
+}
+
+/// `inbox` value: a reference to a message, not a copy of it.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq)]
+pub(crate) struct InboxRecord {
+    /// Encoded conversation key.
+    pub conv: Vec<u8>,
+    pub conv_seq: u64,
+    pub time_ms: u64,
+}
+
+/// `inbox` value under the bare user key: the last inbox seq ever assigned, so sequences are not
+/// reused after every entry of an inbox has expired.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq)]
+pub(crate) struct InboxHeadRecord {
+    pub last_seq: u64,
+}
+
+/// `positions` value.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq)]
+pub(crate) struct PositionRecord {
+    pub pulled: u64,
+    pub acked: u64,
+    pub read: u64,
+    pub updated_ms: u64,
+}
+
+/// `dedup` value: what the first transmission was assigned.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq)]
+pub(crate) struct DedupRecord {
+    /// Encoded conversation key.
+    pub conv: Vec<u8>,
+    pub conv_seq: u64,
+    pub sender_inbox_seq: u64,
+    pub recipient_inbox_seq: u64,
+    pub time_ms: u64,
+}
+
+/// `recent` value under `user ‖ conv`.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq)]
+pub(crate) struct RecentRecord {
+    pub last_seq: u64,
+    pub last_time_ms: u64,
+    pub unread: u32,
+    pub read_seq: u64,
+    pub mentioned: bool,
+    pub updated_ms: u64,
+}
+
+/// `recent` value under the bare user key.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq)]
+pub(crate) struct TotalUnreadRecord {
+    pub total: u64,
+}
+
+/// `groups` value.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq)]
+pub(crate) struct GroupRecord {
+    pub name: String,
+    pub announcement: String,
+    pub avatar: String,
+    pub owner: String,
+    pub settings: u64,
+    pub diffusion: u8,
+    pub member_count: u32,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// `members` value.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq)]
+pub(crate) struct MemberRecord {
+    pub role: u8,
+    pub muted_until_ms: u64,
+    pub joined_ms: u64,
+}
+
+/// `member_of` value.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq)]
+pub(crate) struct MemberOfRecord {
+    pub role: u8,
+    pub joined_ms: u64,
+}
+
+/// `cursors` value.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq)]
+pub(crate) struct CursorRecord {
+    pub acked: u64,
+    pub read: u64,
+    pub updated_ms: u64,
+}
+
+/// `relations` value.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq)]
+pub(crate) struct RelationRecord {
+    pub since_ms: u64,
+}
+
+/// `meta` value under `schema_version`.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq)]
+pub(crate) struct SchemaRecord {
+    pub version: u32,
+}
+
+/// `meta` value under `node_id`.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq)]
+pub(crate) struct NodeRecord {
+    pub id: String,
+}
+
+// If the `unaligned` feature were lost (or another crate forced `aligned`), in-place access to
+// pinned slices would start failing at run time; fail the build instead.
+const _: () = {
+    use std::mem::align_of;
+    assert!(align_of::<ArchivedMessageRecord>() == 1);
+    assert!(align_of::<ArchivedInboxRecord>() == 1);
+    assert!(align_of::<ArchivedInboxHeadRecord>() == 1);
+    assert!(align_of::<ArchivedPositionRecord>() == 1);
+    assert!(align_of::<ArchivedDedupRecord>() == 1);
+    assert!(align_of::<ArchivedRecentRecord>() == 1);
+    assert!(align_of::<ArchivedTotalUnreadRecord>() == 1);
+    assert!(align_of::<ArchivedGroupRecord>() == 1);
+    assert!(align_of::<ArchivedMemberRecord>() == 1);
+    assert!(align_of::<ArchivedMemberOfRecord>() == 1);
+    assert!(align_of::<ArchivedCursorRecord>() == 1);
+    assert!(align_of::<ArchivedRelationRecord>() == 1);
+    assert!(align_of::<ArchivedSchemaRecord>() == 1);
+    assert!(align_of::<ArchivedNodeRecord>() == 1);
+};
+
+/// Appends the archive of `value` to `out`. The archive is self-contained (relative pointers, root
+/// at its end), so the appended bytes are a valid value wherever they start.
+pub(crate) fn encode<T>(out: &mut Vec<u8>, value: &T) -> Result<(), EngineError>
+where
+    T: for<'a, 'b> Serialize<HighSerializer<&'b mut Vec<u8>, ArenaHandle<'a>, rancor::Error>>,
+{
+    rkyv::api::high::to_bytes_in::<_, rancor::Error>(value, out)
+        .map(|_| ())
+        .map_err(|e| EngineError::BadRecord {
+            family: Cf::Meta,
+            detail: format!("encode: {e}"),
+        })
+}
+
+/// Validates `bytes` as an archived `A` and returns a reference into them (no copy).
+pub(crate) fn access<A>(cf: Cf, bytes: &[u8]) -> Result<&A, EngineError>
+where
+    A: Portable + for<'a> CheckBytes<HighValidator<'a, rancor::Error>>,
+{
+    rkyv::access::<A, rancor::Error>(bytes).map_err(|e| EngineError::BadRecord {
+        family: cf,
+        detail: e.to_string(),
+    })
+}
+
+pub(crate) fn bad(cf: Cf, detail: impl std::fmt::Display) -> EngineError {
+    EngineError::BadRecord {
+        family: cf,
+        detail: detail.to_string(),
+    }
+}
+
+/// Expiry time of an `inbox` entry; the head row (bare user key) never expires, and neither does
+/// anything undecodable (it is reported on read instead of silently dropped).
+pub(crate) fn inbox_time_of(key: &[u8], value: &[u8]) -> Option<u64> {
+    let mut r = KeyReader::new(key);
+    r.id().ok()?;
+    if r.is_empty() {
+        return None;
+    }
+    access::<ArchivedInboxRecord>(Cf::Inbox, value)
+        .ok()
+        .map(|rec| rec.time_ms.to_native())
+}
+
+/// Expiry time of a `dedup` entry.
+pub(crate) fn dedup_time_of(_key: &[u8], value: &[u8]) -> Option<u64> {
+    access::<ArchivedDedupRecord>(Cf::Dedup, value)
+        .ok()
+        .map(|rec| rec.time_ms.to_native())
+}
+
+/// Builds the caller-facing message from a `messages` entry.
+pub(crate) fn stored_message(
+    conv: ConvKey,
+    seq: Seq,
+    rec: &ArchivedMessageRecord,
+) -> Result<StoredMessage, EngineError> {
+    Ok(StoredMessage {
+        conv,
+        seq,
+        sender: UserId::new(rec.sender.as_str()).map_err(|e| bad(Cf::Messages, e))?,
+        sender_device: DeviceId::new(rec.sender_device.as_str())
+            .map_err(|e| bad(Cf::Messages, e))?,
+        client_msg_id: ClientMsgId(rec.client_msg_id),
+        time_ms: rec.time_ms.to_native(),
+        kind: MessageKind(rec.kind),
+        flags: MessageFlags(rec.flags),
+        body: rec.body.as_slice().to_vec(),
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn access_in_place_at_any_offset() {
+        let rec = MessageRecord {
+            sender: "alice".into(),
+            sender_device: "phone-with-a-long-name".into(),
+            client_msg_id: [7; 16],
+            time_ms: 1_700_000_000_123,
+            kind: 1,
+            flags: 0,
+            body: b"hello there, this body is longer than inline".to_vec(),
+        };
+        // Encode after a prefix of every length 0..8 so the archive starts at every alignment.
+        for pad in 0..8 {
+            let mut buf = vec![0xAA; pad];
+            encode(&mut buf, &rec).unwrap();
+            let archived = access::<ArchivedMessageRecord>(Cf::Messages, &buf[pad..]).unwrap();
+            assert_eq!(archived.sender.as_str(), "alice");
+            assert_eq!(archived.time_ms.to_native(), 1_700_000_000_123);
+            assert_eq!(archived.body.as_slice(), rec.body.as_slice());
+        }
+    }
+
+    #[test]
+    fn garbage_is_an_error_not_a_panic() {
+        assert!(access::<ArchivedMessageRecord>(Cf::Messages, &[1, 2, 3]).is_err());
+        assert!(access::<ArchivedInboxRecord>(Cf::Inbox, &[0xFF; 40]).is_err());
+    }
+}

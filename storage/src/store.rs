@@ -1,0 +1,793 @@
+//! The store's threads: one group-commit writer and a small pool of readers, fed by bounded
+//! queues, so no RocksDB call ever runs on an io core. Callers get a [`Completion`] they can
+//! `.await` (io cores) or `wait()` on (tests, tools).
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
+
+use crate::core::{Applied, Complete, CoreConfig, WriteCmd, WriterCore};
+use crate::engine::{Cf, EngineError, KvEngine, WriteBatch};
+use crate::error::{OpError, OpenError, SubmitError};
+use crate::ids::{ConvKey, DeviceId, GroupId, Seq, UserId};
+use crate::keys::{META_NODE_ID, META_SCHEMA_VERSION};
+use crate::read;
+use crate::records::{
+    access, dedup_time_of, encode, inbox_time_of, ArchivedNodeRecord, ArchivedSchemaRecord,
+    NodeRecord, SchemaRecord, SCHEMA_VERSION,
+};
+use crate::types::{
+    AppendResult, CursorUpdate, DevicePosition, DevicePositionEntry, DirectMessage, GroupCursor,
+    GroupInfo, GroupUpdate, HistoryDirection, InboxMessage, MarkRead, Member, MemberUpdate,
+    Membership, PositionUpdate, ReadState, Recall, RecallResult, RecentList, Relation,
+    RelationKind, StoredMessage,
+};
+
+/// Where the writer gets the time it stamps on messages and derives expiry cutoffs from. The
+/// timeline logic never reads a clock itself.
+pub trait Clock: Send + Sync + 'static {
+    /// Milliseconds since the Unix epoch.
+    fn now_ms(&self) -> u64;
+}
+
+/// The system's wall clock.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct SystemClock;
+
+impl Clock for SystemClock {
+    fn now_ms(&self) -> u64 {
+        SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as u64)
+    }
+}
+
+/// A clock tests set by hand.
+#[derive(Debug, Default)]
+pub struct ManualClock(AtomicU64);
+
+impl ManualClock {
+    /// A clock showing `now_ms`.
+    pub fn new(now_ms: u64) -> Self {
+        ManualClock(AtomicU64::new(now_ms))
+    }
+
+    /// Sets the time.
+    pub fn set(&self, now_ms: u64) {
+        self.0.store(now_ms, Ordering::SeqCst);
+    }
+
+    /// Moves the time forward.
+    pub fn advance(&self, by: Duration) {
+        self.0.fetch_add(by.as_millis() as u64, Ordering::SeqCst);
+    }
+}
+
+impl Clock for ManualClock {
+    fn now_ms(&self) -> u64 {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// When a write counts as done.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Durability {
+    /// Completion after the batch's WAL is fsynced: survives power loss. The only mode for
+    /// serving.
+    Synced,
+    /// Completion after the batch is in the WAL's OS buffers, not fsynced: a crash of the machine
+    /// loses acknowledged messages. For benchmarks that want to separate fsync cost; never serve
+    /// with it.
+    UnsyncedForBenchmarksOnly,
+}
+
+/// Store configuration.
+#[derive(Clone, Debug)]
+pub struct StoreConfig {
+    /// Write requests that may wait for the writer; beyond it `submit` fails with `Busy`.
+    pub write_queue_capacity: usize,
+    /// Most operations in one group-commit batch.
+    pub max_batch_ops: usize,
+    /// Reader threads.
+    pub readers: usize,
+    /// Read requests that may wait for a reader; beyond it reads fail with `Busy`.
+    pub read_queue_capacity: usize,
+    /// When writes complete.
+    pub durability: Durability,
+    /// Inbox entries older than this are removed in the background.
+    pub inbox_max_age: Duration,
+    /// Retransmissions within this window of the original are recognised as duplicates.
+    pub dedup_window: Duration,
+    /// Entries the writer caches (sequence heads, unread counters, positions) before it drops
+    /// them all and reloads lazily.
+    pub max_cached_entries: usize,
+    /// Identity of the node owning the database; recorded on first open and checked afterwards.
+    pub node_id: Option<String>,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        StoreConfig {
+            write_queue_capacity: 65_536,
+            max_batch_ops: 4_096,
+            readers: 2,
+            read_queue_capacity: 4_096,
+            durability: Durability::Synced,
+            inbox_max_age: Duration::from_secs(30 * 24 * 3600),
+            dedup_window: Duration::from_secs(7 * 24 * 3600),
+            max_cached_entries: 1_000_000,
+            node_id: None,
+        }
+    }
+}
+
+/// The eventual result of a submitted operation: `.await` it on an io core, or [`wait`] for it
+/// on a thread that may block.
+///
+/// [`wait`]: Completion::wait
+#[derive(Debug)]
+#[must_use = "a completion reports whether the operation succeeded"]
+pub struct Completion<T> {
+    rx: oneshot::Receiver<Result<T, OpError>>,
+}
+
+impl<T> Completion<T> {
+    /// Blocks until the operation completes.
+    pub fn wait(self) -> Result<T, OpError> {
+        self.rx.recv().unwrap_or(Err(OpError::Closed))
+    }
+
+    /// Blocks at most `timeout`; `None` if the operation is still running.
+    pub fn wait_timeout(&self, timeout: Duration) -> Option<Result<T, OpError>> {
+        match self.rx.recv_timeout(timeout) {
+            Ok(r) => Some(r),
+            Err(oneshot::RecvTimeoutError::Timeout) => None,
+            Err(oneshot::RecvTimeoutError::Disconnected) => Some(Err(OpError::Closed)),
+        }
+    }
+}
+
+impl<T> Future for Completion<T> {
+    type Output = Result<T, OpError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(OpError::Closed)))
+    }
+}
+
+type ReadJob<E> = Box<dyn FnOnce(&E) + Send>;
+
+/// Counters of the group-commit writer, for metrics and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct WriterStats {
+    /// Batches written (or failed).
+    pub batches: u64,
+    /// Operations completed, successfully or not.
+    pub ops: u64,
+    /// Rows (puts and deletes) written.
+    pub rows: u64,
+    /// Batches whose write failed.
+    pub failed_batches: u64,
+}
+
+#[derive(Debug, Default)]
+struct StatsCell {
+    batches: AtomicU64,
+    ops: AtomicU64,
+    rows: AtomicU64,
+    failed_batches: AtomicU64,
+}
+
+/// Durable timelines on any [`KvEngine`]: a group-commit writer thread and `readers` reader
+/// threads. Share it between io cores behind an `Arc`; every method only queues work.
+///
+/// Dropping the store stops accepting work, lets the writer finish (and complete) everything
+/// already queued, and joins the threads.
+pub struct Store<E: KvEngine> {
+    engine: Arc<E>,
+    clock: Arc<dyn Clock>,
+    config: StoreConfig,
+    node_id: Option<String>,
+    write_tx: Option<Sender<WriteCmd>>,
+    read_tx: Option<Sender<ReadJob<E>>>,
+    threads: Vec<JoinHandle<()>>,
+    stats: Arc<StatsCell>,
+}
+
+impl<E: KvEngine> std::fmt::Debug for Store<E> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store")
+            .field("config", &self.config)
+            .field("node_id", &self.node_id)
+            .finish_non_exhaustive()
+    }
+}
+
+fn check_meta(engine: &impl KvEngine, config: &StoreConfig) -> Result<Option<String>, OpenError> {
+    let version = engine
+        .get_with(Cf::Meta, META_SCHEMA_VERSION, |v| {
+            access::<ArchivedSchemaRecord>(Cf::Meta, v).map(|r| r.version.to_native())
+        })?
+        .transpose()?;
+    if let Some(found) = version {
+        if found > SCHEMA_VERSION {
+            return Err(OpenError::NewerSchema {
+                found,
+                supported: SCHEMA_VERSION,
+            });
+        }
+    }
+    if !engine.unknown_families().is_empty() {
+        return Err(OpenError::UnknownFamilies(
+            engine.unknown_families().to_vec(),
+        ));
+    }
+    let stored_node = engine
+        .get_with(Cf::Meta, META_NODE_ID, |v| {
+            access::<ArchivedNodeRecord>(Cf::Meta, v).map(|r| r.id.as_str().to_owned())
+        })?
+        .transpose()?;
+    let mut batch = WriteBatch::new();
+    if version.is_none() {
+        batch.put_with(Cf::Meta, META_SCHEMA_VERSION, |b| {
+            encode(
+                b,
+                &SchemaRecord {
+                    version: SCHEMA_VERSION,
+                },
+            )
+        })?;
+    }
+    let node_id = match (stored_node, &config.node_id) {
+        (Some(stored), Some(configured)) if &stored != configured => {
+            return Err(OpenError::NodeMismatch {
+                stored,
+                configured: configured.clone(),
+            });
+        }
+        (Some(stored), _) => Some(stored),
+        (None, Some(configured)) => {
+            batch.put_with(Cf::Meta, META_NODE_ID, |b| {
+                encode(
+                    b,
+                    &NodeRecord {
+                        id: configured.clone(),
+                    },
+                )
+            })?;
+            Some(configured.clone())
+        }
+        (None, None) => None,
+    };
+    if !batch.is_empty() {
+        engine.write(&batch, true)?;
+    }
+    Ok(node_id)
+}
+
+struct WriterThread<E: KvEngine> {
+    core: WriterCore<E>,
+    engine: Arc<E>,
+    rx: Receiver<WriteCmd>,
+    clock: Arc<dyn Clock>,
+    max_batch_ops: usize,
+    sync: bool,
+    stats: Arc<StatsCell>,
+}
+
+/// A batch on its way from the writer thread to the committer thread.
+struct Sealed {
+    batch: WriteBatch,
+    waiting: Vec<Box<dyn Complete>>,
+    gen: u64,
+    /// The batch must not be written (an operation failed half-way through it).
+    poisoned: Option<EngineError>,
+    /// Built after the writer dropped its caches following a failed write.
+    after_reset: bool,
+    /// Signalled once the batch is written or failed.
+    done: Option<oneshot::Sender<()>>,
+}
+
+/// State shared by the writer and committer threads.
+#[derive(Default)]
+struct Pipeline {
+    /// Generation of the newest batch the committer has finished with.
+    durable: AtomicU64,
+    /// A write failed: the writer must drop its caches before building more.
+    failed: std::sync::atomic::AtomicBool,
+}
+
+/// The committer: writes batches in order and completes their operations. After a failed write
+/// it fails every batch built on the writer's then-stale caches, until one built after the reset.
+fn committer_loop<E: KvEngine>(
+    engine: &E,
+    rx: Receiver<Sealed>,
+    spare: Sender<WriteBatch>,
+    pipeline: &Pipeline,
+    sync: bool,
+    stats: &StatsCell,
+) {
+    let mut broken: Option<EngineError> = None;
+    while let Ok(sealed) = rx.recv() {
+        let Sealed {
+            mut batch,
+            waiting,
+            gen,
+            poisoned,
+            after_reset,
+            done,
+        } = sealed;
+        if after_reset {
+            broken = None;
+        }
+        let result = match (&poisoned, &broken) {
+            (Some(e), _) | (None, Some(e)) => Err(e.clone()),
+            (None, None) if batch.is_empty() => Ok(()),
+            (None, None) => engine.write(&batch, sync),
+        };
+        if let (Err(e), None, None) = (&result, &poisoned, &broken) {
+            broken = Some(e.clone());
+            pipeline.failed.store(true, Ordering::SeqCst);
+        }
+        stats.batches.fetch_add(1, Ordering::Relaxed);
+        stats.ops.fetch_add(waiting.len() as u64, Ordering::Relaxed);
+        stats.rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
+        if result.is_err() {
+            stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+        }
+        pipeline.durable.store(gen, Ordering::SeqCst);
+        for w in waiting {
+            w.complete(&result);
+        }
+        if let Some(done) = done {
+            let _ = done.send(());
+        }
+        batch.clear();
+        let _ = spare.send(batch);
+    }
+}
+
+/// The writer thread: drains the queue into batches and applies the timeline rules, while the
+/// committer thread writes the previous batch, so the two halves of a write (logic, RocksDB
+/// insert + fsync) run on two cores. At most one sealed batch waits for the committer.
+fn writer_loop<E: KvEngine>(w: WriterThread<E>) {
+    let WriterThread {
+        mut core,
+        engine,
+        rx,
+        clock,
+        max_batch_ops,
+        sync,
+        stats,
+    } = w;
+    let pipeline = Pipeline::default();
+    let (commit_tx, commit_rx) = bounded::<Sealed>(1);
+    let (spare_tx, spare_rx) = crossbeam_channel::unbounded::<WriteBatch>();
+    std::thread::scope(|scope| {
+        let committer = std::thread::Builder::new()
+            .name("tern-storage-commit".into())
+            .spawn_scoped(scope, || {
+                committer_loop(&*engine, commit_rx, spare_tx, &pipeline, sync, &stats)
+            });
+        if committer.is_err() {
+            // Without a committer nothing can become durable: fail everything queued.
+            while let Ok(cmd) = rx.recv() {
+                core.begin(clock.now_ms(), core.gen().saturating_sub(1));
+                if let Applied::Queued(w) = core.apply(cmd) {
+                    w.complete(&Err(EngineError::Backend {
+                        family: None,
+                        detail: "no commit thread".into(),
+                    }));
+                }
+                let _ = core.take(WriteBatch::new());
+            }
+            return;
+        }
+        let mut after_reset = false;
+        let mut waiting: Vec<Box<dyn Complete>> = Vec::with_capacity(max_batch_ops);
+        // Seals the current batch and hands it to the committer; with `wait`, returns only once
+        // it (and so every earlier batch) is written or failed.
+        let send = |core: &mut WriterCore<E>,
+                    waiting: &mut Vec<Box<dyn Complete>>,
+                    after_reset: &mut bool,
+                    wait: bool| {
+            core.seal();
+            let poisoned = core.poisoned().cloned();
+            let gen = core.gen();
+            let batch = core.take(spare_rx.try_recv().unwrap_or_default());
+            let must_wait = wait || poisoned.is_some() || core.over_cache_limit();
+            let (done, done_rx) = if must_wait {
+                let (tx, rx) = oneshot::channel();
+                (Some(tx), Some(rx))
+            } else {
+                (None, None)
+            };
+            let sealed = Sealed {
+                batch,
+                waiting: std::mem::take(waiting),
+                gen,
+                poisoned: poisoned.clone(),
+                after_reset: std::mem::take(after_reset),
+                done,
+            };
+            // Only fails if the committer is gone, and then its scope is ending anyway.
+            let _ = commit_tx.send(sealed);
+            if let Some(rx) = done_rx {
+                let _ = rx.recv();
+                if poisoned.is_some() || core.over_cache_limit() {
+                    // Nothing is in flight now, so reloading from the engine is exact.
+                    core.reset();
+                }
+            }
+        };
+        // Blocks only while the queue is empty: then there is nothing to batch.
+        while let Ok(first) = rx.recv() {
+            let begin = |core: &mut WriterCore<E>, after_reset: &mut bool| {
+                if pipeline.failed.swap(false, Ordering::SeqCst) {
+                    // Batches after the failed one are failed by the committer without being
+                    // written, so the engine holds exactly what was acknowledged.
+                    core.reset();
+                    *after_reset = true;
+                }
+                core.begin(clock.now_ms(), pipeline.durable.load(Ordering::SeqCst));
+            };
+            begin(&mut core, &mut after_reset);
+            let mut next = Some(first);
+            let mut ops = 0;
+            loop {
+                let cmd = match next.take() {
+                    Some(cmd) => cmd,
+                    None if ops >= max_batch_ops => break,
+                    None => match rx.try_recv() {
+                        Ok(cmd) => cmd,
+                        Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
+                    },
+                };
+                match core.apply(cmd) {
+                    Applied::Queued(w) => {
+                        waiting.push(w);
+                        ops += 1;
+                    }
+                    Applied::Barrier(cmd) => {
+                        // The operation reads rows of batches still in flight: drain the
+                        // pipeline, then retry on a fresh batch.
+                        send(&mut core, &mut waiting, &mut after_reset, true);
+                        begin(&mut core, &mut after_reset);
+                        next = Some(cmd);
+                        ops = 0;
+                    }
+                }
+            }
+            send(&mut core, &mut waiting, &mut after_reset, false);
+        }
+        drop(commit_tx);
+    });
+}
+
+fn reader_loop<E: KvEngine>(engine: Arc<E>, rx: Receiver<ReadJob<E>>) {
+    while let Ok(job) = rx.recv() {
+        job(&engine);
+    }
+}
+
+impl<E: KvEngine> Store<E> {
+    /// Checks the database (schema version, unknown families, node identity), records the
+    /// schema version on first use, and starts the writer and reader threads.
+    pub fn open(engine: E, config: StoreConfig, clock: Arc<dyn Clock>) -> Result<Self, OpenError> {
+        if config.readers == 0 {
+            return Err(OpenError::Config("readers must be at least 1"));
+        }
+        if config.write_queue_capacity == 0 || config.read_queue_capacity == 0 {
+            return Err(OpenError::Config("queue capacities must be at least 1"));
+        }
+        if config.max_batch_ops == 0 {
+            return Err(OpenError::Config("max_batch_ops must be at least 1"));
+        }
+        let engine = Arc::new(engine);
+        let node_id = check_meta(&*engine, &config)?;
+        let core_config = CoreConfig {
+            max_cached_entries: config.max_cached_entries,
+            inbox_max_age_ms: config.inbox_max_age.as_millis() as u64,
+            dedup_window_ms: config.dedup_window.as_millis() as u64,
+        };
+        let (write_tx, write_rx) = bounded(config.write_queue_capacity);
+        let (read_tx, read_rx) = bounded::<ReadJob<E>>(config.read_queue_capacity);
+        let mut store = Store {
+            engine: Arc::clone(&engine),
+            clock: Arc::clone(&clock),
+            config: config.clone(),
+            node_id,
+            write_tx: Some(write_tx),
+            read_tx: Some(read_tx),
+            threads: Vec::new(),
+            stats: Arc::new(StatsCell::default()),
+        };
+        let core = WriterCore::new(Arc::clone(&engine), core_config);
+        let sync = config.durability == Durability::Synced;
+        let max_batch_ops = config.max_batch_ops;
+        let writer = WriterThread {
+            core,
+            engine: Arc::clone(&engine),
+            rx: write_rx,
+            clock: Arc::clone(&clock),
+            max_batch_ops,
+            sync,
+            stats: Arc::clone(&store.stats),
+        };
+        let writer = std::thread::Builder::new()
+            .name("tern-storage-writer".into())
+            .spawn(move || writer_loop(writer))
+            .map_err(OpenError::Spawn)?;
+        store.threads.push(writer);
+        for i in 0..config.readers {
+            let engine = Arc::clone(&engine);
+            let rx = read_rx.clone();
+            // On failure `store` is dropped, which closes the queues and joins what started.
+            let reader = std::thread::Builder::new()
+                .name(format!("tern-storage-reader-{i}"))
+                .spawn(move || reader_loop(engine, rx))
+                .map_err(OpenError::Spawn)?;
+            store.threads.push(reader);
+        }
+        Ok(store)
+    }
+
+    /// The engine, for tools and tests (reads through it bypass the reader pool).
+    pub fn engine(&self) -> &E {
+        &self.engine
+    }
+
+    /// The node identity recorded in the database.
+    pub fn node_id(&self) -> Option<&str> {
+        self.node_id.as_deref()
+    }
+
+    /// The configuration the store runs with.
+    pub fn config(&self) -> &StoreConfig {
+        &self.config
+    }
+
+    /// The writer's counters so far.
+    pub fn writer_stats(&self) -> WriterStats {
+        WriterStats {
+            batches: self.stats.batches.load(Ordering::Relaxed),
+            ops: self.stats.ops.load(Ordering::Relaxed),
+            rows: self.stats.rows.load(Ordering::Relaxed),
+            failed_batches: self.stats.failed_batches.load(Ordering::Relaxed),
+        }
+    }
+
+    fn submit<T>(
+        &self,
+        make: impl FnOnce(oneshot::Sender<Result<T, OpError>>) -> WriteCmd,
+    ) -> Result<Completion<T>, SubmitError> {
+        let tx = self.write_tx.as_ref().ok_or(SubmitError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        match tx.try_send(make(reply)) {
+            Ok(()) => Ok(Completion { rx }),
+            Err(TrySendError::Full(_)) => Err(SubmitError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
+        }
+    }
+
+    fn query<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&E) -> Result<T, EngineError> + Send + 'static,
+    ) -> Result<Completion<T>, SubmitError> {
+        let tx = self.read_tx.as_ref().ok_or(SubmitError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        let job: ReadJob<E> = Box::new(move |engine: &E| {
+            let _ = reply.send(f(engine).map_err(OpError::Engine));
+        });
+        match tx.try_send(job) {
+            Ok(()) => Ok(Completion { rx }),
+            Err(TrySendError::Full(_)) => Err(SubmitError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
+        }
+    }
+
+    // ---- writes (group-committed; complete once durable) ---------------------------------
+
+    /// Persists a one-to-one message with everything it touches: the message row in the
+    /// conversation timeline, inbox entries for recipient and sender, the dedup row, both
+    /// recent-conversation rows, the recipient's unread (+1) and total unread. A retransmission
+    /// (same sender and client msg id within the dedup window) writes nothing and returns the
+    /// original assignment with `duplicate: true`.
+    pub fn append_direct(
+        &self,
+        msg: DirectMessage,
+    ) -> Result<Completion<AppendResult>, SubmitError> {
+        self.submit(|tx| WriteCmd::AppendDirect(msg, tx))
+    }
+
+    /// Moves a device's pulled / acked / read inbox positions forward.
+    pub fn update_position(
+        &self,
+        update: PositionUpdate,
+    ) -> Result<Completion<DevicePosition>, SubmitError> {
+        self.submit(|tx| WriteCmd::UpdatePosition(update, tx))
+    }
+
+    /// Marks a conversation read up to a seq: sets the read seq, recounts the conversation's
+    /// unread (zero when read to the end) and lowers the user's total by the difference.
+    pub fn mark_read(&self, req: MarkRead) -> Result<Completion<ReadState>, SubmitError> {
+        self.submit(|tx| WriteCmd::MarkRead(req, tx))
+    }
+
+    /// Flags a message as recalled and appends a recall event to its conversation (and to both
+    /// inboxes of a one-to-one conversation). Only the sender may recall.
+    pub fn recall(&self, req: Recall) -> Result<Completion<RecallResult>, SubmitError> {
+        self.submit(|tx| WriteCmd::Recall(req, tx))
+    }
+
+    /// Creates or replaces a group's metadata (member count is kept).
+    pub fn put_group(&self, update: GroupUpdate) -> Result<Completion<GroupInfo>, SubmitError> {
+        self.submit(|tx| WriteCmd::PutGroup(update, tx))
+    }
+
+    /// Adds a member to an existing group, or changes their role / mute.
+    pub fn put_member(&self, update: MemberUpdate) -> Result<Completion<Member>, SubmitError> {
+        self.submit(|tx| WriteCmd::PutMember(update, tx))
+    }
+
+    /// Removes a member (and their cursor); completes with whether they were a member.
+    pub fn remove_member(
+        &self,
+        group: GroupId,
+        user: UserId,
+    ) -> Result<Completion<bool>, SubmitError> {
+        self.submit(|tx| WriteCmd::RemoveMember(group, user, tx))
+    }
+
+    /// Moves a member's read-diffusion cursor forward.
+    pub fn put_cursor(&self, update: CursorUpdate) -> Result<Completion<GroupCursor>, SubmitError> {
+        self.submit(|tx| WriteCmd::PutCursor(update, tx))
+    }
+
+    /// Records a relation from `user` to `other` (keeps the original `since` if it exists).
+    pub fn put_relation(
+        &self,
+        user: UserId,
+        kind: RelationKind,
+        other: UserId,
+    ) -> Result<Completion<Relation>, SubmitError> {
+        self.submit(|tx| WriteCmd::PutRelation(user, kind, other, tx))
+    }
+
+    /// Removes a relation; completes with whether it existed.
+    pub fn remove_relation(
+        &self,
+        user: UserId,
+        kind: RelationKind,
+        other: UserId,
+    ) -> Result<Completion<bool>, SubmitError> {
+        self.submit(|tx| WriteCmd::RemoveRelation(user, kind, other, tx))
+    }
+
+    // ---- reads (reader pool) ---------------------------------------------------------------
+
+    /// Up to `limit` inbox entries after `after`, oldest first, joined with their messages.
+    pub fn inbox_page(
+        &self,
+        user: UserId,
+        after: Seq,
+        limit: usize,
+    ) -> Result<Completion<Vec<InboxMessage>>, SubmitError> {
+        self.query(move |e| read::inbox_page(e, &user, after, limit))
+    }
+
+    /// Up to `limit` messages of a conversation before (newest first) or after (oldest first)
+    /// `anchor`.
+    pub fn history(
+        &self,
+        conv: ConvKey,
+        anchor: Seq,
+        direction: HistoryDirection,
+        limit: usize,
+    ) -> Result<Completion<Vec<StoredMessage>>, SubmitError> {
+        self.query(move |e| read::history(e, &conv, anchor, direction, limit))
+    }
+
+    /// One message.
+    pub fn message(
+        &self,
+        conv: ConvKey,
+        seq: Seq,
+    ) -> Result<Completion<Option<StoredMessage>>, SubmitError> {
+        self.query(move |e| read::message(e, &conv, seq))
+    }
+
+    /// Up to `limit` recent conversations, most recently active first, with unread counts and
+    /// the user's total unread.
+    pub fn recent(
+        &self,
+        user: UserId,
+        limit: usize,
+    ) -> Result<Completion<RecentList>, SubmitError> {
+        self.query(move |e| read::recent(e, &user, limit))
+    }
+
+    /// One device's inbox positions.
+    pub fn position(
+        &self,
+        user: UserId,
+        device: DeviceId,
+    ) -> Result<Completion<DevicePosition>, SubmitError> {
+        self.query(move |e| read::position(e, &user, &device))
+    }
+
+    /// Every device's inbox positions for a user.
+    pub fn positions(
+        &self,
+        user: UserId,
+    ) -> Result<Completion<Vec<DevicePositionEntry>>, SubmitError> {
+        self.query(move |e| read::positions(e, &user))
+    }
+
+    /// Group metadata.
+    pub fn group(&self, group: GroupId) -> Result<Completion<Option<GroupInfo>>, SubmitError> {
+        self.query(move |e| read::group(e, &group))
+    }
+
+    /// A group's members.
+    pub fn members(&self, group: GroupId) -> Result<Completion<Vec<Member>>, SubmitError> {
+        self.query(move |e| read::members(e, &group))
+    }
+
+    /// The groups a user belongs to.
+    pub fn groups_of(&self, user: UserId) -> Result<Completion<Vec<Membership>>, SubmitError> {
+        self.query(move |e| read::groups_of(e, &user))
+    }
+
+    /// A member's read-diffusion cursor.
+    pub fn cursor(
+        &self,
+        group: GroupId,
+        user: UserId,
+    ) -> Result<Completion<GroupCursor>, SubmitError> {
+        self.query(move |e| read::cursor(e, &group, &user))
+    }
+
+    /// A user's relations of one kind.
+    pub fn relations(
+        &self,
+        user: UserId,
+        kind: RelationKind,
+    ) -> Result<Completion<Vec<Relation>>, SubmitError> {
+        self.query(move |e| read::relations(e, &user, kind))
+    }
+
+    /// Removes expired inbox and dedup entries now, on a reader thread (RocksDB also does it in
+    /// its background compactions as the writer advances the cutoffs). The cutoffs come from the
+    /// store's clock.
+    pub fn expire_now(&self) -> Result<Completion<()>, SubmitError> {
+        let now = self.clock.now_ms();
+        let inbox_cutoff = now.saturating_sub(self.config.inbox_max_age.as_millis() as u64);
+        let dedup_cutoff = now.saturating_sub(self.config.dedup_window.as_millis() as u64);
+        self.query(move |e| {
+            e.set_expiry(Cf::Inbox, inbox_time_of, inbox_cutoff);
+            e.set_expiry(Cf::Dedup, dedup_time_of, dedup_cutoff);
+            e.expire_now(Cf::Inbox)?;
+            e.expire_now(Cf::Dedup)
+        })
+    }
+}
+
+impl<E: KvEngine> Drop for Store<E> {
+    fn drop(&mut self) {
+        self.write_tx = None;
+        self.read_tx = None;
+        for t in self.threads.drain(..) {
+            // A panicked storage thread has already failed its callers (their senders dropped).
+            let _ = t.join();
+        }
+    }
+}

@@ -1,0 +1,395 @@
+//! What callers hand to the store and what they get back: owned, thread-crossing values (the
+//! stored form lives in `records`).
+
+use std::fmt;
+
+use crate::ids::{ClientMsgId, ConvKey, DeviceId, GroupId, MessageFlags, MessageKind, Seq, UserId};
+
+/// A one-to-one message to persist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DirectMessage {
+    /// Who sends it.
+    pub sender: UserId,
+    /// From which device.
+    pub sender_device: DeviceId,
+    /// To whom (may equal `sender`: a note to self).
+    pub recipient: UserId,
+    /// The client's id for de-duplication of retransmissions.
+    pub client_msg_id: ClientMsgId,
+    /// Content kind; must not be an event kind.
+    pub kind: MessageKind,
+    /// Opaque body (media travel as references).
+    pub body: Vec<u8>,
+}
+
+/// What appending a message assigned. A retransmission gets the original assignment back with
+/// `duplicate: true`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct AppendResult {
+    /// The conversation's canonical key.
+    pub conv: ConvKey,
+    /// Position in the conversation's storage timeline.
+    pub conv_seq: Seq,
+    /// Position in the sender's inbox (their other devices sync from it).
+    pub sender_inbox_seq: Seq,
+    /// Position in the recipient's inbox (equal to `sender_inbox_seq` for a note to self).
+    pub recipient_inbox_seq: Seq,
+    /// Server time assigned, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// Whether this was a retransmission of an already stored message (nothing was written).
+    pub duplicate: bool,
+}
+
+/// A message as stored in a conversation's timeline.
+#[derive(Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// Conversation.
+    pub conv: ConvKey,
+    /// Position in the conversation.
+    pub seq: Seq,
+    /// Sender.
+    pub sender: UserId,
+    /// Sender's device.
+    pub sender_device: DeviceId,
+    /// Client message id (all zeros for server-generated events).
+    pub client_msg_id: ClientMsgId,
+    /// Server time, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// Kind.
+    pub kind: MessageKind,
+    /// Flags (recalled, ...).
+    pub flags: MessageFlags,
+    /// Body.
+    pub body: Vec<u8>,
+}
+
+impl fmt::Debug for StoredMessage {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("StoredMessage")
+            .field("conv", &self.conv)
+            .field("seq", &self.seq)
+            .field("sender", &self.sender)
+            .field("sender_device", &self.sender_device)
+            .field("client_msg_id", &self.client_msg_id)
+            .field("time_ms", &self.time_ms)
+            .field("kind", &self.kind)
+            .field("flags", &self.flags)
+            .field("body_len", &self.body.len())
+            .finish()
+    }
+}
+
+/// One entry of a user's inbox, joined with the message it refers to.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct InboxMessage {
+    /// Position in the user's inbox.
+    pub inbox_seq: Seq,
+    /// The message.
+    pub message: StoredMessage,
+}
+
+/// A device's positions in its user's inbox. Each only moves forward.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DevicePosition {
+    /// Last inbox seq handed to the device in a pull.
+    pub pulled: Seq,
+    /// Last inbox seq the device acknowledged receiving.
+    pub acked: Seq,
+    /// Last inbox seq the device reported as read.
+    pub read: Seq,
+    /// When this was last changed, ms since the Unix epoch.
+    pub updated_ms: u64,
+}
+
+/// A position change for one device; `None` fields are left as they are, lower values than the
+/// stored ones are ignored.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PositionUpdate {
+    /// User.
+    pub user: UserId,
+    /// Device.
+    pub device: DeviceId,
+    /// New pulled position.
+    pub pulled: Option<Seq>,
+    /// New acked position.
+    pub acked: Option<Seq>,
+    /// New read position.
+    pub read: Option<Seq>,
+}
+
+/// A device's position, as listed for a user.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct DevicePositionEntry {
+    /// Device.
+    pub device: DeviceId,
+    /// Its positions.
+    pub position: DevicePosition,
+}
+
+/// Marks a conversation read up to `up_to` (a conversation seq) for `user`.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MarkRead {
+    /// Reader.
+    pub user: UserId,
+    /// Conversation.
+    pub conv: ConvKey,
+    /// Last conversation seq read (clamped to the conversation's last seq).
+    pub up_to: Seq,
+}
+
+/// A conversation's read state for one user after [`MarkRead`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ReadState {
+    /// Read position in the conversation.
+    pub read_seq: Seq,
+    /// Unread messages left in the conversation.
+    pub unread: u32,
+    /// The user's unread total over all conversations.
+    pub total_unread: u64,
+}
+
+/// Recall of a message by its sender.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Recall {
+    /// Conversation.
+    pub conv: ConvKey,
+    /// The message to recall.
+    pub seq: Seq,
+    /// Who asks (must be the sender).
+    pub by: UserId,
+    /// From which device.
+    pub by_device: DeviceId,
+}
+
+/// What a recall wrote.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecallResult {
+    /// Conversation seq of the recall event appended to the timeline.
+    pub event_seq: Seq,
+    /// Server time of the event.
+    pub time_ms: u64,
+}
+
+/// One entry of a user's recent-conversation list.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RecentConversation {
+    /// Conversation.
+    pub conv: ConvKey,
+    /// Last message (or event) in it.
+    pub last_seq: Seq,
+    /// Its time.
+    pub last_time_ms: u64,
+    /// The last message itself, when still stored.
+    pub last_message: Option<StoredMessage>,
+    /// Unread content messages from others.
+    pub unread: u32,
+    /// Read position.
+    pub read_seq: Seq,
+    /// Whether the user was mentioned since they last read it.
+    pub mentioned: bool,
+    /// Last change, ms since the Unix epoch.
+    pub updated_ms: u64,
+}
+
+/// A user's recent conversations, most recently active first, and their unread total.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecentList {
+    /// Conversations.
+    pub conversations: Vec<RecentConversation>,
+    /// Unread over all conversations (not only the listed ones).
+    pub total_unread: u64,
+}
+
+/// Direction of a history page relative to its anchor seq.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum HistoryDirection {
+    /// Messages with seq < anchor, newest first.
+    Before,
+    /// Messages with seq > anchor, oldest first.
+    After,
+}
+
+/// How a group's messages reach its members.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Diffusion(pub u8);
+
+impl Diffusion {
+    /// One inbox entry per member (small groups).
+    pub const WRITE: Diffusion = Diffusion(1);
+    /// Stored once; members keep a cursor (large groups, rooms).
+    pub const READ: Diffusion = Diffusion(2);
+}
+
+impl fmt::Debug for Diffusion {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            Diffusion::WRITE => f.write_str("WRITE"),
+            Diffusion::READ => f.write_str("READ"),
+            Diffusion(other) => write!(f, "Diffusion({other:#04x})"),
+        }
+    }
+}
+
+/// A member's role in a group.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct MemberRole(pub u8);
+
+impl MemberRole {
+    /// Ordinary member.
+    pub const MEMBER: MemberRole = MemberRole(0);
+    /// Administrator.
+    pub const ADMIN: MemberRole = MemberRole(1);
+    /// Owner.
+    pub const OWNER: MemberRole = MemberRole(2);
+}
+
+impl fmt::Debug for MemberRole {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            MemberRole::MEMBER => f.write_str("MEMBER"),
+            MemberRole::ADMIN => f.write_str("ADMIN"),
+            MemberRole::OWNER => f.write_str("OWNER"),
+            MemberRole(other) => write!(f, "MemberRole({other:#04x})"),
+        }
+    }
+}
+
+/// Kind of a relationship from one user to another.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct RelationKind(pub u8);
+
+impl RelationKind {
+    /// One-way follow.
+    pub const FOLLOW: RelationKind = RelationKind(1);
+    /// Two-way friendship (stored on both sides by the caller).
+    pub const FRIEND: RelationKind = RelationKind(2);
+    /// Block.
+    pub const BLOCK: RelationKind = RelationKind(3);
+}
+
+impl fmt::Debug for RelationKind {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match *self {
+            RelationKind::FOLLOW => f.write_str("FOLLOW"),
+            RelationKind::FRIEND => f.write_str("FRIEND"),
+            RelationKind::BLOCK => f.write_str("BLOCK"),
+            RelationKind(other) => write!(f, "RelationKind({other:#04x})"),
+        }
+    }
+}
+
+/// Group metadata to create or replace (the member count is maintained by the store).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupUpdate {
+    /// Group.
+    pub id: GroupId,
+    /// Display name.
+    pub name: String,
+    /// Announcement text.
+    pub announcement: String,
+    /// Avatar reference.
+    pub avatar: String,
+    /// Owner.
+    pub owner: UserId,
+    /// Application-defined setting bits.
+    pub settings: u64,
+    /// Diffusion mode.
+    pub diffusion: Diffusion,
+}
+
+/// Stored group metadata.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupInfo {
+    /// Group.
+    pub id: GroupId,
+    /// Display name.
+    pub name: String,
+    /// Announcement text.
+    pub announcement: String,
+    /// Avatar reference.
+    pub avatar: String,
+    /// Owner.
+    pub owner: UserId,
+    /// Application-defined setting bits.
+    pub settings: u64,
+    /// Diffusion mode.
+    pub diffusion: Diffusion,
+    /// Number of members.
+    pub member_count: u32,
+    /// Creation time.
+    pub created_ms: u64,
+    /// Last metadata change.
+    pub updated_ms: u64,
+}
+
+/// Adds a member or changes their role / mute.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MemberUpdate {
+    /// Group (must exist).
+    pub group: GroupId,
+    /// User.
+    pub user: UserId,
+    /// Role.
+    pub role: MemberRole,
+    /// Muted until this time (0: not muted).
+    pub muted_until_ms: u64,
+}
+
+/// A group member.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    /// User.
+    pub user: UserId,
+    /// Role.
+    pub role: MemberRole,
+    /// Muted until (0: not muted).
+    pub muted_until_ms: u64,
+    /// When they joined.
+    pub joined_ms: u64,
+}
+
+/// A group a user belongs to (reverse index).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Membership {
+    /// Group.
+    pub group: GroupId,
+    /// Role.
+    pub role: MemberRole,
+    /// When they joined.
+    pub joined_ms: u64,
+}
+
+/// Moves a member's read-diffusion cursor forward.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CursorUpdate {
+    /// Group.
+    pub group: GroupId,
+    /// Member.
+    pub user: UserId,
+    /// New acknowledged conversation seq.
+    pub acked: Option<Seq>,
+    /// New read conversation seq.
+    pub read: Option<Seq>,
+}
+
+/// A member's read-diffusion cursor in a group's timeline.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GroupCursor {
+    /// Last acknowledged conversation seq.
+    pub acked: Seq,
+    /// Last read conversation seq.
+    pub read: Seq,
+    /// Last change.
+    pub updated_ms: u64,
+}
+
+/// A relationship from one user to another.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Relation {
+    /// The other user.
+    pub other: UserId,
+    /// Kind.
+    pub kind: RelationKind,
+    /// Since when.
+    pub since_ms: u64,
+}
