@@ -639,10 +639,45 @@ impl Connection {
                 .transition(Trigger::HelloBadToken, rid, "invalid user or device id")
                 .await;
         };
+        //= SPEC.md#redirect
+        //# If the user is served by another node: REDIRECT, then CLOSE REDIRECT.
+        if let Owner::Remote { addr, .. } = node.owners.owner_of_user(user.as_str()) {
+            let redirect = Frame::new(
+                rid,
+                Body::Redirect(tern_protocol::Redirect {
+                    epoch: node.owners.epoch(),
+                    addrs: vec![tern_protocol::Addr {
+                        transport: tern_protocol::Transport::NATIVE,
+                        addr: addr.clone().into(),
+                    }],
+                }),
+            );
+            if self.conn.apply(Trigger::HelloOtherNode).is_some() {
+                let _ = self.write_frame(&redirect).await;
+                let close = Close {
+                    reason: CloseReason::REDIRECT,
+                    retry_after_ms: 0,
+                    message: "user served by another node".into(),
+                };
+                let _ = self.write_frame(&Frame::new(0, Body::Close(close))).await;
+            }
+            return false;
+        }
         if self.conn.accept(now, id.expires_ms).is_none() {
             return false;
         }
         inc(&METRICS.sessions_authenticated_total);
+        //= SPEC.md#hello
+        //# The server MAY use `resume_inbox_seq` to record the device's position.
+        if h.resume_inbox_seq > 0 {
+            let _ = node.store.update_position(PositionUpdate {
+                user: user.clone(),
+                device: device.clone(),
+                pulled: None,
+                acked: Some(Seq(h.resume_inbox_seq)),
+                read: None,
+            });
+        }
         let user_key: Arc<str> = Arc::from(user.as_str());
         let info = SessionInfo {
             user,
@@ -1226,6 +1261,93 @@ mod tests {
         s.enqueue(Bytes::from_static(b"x"), 3);
         assert_eq!(s.kick.get(), Some(CloseReason::SLOW_CONSUMER));
         assert!(s.queue.borrow().is_empty());
+    }
+
+    fn test_node(owners: OwnerTable) -> (tempfile::TempDir, Arc<NodeShared>) {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap();
+        let store =
+            Arc::new(Store::open(engine, StoreConfig::default(), Arc::new(SystemClock)).unwrap());
+        let node = Arc::new(NodeShared {
+            store,
+            auth: Authenticator::hs256(b"0123456789abcdef"),
+            owners,
+            peers: Vec::new(),
+            cfg: ConnConfig {
+                timers: Timers::default(),
+                outbound_queue: 8,
+                max_frame: DEFAULT_MAX_BODY,
+                node_id: "t".into(),
+                limits: Limits::default(),
+            },
+        });
+        (dir, node)
+    }
+
+    /// A user whose slot another node owns is redirected there (the cluster layer will fill
+    /// the owner table; the connection side is ready).
+    #[test]
+    fn hello_for_a_user_owned_elsewhere_is_redirected() {
+        use crate::slots::SlotId;
+        use std::io::{Read, Write};
+        let owners = OwnerTable::local(1).with_owner(
+            SlotId::of_user("alice"),
+            Owner::Remote {
+                node: "n2".into(),
+                addr: "10.1.2.3:14000".into(),
+            },
+        );
+        let (_dir, node) = test_node(owners);
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        let frames = rt.block_on(async move {
+            let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = listener.local_addr().unwrap();
+            let token =
+                crate::auth::mint_hs256(b"0123456789abcdef", "alice", None, 60, now_ms() / 1000)
+                    .unwrap();
+            let client = std::thread::spawn(move || {
+                let mut s = std::net::TcpStream::connect(addr).unwrap();
+                let hello = Frame::new(
+                    9,
+                    Body::Hello(Hello {
+                        protocol: PROTOCOL,
+                        capabilities: Capabilities::NONE,
+                        max_frame: DEFAULT_MAX_BODY,
+                        token: token.into(),
+                        device: "phone".into(),
+                        resume_inbox_seq: 0,
+                        client: "".into(),
+                    }),
+                );
+                s.write_all(&hello.to_bytes().unwrap()).unwrap();
+                let mut buf = Vec::new();
+                s.read_to_end(&mut buf).unwrap();
+                tern_protocol::FrameIter::new(&buf, DEFAULT_MAX_BODY)
+                    .map(|f| f.unwrap().into_owned())
+                    .collect::<Vec<_>>()
+            });
+            let (stream, _) = listener.accept().await.unwrap();
+            serve(Rc::new(Core::new(0, node)), stream).await;
+            client.join().unwrap()
+        });
+        match frames.as_slice() {
+            [Frame {
+                request_id: 9,
+                body: Body::Redirect(r),
+                ..
+            }, Frame {
+                body: Body::Close(c),
+                ..
+            }] => {
+                assert_eq!(r.epoch, 2);
+                assert_eq!(r.addrs[0].addr, "10.1.2.3:14000");
+                assert_eq!(c.reason, CloseReason::REDIRECT);
+            }
+            other => panic!("expected REDIRECT + CLOSE, got {other:?}"),
+        }
     }
 
     /// The future an idle connection keeps alive, measured on a real socket.
