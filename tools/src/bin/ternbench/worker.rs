@@ -335,11 +335,9 @@ async fn p2p(
             let mut pending: HashMap<u32, Instant> = HashMap::new();
             let mut violations = Vec::new();
             let (mut sent, mut acked) = (0u64, 0u64);
-            let gap = if per_sender_rate > 0 {
-                Some(Duration::from_nanos(1_000_000_000 / per_sender_rate))
-            } else {
-                None
-            };
+            let gap = 1_000_000_000u64
+                .checked_div(per_sender_rate)
+                .map(Duration::from_nanos);
             let mut next_at = Instant::now();
             while acked < count {
                 while sent < count

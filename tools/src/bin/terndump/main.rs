@@ -208,7 +208,10 @@ fn decode_pcap(file: &PathBuf, max_body: u32, mut p: Printer, summary: bool) -> 
             time: None,
             conn: key.0,
             dir: if key.1 { "c>s" } else { "s>c" },
-            ports: Some((conns.ends[key.0 - 1].0.port(), conns.ends[key.0 - 1].1.port())),
+            ports: Some((
+                conns.ends[key.0 - 1].0.port(),
+                conns.ends[key.0 - 1].1.port(),
+            )),
         };
         for delivery in re.flush() {
             let d = dec.get_or_insert_with(|| StreamDecoder::new(true, max_body));

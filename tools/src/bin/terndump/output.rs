@@ -163,24 +163,32 @@ impl Printer {
             } => (offset, None, 0, Err((code, message))),
             Item::Resync { offset, skipped } => {
                 self.resyncs += 1;
-                if self.filters.is_empty()
-                    || self.filters.iter().all(|f| matches!(f, Filter::Conn(_) | Filter::Port(_)))
-                {
-                    if self
+                // A resync belongs to a connection, not to a frame: only connection filters apply.
+                let connection_filters_only = self
+                    .filters
+                    .iter()
+                    .all(|f| matches!(f, Filter::Conn(_) | Filter::Port(_)));
+                if connection_filters_only
+                    && self
                         .filters
                         .iter()
                         .all(|f| f.matches(o, None, &Value::Null))
-                    {
-                        let line = if self.json {
-                            json!({"time": time_str(o.time), "conn": o.conn, "dir": o.dir, "offset": offset,
-                                   "resync": true, "skipped": skipped})
-                            .to_string()
-                        } else {
-                            format!("{} conn={} {} @{} -- resynchronised on frame magic, skipped {} bytes",
-                                time_str(o.time), o.conn, o.dir, offset, skipped)
-                        };
-                        writeln!(out, "{line}")?;
-                    }
+                {
+                    let line = if self.json {
+                        json!({"time": time_str(o.time), "conn": o.conn, "dir": o.dir, "offset": offset,
+                               "resync": true, "skipped": skipped})
+                        .to_string()
+                    } else {
+                        format!(
+                            "{} conn={} {} @{} -- resynchronised on frame magic, skipped {} bytes",
+                            time_str(o.time),
+                            o.conn,
+                            o.dir,
+                            offset,
+                            skipped
+                        )
+                    };
+                    writeln!(out, "{line}")?;
                 }
                 return Ok(());
             }
