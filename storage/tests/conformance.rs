@@ -1051,6 +1051,18 @@ impl<E: KvEngine> KvEngine for Gated<E> {
     }
 }
 
+/// Opens the gate when dropped, so a failed assertion cannot leave the writer stuck (and the
+/// store's drop waiting for it forever).
+struct OpenOnDrop(Arc<(Mutex<(bool, bool)>, Condvar)>);
+
+impl Drop for OpenOnDrop {
+    fn drop(&mut self) {
+        let (lock, cv) = &*self.0;
+        lock.lock().0 = false;
+        cv.notify_all();
+    }
+}
+
 fn full_queue_is_busy<H: Harness>() {
     let h = H::new();
     let clock = Arc::new(ManualClock::new(T0));
@@ -1064,6 +1076,7 @@ fn full_queue_is_busy<H: Harness>() {
         ..StoreConfig::default()
     };
     let store = Store::open(engine, config, clock).unwrap();
+    let gate = OpenOnDrop(state.clone());
     *state.0.lock() = (true, false);
     let first = store.append_direct(msg("a", "b", 1)).unwrap();
     {
@@ -1073,29 +1086,37 @@ fn full_queue_is_busy<H: Harness>() {
             cv.wait(&mut s);
         }
     }
-    // The writer is stuck writing the first batch; two more fit in the queue, then Busy.
-    let queued: Vec<_> = (2..=3)
-        .map(|i| store.append_direct(msg("a", "b", i)).unwrap())
-        .collect();
-    assert_eq!(
-        store.append_direct(msg("a", "b", 4)).unwrap_err(),
-        SubmitError::Busy
+    // The committer is stuck writing the first batch. The writer can seal one more batch and
+    // build another before it has to wait; after that the queue (2 slots) fills and submissions
+    // fail fast.
+    let mut queued = Vec::new();
+    let mut busy = false;
+    for i in 2..10_000 {
+        match store.append_direct(msg("a", "b", i)) {
+            Ok(c) => queued.push(c),
+            Err(e) => {
+                assert_eq!(e, SubmitError::Busy);
+                busy = true;
+                break;
+            }
+        }
+    }
+    assert!(
+        busy,
+        "a stuck writer must make the bounded queue report Busy"
     );
     assert!(
         first.wait_timeout(Duration::from_millis(20)).is_none(),
         "not durable yet, not complete"
     );
-    {
-        let (lock, cv) = &*state;
-        lock.lock().0 = false;
-        cv.notify_all();
-    }
+    drop(gate);
     assert_eq!(first.wait().unwrap().conv_seq, Seq(1));
     let seqs: Vec<u64> = queued
         .into_iter()
         .map(|c| c.wait().unwrap().conv_seq.0)
         .collect();
-    assert_eq!(seqs, vec![2, 3]);
+    let expected: Vec<u64> = (2..2 + seqs.len() as u64).collect();
+    assert_eq!(seqs, expected);
     drop(store);
 }
 

@@ -158,30 +158,32 @@ fn contact(args: &Args, u: u64, c: u64) -> u64 {
     (u + 1 + c * (args.users / (args.contacts + 1)).max(1)) % args.users
 }
 
-/// Submits `msgs` from one thread keeping up to `window` in flight, and hands each result with
-/// its message's tag to `on_result`.
-fn pump<E: KvEngine, T>(
+/// A message to send: (sender, recipient, client msg id).
+type Spec = (u64, u64, u64);
+
+/// Submits the messages `specs` describe from one thread, keeping up to `window` in flight, and
+/// hands each result with its spec to `on_result`. A message is built once, on submission (and
+/// rebuilt only for the retry after a `Busy`, which the default sizes never hit).
+fn pump<E: KvEngine>(
     store: &Store<E>,
-    msgs: impl Iterator<Item = (DirectMessage, T)>,
+    specs: impl Iterator<Item = Spec>,
+    body: usize,
     window: usize,
-    mut on_result: impl FnMut(&AppendResult, T),
+    mut on_result: impl FnMut(&AppendResult, Spec),
 ) -> Result<()> {
-    let mut in_flight: VecDeque<(Completion<AppendResult>, T)> = VecDeque::with_capacity(window);
-    let mut finish = |(c, tag): (Completion<AppendResult>, T)| -> Result<()> {
-        on_result(&c.wait()?, tag);
+    let mut in_flight: VecDeque<(Completion<AppendResult>, Spec)> = VecDeque::with_capacity(window);
+    let mut finish = |(c, spec): (Completion<AppendResult>, Spec)| -> Result<()> {
+        on_result(&c.wait()?, spec);
         Ok(())
     };
-    for (msg, tag) in msgs {
-        let mut msg = Some(msg);
-        while let Some(m) = msg.take() {
-            // Keep a copy only for the rare retry after Busy.
-            match store.append_direct(m.clone()) {
+    for spec in specs {
+        loop {
+            match store.append_direct(message(spec.0, spec.1, spec.2, body)) {
                 Ok(c) => {
-                    in_flight.push_back((c, tag));
+                    in_flight.push_back((c, spec));
                     break;
                 }
                 Err(SubmitError::Busy) => {
-                    msg = Some(m);
                     let oldest = in_flight
                         .pop_front()
                         .ok_or_else(|| anyhow!("busy with nothing in flight"))?;
@@ -225,18 +227,14 @@ fn store_run(args: &Args, dir: &Path, recorded: &Arc<Mutex<Vec<WriteBatch>>>) ->
 
     if !args.no_warmup {
         let warm = (0..args.users).flat_map(|u| (0..args.contacts).map(move |c| (u, c)));
-        let msgs = warm.map(|(u, c)| {
+        let specs = warm.map(|(u, c)| {
             (
-                message(
-                    u,
-                    contact(args, u, c),
-                    id_base.fetch_add(1, Ordering::Relaxed),
-                    args.body,
-                ),
-                (),
+                u,
+                contact(args, u, c),
+                id_base.fetch_add(1, Ordering::Relaxed),
             )
         });
-        pump(&*store, msgs, args.window, |_, ()| {})?;
+        pump(&*store, specs, args.body, args.window, |_, _| {})?;
     }
 
     on.store(true, Ordering::SeqCst);
@@ -252,12 +250,9 @@ fn store_run(args: &Args, dir: &Path, recorded: &Arc<Mutex<Vec<WriteBatch>>>) ->
                     let msgs = (0..per_thread).map(move |i| {
                         let u = rng.random_range(0..args.users);
                         let c = rng.random_range(0..args.contacts);
-                        (
-                            message(u, contact(args, u, c), (t << 32) | i, args.body),
-                            (),
-                        )
+                        (u, contact(args, u, c), (t << 32) | i)
                     });
-                    pump(&*store, msgs, args.window, |_, ()| {})
+                    pump(&*store, msgs, args.body, args.window, |_, _| {})
                 })
             })
             .collect();
@@ -345,9 +340,9 @@ fn inbox_run(args: &Args, dir: &Path) -> Result<()> {
                     let msgs = (0..per_thread).map(move |i| {
                         let from = rng.random_range(0..users);
                         let to = (from + rng.random_range(1..users)) % users;
-                        (message(from, to, (t << 32) | i, args.body), (from, to))
+                        (from, to, (t << 32) | i)
                     });
-                    pump(&*store, msgs, args.window, |r, (from, to)| {
+                    pump(&*store, msgs, args.body, args.window, |r, (from, to, _)| {
                         heads[from as usize].fetch_max(r.sender_inbox_seq.0, Ordering::Relaxed);
                         heads[to as usize].fetch_max(r.recipient_inbox_seq.0, Ordering::Relaxed);
                     })
