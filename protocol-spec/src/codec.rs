@@ -240,6 +240,7 @@ pub fn decode_raw(buf: &[u8], max_body: u32) -> Result<Option<RawFrame<'_>>, Dec
 
 impl<'a> RawFrame<'a> {
     /// Parses the body. Trailing bytes after the known fields are ignored (SPEC.md §3.8).
+    #[inline]
     pub fn parse(&self) -> Result<Frame<'a>, DecodeError> {
         let h = self.header;
         let frame_len = h.frame_len();
@@ -286,6 +287,7 @@ impl<'a> RawFrame<'a> {
 /// Decodes the frame at the start of `buf`: `Ok(Some((frame, used)))`, or `Ok(None)` when more
 /// bytes are needed. Decoding borrows strings and bodies from `buf` and allocates only for
 /// list-bearing bodies.
+#[inline]
 pub fn decode(buf: &[u8], max_body: u32) -> Result<Option<(Frame<'_>, usize)>, DecodeError> {
     match decode_raw(buf, max_body)? {
         None => Ok(None),

@@ -410,6 +410,7 @@ macro_rules! bodies {
             }
 
             /// Parses a body of a known type; `None` for a type this revision does not know.
+            #[inline]
             pub(crate) fn get(ft: FrameType, r: &mut Reader<'a>) -> Option<Result<Self, BodyError>> {
                 Some(match ft {
                     FrameType::OK => Ok(Body::Ok),

@@ -42,12 +42,13 @@ impl<'a> Reader<'a> {
 
     #[inline]
     pub fn take(&mut self, n: usize) -> Result<&'a [u8], BodyError> {
-        if self.remaining() < n {
-            return self.fail("body ends inside a field");
+        match self.buf.get(self.pos..self.pos.wrapping_add(n)) {
+            Some(s) if self.pos.checked_add(n).is_some() => {
+                self.pos += n;
+                Ok(s)
+            }
+            _ => self.fail("body ends inside a field"),
         }
-        let s = &self.buf[self.pos..self.pos + n];
-        self.pos += n;
-        Ok(s)
     }
 
     #[inline]
@@ -62,6 +63,18 @@ impl<'a> Reader<'a> {
     //# A varint is unsigned LEB128 of a value below 2^64, at most 10 bytes, and MUST be minimal.
     #[inline]
     pub fn varint(&mut self) -> Result<u64, BodyError> {
+        // Most varints on the wire (lengths, kinds, small counts) are one byte.
+        if let Some(&b) = self.buf.get(self.pos) {
+            if b < 0x80 {
+                self.pos += 1;
+                return Ok(u64::from(b));
+            }
+        }
+        self.varint_slow()
+    }
+
+    #[inline(never)]
+    fn varint_slow(&mut self) -> Result<u64, BodyError> {
         let start = self.pos;
         let mut value: u64 = 0;
         for i in 0..10 {
