@@ -40,8 +40,8 @@ use tern_protocol::{
     HEADER_LEN, MIN_MAX_BODY, PROTOCOL,
 };
 use tern_storage::{
-    Completion, DeviceId, MarkRead, PositionUpdate, RocksConfig, RocksEngine, Seq, Store,
-    StoreConfig, SubmitError, SystemClock, UserId,
+    AppendResult, Completion, DeviceId, DirectMessage, MarkRead, PositionUpdate, RocksConfig,
+    RocksEngine, Seq, Store, StoreConfig, SubmitError, SystemClock, UserId,
 };
 use tracing::{debug, info, warn};
 
@@ -396,6 +396,13 @@ impl Core {
 
 /// An authenticated session; boxed, so a connection awaiting HELLO does not pay for it.
 #[derive(Debug)]
+/// A SEND submitted to storage whose SEND_ACK is still to be sent.
+struct PendingSend {
+    rid: u32,
+    msg: DirectMessage,
+    submitted: Result<Completion<AppendResult>, SubmitError>,
+}
+
 struct Session {
     info: SessionInfo,
     /// Largest body the client accepts (HELLO.max_frame, raised to the protocol minimum).
@@ -554,16 +561,30 @@ impl Connection {
 
     async fn handle_bytes(&mut self, buf: &[u8]) -> bool {
         let mut pos = 0;
+        // SENDs that arrived together are submitted to the group-commit writer together and
+        // acknowledged in order afterwards: one connection then has as many messages in one
+        // batch as its client pipelined, instead of one per fsync.
+        let mut pending: Vec<PendingSend> = Vec::new();
         loop {
             match decode(&buf[pos..], self.max_in()) {
                 Ok(None) => break,
                 Ok(Some((frame, used))) => {
                     pos += used;
+                    if let Some(p) = self.submit_send(&frame) {
+                        pending.push(p);
+                        continue;
+                    }
+                    if !self.finish_sends(&mut pending).await {
+                        return false;
+                    }
                     if !self.on_frame(frame).await {
                         return false;
                     }
                 }
                 Err(e) => {
+                    if !self.finish_sends(&mut pending).await {
+                        return false;
+                    }
                     //= SPEC.md#decoding-order
                     //# A frame that fails its check, is too large or unknown gets an ERROR
                     //# with the matching code and the connection is closed.
@@ -579,10 +600,68 @@ impl Connection {
                 }
             }
         }
+        if !self.finish_sends(&mut pending).await {
+            return false;
+        }
         if pos < buf.len() {
             self.partial = buf[pos..].to_vec();
         }
         true
+    }
+
+    /// Submits a SEND of an open session to storage without waiting; `None` for every other
+    /// frame (and for a SEND the session rules answer directly, e.g. an invalid one).
+    fn submit_send(&mut self, frame: &Frame<'_>) -> Option<PendingSend> {
+        if !matches!(frame.body, Body::Send(_)) || self.conn.state() != State::Open {
+            return None;
+        }
+        let s = self.session.as_ref()?;
+        let Plan::Append { msg } = session::plan(&s.info, frame, &self.core.node.cfg.limits) else {
+            return None;
+        };
+        inc(&METRICS.frames_in_total);
+        self.conn.inbound(now_ms());
+        let submitted = self.core.node.store.append_direct(msg.clone());
+        Some(PendingSend {
+            rid: frame.request_id,
+            msg,
+            submitted,
+        })
+    }
+
+    /// Awaits the pending SENDs in order, answering each with SEND_ACK (or ERROR) and
+    /// delivering it; `false` once the connection ends.
+    async fn finish_sends(&mut self, pending: &mut Vec<PendingSend>) -> bool {
+        if pending.is_empty() {
+            return true;
+        }
+        for p in pending.drain(..) {
+            if self.conn.state() != State::Open {
+                return false;
+            }
+            let Some(r) = self.storage(p.rid, p.submitted).await else {
+                continue;
+            };
+            if r.duplicate {
+                inc(&METRICS.messages_duplicate_total);
+            } else {
+                inc(&METRICS.messages_stored_total);
+            }
+            let Some(s) = self.session.as_ref() else {
+                return false;
+            };
+            let info = s.info.clone();
+            if !self
+                .write_frame(&session::send_ack(p.rid, &p.msg, &r))
+                .await
+            {
+                return false;
+            }
+            for d in session::deliveries(&info, &p.msg, &r) {
+                self.core.deliver(d);
+            }
+        }
+        self.conn.state() == State::Open
     }
 
     async fn on_frame(&mut self, frame: Frame<'_>) -> bool {
