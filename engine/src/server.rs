@@ -635,10 +635,16 @@ impl Connection {
         if pending.is_empty() {
             return true;
         }
+        // One copy of the session per batch, not per message: `write_frame` borrows `self`.
+        let Some(info) = self.session.as_ref().map(|s| s.info.clone()) else {
+            return false;
+        };
         for p in pending.drain(..) {
             if self.conn.state() != State::Open {
                 return false;
             }
+            //= SPEC.md#send
+            //# SEND_ACK is sent only after the message is durable.
             let Some(r) = self.storage(p.rid, p.submitted).await else {
                 continue;
             };
@@ -647,10 +653,6 @@ impl Connection {
             } else {
                 inc(&METRICS.messages_stored_total);
             }
-            let Some(s) = self.session.as_ref() else {
-                return false;
-            };
-            let info = s.info.clone();
             if !self
                 .write_frame(&session::send_ack(p.rid, &p.msg, &r))
                 .await
@@ -845,22 +847,16 @@ impl Connection {
                 let msg = format!("{} is not a client frame", frame.frame_type());
                 self.transition(Trigger::UnexpectedFrame, rid, &msg).await
             }
+            // SENDs of an open session are taken by `submit_send` before they get here; one
+            // that does arrives through the same path.
             Plan::Append { msg } => {
-                //= SPEC.md#send
-                //# SEND_ACK is sent only after the message is durable.
-                let Some(r) = self.storage(rid, store.append_direct(msg.clone())).await else {
-                    return self.conn.state() == State::Open;
-                };
-                if r.duplicate {
-                    inc(&METRICS.messages_duplicate_total);
-                } else {
-                    inc(&METRICS.messages_stored_total);
-                }
-                let ok = self.write_frame(&session::send_ack(rid, &msg, &r)).await;
-                for d in session::deliveries(&info, &msg, &r) {
-                    self.core.deliver(d);
-                }
-                ok
+                let submitted = store.append_direct(msg.clone());
+                let mut one = vec![PendingSend {
+                    rid,
+                    msg,
+                    submitted,
+                }];
+                self.finish_sends(&mut one).await
             }
             Plan::PushAck { inbox_seq, reply } => {
                 let update = PositionUpdate {

@@ -70,8 +70,7 @@ pub struct Report {
 
 pub fn hist() -> Histogram<u64> {
     // 1 µs .. 60 s, 3 significant digits; values above are clamped by `saturating_record`.
-    Histogram::new_with_bounds(1, 60_000_000, 3)
-        .unwrap_or_else(|_| Histogram::new(3).unwrap_or_else(|_| unreachable!()))
+    Histogram::new_with_bounds(1, 60_000_000, 3).expect("constant histogram bounds are valid")
 }
 
 pub fn encode_hist(h: &Histogram<u64>) -> String {
