@@ -303,15 +303,6 @@ pub fn wire_conv(conv: &ConvKey, viewer: &UserId) -> Conv<'static> {
     }
 }
 
-/// Storage's event kinds live above 0x80; the wire puts system kinds at 0x40.
-fn wire_kind(k: MessageKind) -> WireKind {
-    if k == MessageKind::RECALL_EVENT {
-        WireKind::RECALL
-    } else {
-        WireKind(k.0)
-    }
-}
-
 /// A stored message as `viewer` sees it, with `inbox_seq` from the viewer's inbox (0 if none).
 pub fn wire_message(m: &StoredMessage, viewer: &UserId, inbox_seq: Seq) -> Message<'static> {
     Message {
@@ -322,7 +313,7 @@ pub fn wire_message(m: &StoredMessage, viewer: &UserId, inbox_seq: Seq) -> Messa
         inbox_seq: inbox_seq.0,
         msg_id: tern_protocol::MsgId(m.client_msg_id.0),
         time: m.time_ms,
-        kind: wire_kind(m.kind),
+        kind: WireKind(m.kind.0),
         flags: WireFlags(m.flags.0),
         body: Cow::Owned(m.body.clone()),
     }
@@ -552,6 +543,14 @@ pub fn read_receipts(s: &SessionInfo, peer: &UserId, read_seq: Seq, now_ms: u64)
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn stored_event_kinds_are_the_wire_kinds() {
+        // Stored kinds go on the wire unchanged, so the two numberings must agree.
+        assert_eq!(MessageKind::RECALL_EVENT.0, WireKind::RECALL.0);
+        assert_eq!(MessageKind::GROUP_EVENT.0, WireKind::GROUP_EVENT.0);
+        assert!(!MessageKind(WireKind::CUSTOM.0).is_event());
+    }
     use tern_protocol::{Contacts, History, MsgId, PushAck, Read, Send, Sync};
 
     fn me() -> SessionInfo {

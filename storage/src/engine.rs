@@ -115,6 +115,11 @@ impl ScanRange<'_> {
     pub fn contains(&self, key: &[u8]) -> bool {
         key >= self.start && self.end.is_none_or(|end| key < end)
     }
+
+    /// Whether no key can lie in the range.
+    pub fn is_empty(&self) -> bool {
+        self.end.is_some_and(|end| end <= self.start)
+    }
 }
 
 /// The callback of [`KvEngine::scan`]: called with each key and value, in scan order.

@@ -146,31 +146,48 @@ impl fmt::Debug for ClientMsgId {
     }
 }
 
-/// The kind byte of a conversation key. Unknown values survive a decode so a dump tool can print
-/// them.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ConvKind(pub u8);
+/// Declares a `u8` newtype with named values; `Debug` prints the name, or the number for a value
+/// this version does not name (values survive a decode so tools can show them).
+macro_rules! named_u8 {
+    (
+        $(#[$meta:meta])*
+        pub struct $name:ident {
+            $( $(#[$cmeta:meta])* $konst:ident = $val:literal ),* $(,)?
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+        pub struct $name(pub u8);
 
-impl ConvKind {
-    /// One-to-one conversation.
-    pub const DIRECT: ConvKind = ConvKind(1);
-    /// Group conversation.
-    pub const GROUP: ConvKind = ConvKind(2);
-    /// Chat room.
-    pub const ROOM: ConvKind = ConvKind(3);
-    /// Topic.
-    pub const TOPIC: ConvKind = ConvKind(4);
+        impl $name {
+            $( $(#[$cmeta])* pub const $konst: $name = $name($val); )*
+        }
+
+        impl std::fmt::Debug for $name {
+            fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+                match self.0 {
+                    $( $val => f.write_str(stringify!($konst)), )*
+                    other => write!(f, concat!(stringify!($name), "({:#04x})"), other),
+                }
+            }
+        }
+    };
 }
 
-impl fmt::Debug for ConvKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            ConvKind::DIRECT => f.write_str("DIRECT"),
-            ConvKind::GROUP => f.write_str("GROUP"),
-            ConvKind::ROOM => f.write_str("ROOM"),
-            ConvKind::TOPIC => f.write_str("TOPIC"),
-            ConvKind(other) => write!(f, "ConvKind({other:#04x})"),
-        }
+pub(crate) use named_u8;
+
+named_u8! {
+    /// The kind byte of a conversation key. Unknown values survive a decode so a dump tool can print
+    /// them.
+    pub struct ConvKind {
+        /// One-to-one conversation.
+        DIRECT = 1,
+        /// Group conversation.
+        GROUP = 2,
+        /// Chat room.
+        ROOM = 3,
+        /// Topic.
+        TOPIC = 4,
     }
 }
 
@@ -244,53 +261,39 @@ impl ConvKey {
     }
 }
 
-/// The kind of a stored message. Content kinds are below 0x80; event kinds (recall, ...) have the
-/// high bit set and never count as unread.
-#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct MessageKind(pub u8);
-
-impl MessageKind {
-    /// Plain text.
-    pub const TEXT: MessageKind = MessageKind(1);
-    /// Emoji / sticker.
-    pub const EMOJI: MessageKind = MessageKind(2);
-    /// Image reference.
-    pub const IMAGE: MessageKind = MessageKind(3);
-    /// Audio reference.
-    pub const AUDIO: MessageKind = MessageKind(4);
-    /// Video reference.
-    pub const VIDEO: MessageKind = MessageKind(5);
-    /// File reference.
-    pub const FILE: MessageKind = MessageKind(6);
-    /// Location.
-    pub const LOCATION: MessageKind = MessageKind(7);
-    /// Application-defined payload.
-    pub const CUSTOM: MessageKind = MessageKind(8);
-    /// Event: the message whose conversation seq is in the body (8 bytes, big-endian) was
-    /// recalled.
-    pub const RECALL_EVENT: MessageKind = MessageKind(0x80);
-
-    /// Events are timeline entries that are not content (they never count as unread).
-    pub fn is_event(self) -> bool {
-        self.0 & 0x80 != 0
+named_u8! {
+    /// The kind of a stored message, with the wire's numbering (SPEC.md, Message kinds): content
+    /// kinds are below 0x40; system event kinds (recall, group events) are 0x40 and above and never
+    /// count as unread.
+    pub struct MessageKind {
+        /// Plain text.
+        TEXT = 1,
+        /// Emoji / sticker.
+        EMOJI = 2,
+        /// Image reference.
+        IMAGE = 3,
+        /// Audio reference.
+        AUDIO = 4,
+        /// Video reference.
+        VIDEO = 5,
+        /// File reference.
+        FILE = 6,
+        /// Location.
+        LOCATION = 7,
+        /// Application-defined payload.
+        CUSTOM = 8,
+        /// Event: the message whose conversation seq is in the body (8 bytes, big-endian) was
+        /// recalled.
+        RECALL_EVENT = 0x40,
+        /// Event: a change to a group (membership, settings), in the group's timeline.
+        GROUP_EVENT = 0x41,
     }
 }
 
-impl fmt::Debug for MessageKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let name = match *self {
-            MessageKind::TEXT => "TEXT",
-            MessageKind::EMOJI => "EMOJI",
-            MessageKind::IMAGE => "IMAGE",
-            MessageKind::AUDIO => "AUDIO",
-            MessageKind::VIDEO => "VIDEO",
-            MessageKind::FILE => "FILE",
-            MessageKind::LOCATION => "LOCATION",
-            MessageKind::CUSTOM => "CUSTOM",
-            MessageKind::RECALL_EVENT => "RECALL_EVENT",
-            MessageKind(other) => return write!(f, "MessageKind({other:#04x})"),
-        };
-        f.write_str(name)
+impl MessageKind {
+    /// Events are timeline entries that are not content (they never count as unread).
+    pub fn is_event(self) -> bool {
+        self.0 >= 0x40
     }
 }
 

@@ -64,7 +64,7 @@ impl KvEngine for MemEngine {
         limit: usize,
         visit: &mut Visitor<'_>,
     ) -> Result<usize, EngineError> {
-        if limit == 0 || range.end.is_some_and(|end| end <= range.start) {
+        if limit == 0 || range.is_empty() {
             return Ok(0);
         }
         let families = self.inner.families.read();

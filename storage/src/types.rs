@@ -3,7 +3,9 @@
 
 use std::fmt;
 
-use crate::ids::{ClientMsgId, ConvKey, DeviceId, GroupId, MessageFlags, MessageKind, Seq, UserId};
+use crate::ids::{
+    named_u8, ClientMsgId, ConvKey, DeviceId, GroupId, MessageFlags, MessageKind, Seq, UserId,
+};
 
 /// A one-to-one message to persist.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -209,72 +211,37 @@ pub enum HistoryDirection {
     After,
 }
 
-/// How a group's messages reach its members.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct Diffusion(pub u8);
-
-impl Diffusion {
-    /// One inbox entry per member (small groups).
-    pub const WRITE: Diffusion = Diffusion(1);
-    /// Stored once; members keep a cursor (large groups, rooms).
-    pub const READ: Diffusion = Diffusion(2);
-}
-
-impl fmt::Debug for Diffusion {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            Diffusion::WRITE => f.write_str("WRITE"),
-            Diffusion::READ => f.write_str("READ"),
-            Diffusion(other) => write!(f, "Diffusion({other:#04x})"),
-        }
+named_u8! {
+    /// How a group's messages reach its members.
+    pub struct Diffusion {
+        /// One inbox entry per member (small groups).
+        WRITE = 1,
+        /// Stored once; members keep a cursor (large groups, rooms).
+        READ = 2,
     }
 }
 
-/// A member's role in a group.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct MemberRole(pub u8);
-
-impl MemberRole {
-    /// Ordinary member.
-    pub const MEMBER: MemberRole = MemberRole(0);
-    /// Administrator.
-    pub const ADMIN: MemberRole = MemberRole(1);
-    /// Owner.
-    pub const OWNER: MemberRole = MemberRole(2);
-}
-
-impl fmt::Debug for MemberRole {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            MemberRole::MEMBER => f.write_str("MEMBER"),
-            MemberRole::ADMIN => f.write_str("ADMIN"),
-            MemberRole::OWNER => f.write_str("OWNER"),
-            MemberRole(other) => write!(f, "MemberRole({other:#04x})"),
-        }
+named_u8! {
+    /// A member's role in a group.
+    pub struct MemberRole {
+        /// Ordinary member.
+        MEMBER = 0,
+        /// Administrator.
+        ADMIN = 1,
+        /// Owner.
+        OWNER = 2,
     }
 }
 
-/// Kind of a relationship from one user to another.
-#[derive(Clone, Copy, PartialEq, Eq, Hash)]
-pub struct RelationKind(pub u8);
-
-impl RelationKind {
-    /// One-way follow.
-    pub const FOLLOW: RelationKind = RelationKind(1);
-    /// Two-way friendship (stored on both sides by the caller).
-    pub const FRIEND: RelationKind = RelationKind(2);
-    /// Block.
-    pub const BLOCK: RelationKind = RelationKind(3);
-}
-
-impl fmt::Debug for RelationKind {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match *self {
-            RelationKind::FOLLOW => f.write_str("FOLLOW"),
-            RelationKind::FRIEND => f.write_str("FRIEND"),
-            RelationKind::BLOCK => f.write_str("BLOCK"),
-            RelationKind(other) => write!(f, "RelationKind({other:#04x})"),
-        }
+named_u8! {
+    /// Kind of a relationship from one user to another.
+    pub struct RelationKind {
+        /// One-way follow.
+        FOLLOW = 1,
+        /// Two-way friendship (stored on both sides by the caller).
+        FRIEND = 2,
+        /// Block.
+        BLOCK = 3,
     }
 }
 
