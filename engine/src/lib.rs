@@ -13,3 +13,4 @@ pub mod pool;
 pub mod server;
 pub mod session;
 pub mod slots;
+pub mod transport;
