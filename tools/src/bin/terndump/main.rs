@@ -1,9 +1,15 @@
 //! terndump: shows the tern frames in a capture file, in a live connection (as a transparent
-//! proxy), or in raw or hex bytes — one line per frame, or JSON lines, with a summary.
+//! proxy), or in raw or hex bytes — one line per frame, or JSON lines, with a summary. Frames are
+//! found inside every transport of SPEC.md §12: native, WebSocket, the HTTP tunnel, after a PROXY
+//! header; TLS is recognised and left alone.
 
+mod detect;
+mod http;
 mod output;
 mod pcap;
 mod stream;
+mod transport;
+mod ws;
 
 use std::collections::HashMap;
 use std::io::{BufWriter, Read, Write};
@@ -15,7 +21,7 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand};
 
 use output::{Filter, Origin, Printer};
-use stream::StreamDecoder;
+use transport::{ConnDecoder, Event};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -53,8 +59,15 @@ enum Cmd {
         /// Treat input as raw bytes.
         #[arg(long)]
         raw: bool,
+        /// Detect the transport from the first bytes, as in captures: a PROXY header, a
+        /// WebSocket or tunnel conversation (one direction per file; a file starting with
+        /// `HTTP/` is the server's), TLS. Without it the bytes are tern frames.
+        #[arg(long)]
+        detect: bool,
     },
-    /// Decode every TCP connection in a pcap or pcapng capture (tcpdump -w, tshark -w).
+    /// Decode every TCP connection in a pcap or pcapng capture (tcpdump -w, tshark -w): native,
+    /// WebSocket and HTTP tunnel connections, after a PROXY header or not; TLS is noted.
+    /// Offsets of WebSocket and tunnel frames count bytes of the frame stream they carry.
     Pcap {
         /// The capture file, or `-` for stdin.
         file: PathBuf,
@@ -79,9 +92,12 @@ fn main() -> Result<()> {
     let max_body = cli.max_body.min(tern_protocol::ABS_MAX_BODY);
     let summary = !cli.no_summary;
     let errors = match cli.cmd {
-        Cmd::Decode { files, hex, raw } => {
-            decode_files(files, hex, raw, max_body, printer, summary)?
-        }
+        Cmd::Decode {
+            files,
+            hex,
+            raw,
+            detect,
+        } => decode_files(files, hex, raw, detect, max_body, printer, summary)?,
         Cmd::Pcap { file } => decode_pcap(&file, max_body, printer, summary)?,
         Cmd::Proxy {
             listen,
@@ -120,6 +136,7 @@ fn decode_files(
     files: Vec<PathBuf>,
     hex: bool,
     raw: bool,
+    detect: bool,
     max_body: u32,
     mut p: Printer,
     summary: bool,
@@ -140,24 +157,34 @@ fn decode_files(
         } else {
             data
         };
-        let origin = Origin {
-            time: None,
-            conn: i + 1,
-            dir: "c>s",
-            ports: None,
+        // A file is one direction of one connection: the client's, unless it starts with an
+        // HTTP response (the server's side of a tunnel or WebSocket connection).
+        let server_side = detect && bytes.starts_with(b"HTTP/");
+        let mut d = if !detect {
+            ConnDecoder::native(max_body)
+        } else if server_side {
+            ConnDecoder::responses_only(max_body)
+        } else {
+            ConnDecoder::new(max_body)
         };
-        let mut d = StreamDecoder::new(false, max_body);
         let mut res = Ok(());
-        d.feed(&bytes, &mut |item| {
-            if res.is_ok() {
-                res = p.item(&origin, item, &mut out);
-            }
-        });
-        d.finish(&mut |item| {
-            if res.is_ok() {
-                res = p.item(&origin, item, &mut out);
-            }
-        });
+        {
+            let mut sink = |ev: Event<'_>| {
+                if res.is_ok() {
+                    let origin = Origin {
+                        time: None,
+                        conn: i + 1,
+                        dir: dir(ev.from_client),
+                        ports: None,
+                        transport: ev.transport.as_str(),
+                    };
+                    res = p.event(&origin, ev.what, &mut out);
+                }
+            };
+            d.feed(!server_side, &bytes, &mut sink);
+            d.finish(&mut sink);
+        }
+        p.connection(d.transport().as_str());
         res?;
     }
     if summary {
@@ -167,6 +194,14 @@ fn decode_files(
     Ok(p.error_count())
 }
 
+fn dir(from_client: bool) -> &'static str {
+    if from_client {
+        "c>s"
+    } else {
+        "s>c"
+    }
+}
+
 fn decode_pcap(file: &PathBuf, max_body: u32, mut p: Printer, summary: bool) -> Result<u64> {
     let data = read_input(file)?;
     let segments = pcap::read_segments(&data[..])?;
@@ -174,68 +209,101 @@ fn decode_pcap(file: &PathBuf, max_body: u32, mut p: Printer, summary: bool) -> 
     let stdout = std::io::stdout();
     let mut out = BufWriter::new(stdout.lock());
     let mut conns = pcap::Connections::default();
-    let mut dirs: HashMap<(usize, bool), (pcap::Reassembler, Option<StreamDecoder>)> =
-        HashMap::new();
+    let mut dirs: HashMap<(usize, bool), pcap::Reassembler> = HashMap::new();
+    let mut decoders: HashMap<usize, ConnDecoder> = HashMap::new();
     let mut res: std::io::Result<()> = Ok(());
-    for s in &segments {
-        let (conn, from_client) = conns.lookup(s);
-        let origin = Origin {
-            time: Some(s.time),
-            conn,
-            dir: if from_client { "c>s" } else { "s>c" },
-            ports: Some((conns.ends[conn - 1].0.port(), conns.ends[conn - 1].1.port())),
+    let mut deliver = |d: &mut ConnDecoder,
+                       from_client: bool,
+                       deliveries: Vec<pcap::Delivery>,
+                       time: Option<std::time::Duration>,
+                       conn: usize,
+                       ports: (u16, u16),
+                       p: &mut Printer| {
+        let mut sink = |ev: Event<'_>| {
+            if res.is_ok() {
+                let origin = Origin {
+                    time,
+                    conn,
+                    dir: dir(ev.from_client),
+                    ports: Some(ports),
+                    transport: ev.transport.as_str(),
+                };
+                res = p.event(&origin, ev.what, &mut out);
+            }
         };
-        let (re, dec) = dirs.entry((conn, from_client)).or_default();
-        for delivery in re.push(s.seq, s.syn, &s.payload) {
-            let d = dec.get_or_insert_with(|| StreamDecoder::new(re.midstream, max_body));
+        for delivery in deliveries {
             match delivery {
-                pcap::Delivery::Bytes(b) => d.feed(&b, &mut |item| {
-                    if res.is_ok() {
-                        res = p.item(&origin, item, &mut out);
-                    }
-                }),
-                pcap::Delivery::Gap(n) => d.gap(n),
+                pcap::Delivery::Bytes(b) => d.feed(from_client, &b, &mut sink),
+                pcap::Delivery::Gap(n) => d.gap(from_client, n, &mut sink),
             }
         }
+    };
+    for s in &segments {
+        let (conn, from_client) = conns.lookup(s);
+        let ports = (conns.ends[conn - 1].0.port(), conns.ends[conn - 1].1.port());
+        let re = dirs.entry((conn, from_client)).or_default();
+        let deliveries = re.push(s.seq, s.syn, &s.payload);
+        let d = decoders
+            .entry(conn)
+            .or_insert_with(|| ConnDecoder::new(max_body));
+        if re.midstream {
+            d.mark_midstream(from_client);
+        }
+        deliver(
+            d,
+            from_client,
+            deliveries,
+            Some(s.time),
+            conn,
+            ports,
+            &mut p,
+        );
     }
     let mut keys: Vec<(usize, bool)> = dirs.keys().copied().collect();
     keys.sort_by_key(|(c, client)| (*c, !*client));
-    for key in keys {
-        let Some((re, dec)) = dirs.get_mut(&key) else {
+    for (conn, from_client) in keys {
+        let Some(re) = dirs.get_mut(&(conn, from_client)) else {
             continue;
         };
-        let origin = Origin {
-            time: None,
-            conn: key.0,
-            dir: if key.1 { "c>s" } else { "s>c" },
-            ports: Some((
-                conns.ends[key.0 - 1].0.port(),
-                conns.ends[key.0 - 1].1.port(),
-            )),
+        let ports = (conns.ends[conn - 1].0.port(), conns.ends[conn - 1].1.port());
+        let d = decoders
+            .entry(conn)
+            .or_insert_with(|| ConnDecoder::new(max_body));
+        deliver(d, from_client, re.flush(), None, conn, ports, &mut p);
+    }
+    let mut conn_ids: Vec<usize> = decoders.keys().copied().collect();
+    conn_ids.sort_unstable();
+    for conn in conn_ids {
+        let Some(d) = decoders.get_mut(&conn) else {
+            continue;
         };
-        for delivery in re.flush() {
-            let d = dec.get_or_insert_with(|| StreamDecoder::new(true, max_body));
-            match delivery {
-                pcap::Delivery::Bytes(b) => d.feed(&b, &mut |item| {
-                    if res.is_ok() {
-                        res = p.item(&origin, item, &mut out);
-                    }
-                }),
-                pcap::Delivery::Gap(n) => d.gap(n),
+        let ports = (conns.ends[conn - 1].0.port(), conns.ends[conn - 1].1.port());
+        let mut sink = |ev: Event<'_>| {
+            if res.is_ok() {
+                let origin = Origin {
+                    time: None,
+                    conn,
+                    dir: dir(ev.from_client),
+                    ports: Some(ports),
+                    transport: ev.transport.as_str(),
+                };
+                res = p.event(&origin, ev.what, &mut out);
             }
-        }
-        if let Some(d) = dec {
-            d.finish(&mut |item| {
-                if res.is_ok() {
-                    res = p.item(&origin, item, &mut out);
-                }
-            });
-        }
+        };
+        d.finish(&mut sink);
+        p.connection(d.transport().as_str());
     }
     res?;
     if !p.json {
         for (i, (c, s)) in conns.ends.iter().enumerate() {
-            writeln!(out, "-- conn={} client {c} server {s}", i + 1)?;
+            let (transport, proxied) = decoders.get(&(i + 1)).map_or(("-", None), |d| {
+                (d.transport().as_str(), d.proxied_client())
+            });
+            write!(out, "-- conn={} {transport} client {c} server {s}", i + 1)?;
+            match proxied {
+                Some(real) => writeln!(out, " (PROXY: real client {real})")?,
+                None => writeln!(out)?,
+            }
         }
     }
     if summary {
@@ -265,13 +333,17 @@ fn proxy(
         let server =
             TcpStream::connect(upstream).with_context(|| format!("connecting to {upstream}"))?;
         let conn = n + 1;
-        for (from, to, dir) in [
-            (client.try_clone()?, server.try_clone()?, "c>s"),
-            (server.try_clone()?, client.try_clone()?, "s>c"),
+        // Both directions share one decoder: the client's first bytes decide how the server's
+        // are read.
+        let decoder = Arc::new(Mutex::new(ConnDecoder::new(max_body)));
+        for (from, to, from_client) in [
+            (client.try_clone()?, server.try_clone()?, true),
+            (server.try_clone()?, client.try_clone()?, false),
         ] {
             let printer = Arc::clone(&printer);
+            let decoder = Arc::clone(&decoder);
             handles.push(std::thread::spawn(move || {
-                pump(from, to, conn, dir, max_body, &printer)
+                pump(from, to, conn, from_client, &decoder, &printer)
             }));
         }
         if max_conns.is_some_and(|m| conn >= m) {
@@ -296,19 +368,26 @@ fn pump(
     mut from: TcpStream,
     mut to: TcpStream,
     conn: usize,
-    dir: &'static str,
-    max_body: u32,
+    from_client: bool,
+    decoder: &Mutex<ConnDecoder>,
     printer: &Mutex<Printer>,
 ) {
-    let mut d = StreamDecoder::new(false, max_body);
     let mut buf = vec![0u8; 64 * 1024];
-    fn print(printer: &Mutex<Printer>, origin: &Origin, item: stream::Item<'_>) {
+    // Locks are taken decoder first, printer second, in both directions.
+    let mut print = |ev: Event<'_>| {
         if let Ok(mut p) = printer.lock() {
+            let origin = Origin {
+                time: output::now(),
+                conn,
+                dir: dir(ev.from_client),
+                ports: None,
+                transport: ev.transport.as_str(),
+            };
             let mut out = std::io::stdout().lock();
-            let _ = p.item(origin, item, &mut out);
+            let _ = p.event(&origin, ev.what, &mut out);
             let _ = out.flush();
         }
-    }
+    };
     loop {
         let n = match from.read(&mut buf) {
             Ok(0) | Err(_) => break,
@@ -318,20 +397,17 @@ fn pump(
         if to.write_all(&buf[..n]).is_err() {
             break;
         }
-        let origin = Origin {
-            time: output::now(),
-            conn,
-            dir,
-            ports: None,
-        };
-        d.feed(&buf[..n], &mut |item| print(printer, &origin, item));
+        if let Ok(mut d) = decoder.lock() {
+            d.feed(from_client, &buf[..n], &mut print);
+        }
     }
-    let origin = Origin {
-        time: output::now(),
-        conn,
-        dir,
-        ports: None,
-    };
-    d.finish(&mut |item| print(printer, &origin, item));
+    if let Ok(mut d) = decoder.lock() {
+        d.finish_side(from_client, &mut print);
+        if from_client {
+            if let Ok(mut p) = printer.lock() {
+                p.connection(d.transport().as_str());
+            }
+        }
+    }
     let _ = to.shutdown(std::net::Shutdown::Write);
 }

@@ -10,6 +10,7 @@ use serde_json::{json, Map, Value};
 use tern_protocol::FrameType;
 
 use crate::stream::Item;
+use crate::transport::{Note, What};
 
 /// Where a frame was seen.
 #[derive(Debug, Clone)]
@@ -21,6 +22,8 @@ pub struct Origin {
     pub dir: &'static str,
     /// Client and server ports, when known (captures).
     pub ports: Option<(u16, u16)>,
+    /// "native", "ws", "tunnel", "tls", or "-" before the connection is classified.
+    pub transport: &'static str,
 }
 
 /// One `--filter` term; terms are ANDed.
@@ -116,6 +119,8 @@ pub struct Printer {
     errors: BTreeMap<String, u64>,
     resyncs: u64,
     shown: u64,
+    /// Connections per transport.
+    transports: BTreeMap<&'static str, u64>,
 }
 
 impl Printer {
@@ -127,11 +132,75 @@ impl Printer {
             errors: BTreeMap::new(),
             resyncs: 0,
             shown: 0,
+            transports: BTreeMap::new(),
         }
     }
 
     pub fn error_count(&self) -> u64 {
         self.errors.values().sum()
+    }
+
+    /// Counts a finished connection for the summary.
+    pub fn connection(&mut self, transport: &'static str) {
+        let t = if transport == "-" {
+            "unknown"
+        } else {
+            transport
+        };
+        *self.transports.entry(t).or_default() += 1;
+    }
+
+    pub fn event(
+        &mut self,
+        o: &Origin,
+        what: What<'_>,
+        out: &mut impl Write,
+    ) -> std::io::Result<()> {
+        match what {
+            What::Item(item) => self.item(o, item, out),
+            What::Note(n) => self.note(o, n, out),
+        }
+    }
+
+    /// Connection-level lines (and resyncs) obey only the connection filters: with a frame
+    /// filter in force, only frames are wanted.
+    fn connection_line_shown(&self, o: &Origin) -> bool {
+        self.filters.iter().all(|f| {
+            matches!(f, Filter::Conn(_) | Filter::Port(_)) && f.matches(o, None, &Value::Null)
+        })
+    }
+
+    /// A transport note: a PROXY header, an HTTP head, a WebSocket control frame, TLS, or
+    /// framing that could not be read (counted as an error).
+    pub fn note(&mut self, o: &Origin, n: Note, out: &mut impl Write) -> std::io::Result<()> {
+        if n.error {
+            *self.errors.entry("TRANSPORT".into()).or_default() += 1;
+        }
+        if !self.connection_line_shown(o) {
+            return Ok(());
+        }
+        if self.json {
+            let mut v = json!({"time": time_str(o.time), "conn": o.conn, "dir": o.dir,
+                "transport": o.transport, "note": n.kind, "text": n.text});
+            if n.error {
+                v["error"] = json!("TRANSPORT");
+            }
+            if let (Value::Object(m), Value::Object(d)) = (&mut v, n.detail) {
+                m.extend(d);
+            }
+            writeln!(out, "{v}")
+        } else {
+            writeln!(
+                out,
+                "{} conn={} {} {} -- {}{}",
+                time_str(o.time),
+                o.conn,
+                o.dir,
+                o.transport,
+                if n.error { "ERROR TRANSPORT: " } else { "" },
+                n.text
+            )
+        }
     }
 
     pub fn item(
@@ -164,26 +233,19 @@ impl Printer {
             Item::Resync { offset, skipped } => {
                 self.resyncs += 1;
                 // A resync belongs to a connection, not to a frame: only connection filters apply.
-                let connection_filters_only = self
-                    .filters
-                    .iter()
-                    .all(|f| matches!(f, Filter::Conn(_) | Filter::Port(_)));
-                if connection_filters_only
-                    && self
-                        .filters
-                        .iter()
-                        .all(|f| f.matches(o, None, &Value::Null))
-                {
+                if self.connection_line_shown(o) {
                     let line = if self.json {
-                        json!({"time": time_str(o.time), "conn": o.conn, "dir": o.dir, "offset": offset,
+                        json!({"time": time_str(o.time), "conn": o.conn, "dir": o.dir,
+                               "transport": o.transport, "offset": offset,
                                "resync": true, "skipped": skipped})
                         .to_string()
                     } else {
                         format!(
-                            "{} conn={} {} @{} -- resynchronised on frame magic, skipped {} bytes",
+                            "{} conn={} {} {} @{} -- resynchronised on frame magic, skipped {} bytes",
                             time_str(o.time),
                             o.conn,
                             o.dir,
+                            o.transport,
                             offset,
                             skipped
                         )
@@ -204,15 +266,16 @@ impl Printer {
                 }
                 self.shown += 1;
                 if self.json {
-                    let v = json!({"time": time_str(o.time), "conn": o.conn, "dir": o.dir, "offset": offset,
-                        "type": ft.to_string(), "request_id": rid, "flags": flags, "len": len, "body": body});
+                    let v = json!({"time": time_str(o.time), "conn": o.conn, "dir": o.dir,
+                        "transport": o.transport, "offset": offset, "type": ft.to_string(), "request_id": rid, "flags": flags, "len": len, "body": body});
                     writeln!(out, "{v}")
                 } else {
                     let mut line = format!(
-                        "{} conn={} {} @{} {} #{}",
+                        "{} conn={} {} {} @{} {} #{}",
                         time_str(o.time),
                         o.conn,
                         o.dir,
+                        o.transport,
                         offset,
                         ft,
                         rid
@@ -238,16 +301,17 @@ impl Printer {
                     return Ok(());
                 }
                 if self.json {
-                    let v = json!({"time": time_str(o.time), "conn": o.conn, "dir": o.dir, "offset": offset,
-                        "error": code.to_string(), "code": code.0, "message": message});
+                    let v = json!({"time": time_str(o.time), "conn": o.conn, "dir": o.dir,
+                        "transport": o.transport, "offset": offset, "error": code.to_string(), "code": code.0, "message": message});
                     writeln!(out, "{v}")
                 } else {
                     writeln!(
                         out,
-                        "{} conn={} {} @{} ERROR {} (code {}): {}",
+                        "{} conn={} {} {} @{} ERROR {} (code {}): {}",
                         time_str(o.time),
                         o.conn,
                         o.dir,
+                        o.transport,
                         offset,
                         code,
                         code.0,
@@ -265,7 +329,8 @@ impl Printer {
                 .iter()
                 .map(|(k, (n, b))| (k.clone(), json!({"frames": n, "bytes": b})))
                 .collect();
-            let v = json!({"summary": {"types": types, "errors": self.errors, "resyncs": self.resyncs, "shown": self.shown}});
+            let v = json!({"summary": {"types": types, "errors": self.errors, "resyncs": self.resyncs,
+                "shown": self.shown, "transports": self.transports}});
             return writeln!(out, "{v}");
         }
         writeln!(out, "-- summary")?;
@@ -289,6 +354,17 @@ impl Printer {
         }
         if self.resyncs > 0 {
             writeln!(out, "resynchronisations: {}", self.resyncs)?;
+        }
+        if !self.transports.is_empty() {
+            let list: Vec<String> = self
+                .transports
+                .iter()
+                .map(|(t, n)| match *t {
+                    "tls" => format!("tls {n} (encrypted, not decoded)"),
+                    _ => format!("{t} {n}"),
+                })
+                .collect();
+            writeln!(out, "connections: {}", list.join(", "))?;
         }
         Ok(())
     }

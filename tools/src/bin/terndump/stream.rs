@@ -35,6 +35,9 @@ pub struct StreamDecoder {
     hunting: bool,
     /// Body limit in force: the spec's 65,536 until a HELLO or WELCOME announces another.
     pub max_body: u32,
+    /// The bytes are not a clean frame stream (transport framing was lost): look for the magic
+    /// after every frame, and do not report the skipped bytes.
+    pub salvage: bool,
 }
 
 impl StreamDecoder {
@@ -44,6 +47,7 @@ impl StreamDecoder {
             base: 0,
             hunting: midstream,
             max_body,
+            salvage: false,
         }
     }
 
@@ -62,7 +66,7 @@ impl StreamDecoder {
             if self.hunting {
                 match find_start(&self.buf[pos..]) {
                     Some(i) => {
-                        if i > 0 || pos > 0 || self.base > 0 {
+                        if !self.salvage && (i > 0 || pos > 0 || self.base > 0) {
                             out(Item::Resync {
                                 offset: self.base + (pos + i) as u64,
                                 skipped: i as u64,
@@ -105,6 +109,7 @@ impl StreamDecoder {
                         parsed,
                     });
                     pos += len;
+                    self.hunting = self.salvage;
                 }
                 Err(e) => {
                     // After a CRC failure the length field itself is suspect: search again
@@ -131,6 +136,13 @@ impl StreamDecoder {
         }
         self.buf.drain(..pos);
         self.base += pos as u64;
+    }
+
+    /// The end of a message that holds whole frames (a tunnel body): reports a frame cut short,
+    /// and expects the next bytes to start a frame.
+    pub fn boundary(&mut self, out: &mut dyn FnMut(Item<'_>)) {
+        self.finish(out);
+        self.hunting = self.salvage;
     }
 
     /// Reports bytes left when the stream ends: a frame cut short. Its length may have been
