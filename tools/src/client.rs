@@ -11,9 +11,11 @@
 //!   contiguous inbox sequences; a gap that PUSHes do not fill within
 //!   [`ClientConfig::gap_grace`] triggers a SYNC. The position is acknowledged with PUSH_ACK in
 //!   batches and saved to [`ClientConfig::state_path`].
-//! - Connecting: after every (re)connect the client SYNCs from its saved position, then
-//!   retransmits its queue. Failed connects back off exponentially up to
-//!   [`ClientConfig::backoff_max`]; auth failures stop the client (a new token is needed).
+//! - Connecting: every (re)connect walks the transport ladder ([`Endpoints`]), starting with the
+//!   rung that worked last (remembered in memory and in the state file). After every connect
+//!   the client SYNCs from its saved position, then retransmits its queue. Failed connects back
+//!   off exponentially up to [`ClientConfig::backoff_max`]; auth failures stop the client (a new
+//!   token is needed).
 
 use std::collections::hash_map::RandomState;
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet, VecDeque};
@@ -30,12 +32,19 @@ use tern_protocol::{
 };
 
 use crate::connection::{Connection, ConnectionError, HelloParams};
+use crate::endpoint::Endpoints;
 use crate::state::DeviceState;
 
 /// Client settings.
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
+    /// Server addresses as [`Endpoints::parse`] reads them (one rung URL, `host:port`, a
+    /// comma-separated list, a bare host for the default ladder); ignored when `endpoints` is
+    /// set.
     pub addr: String,
+    /// The ladder, with its TLS and proxy options; `None`: parsed from `addr`, each rung
+    /// getting `connect_timeout`.
+    pub endpoints: Option<Endpoints>,
     pub token: String,
     pub device: String,
     /// Where the device's inbox position is kept; `None` keeps it in memory only.
@@ -60,6 +69,7 @@ impl ClientConfig {
     ) -> ClientConfig {
         ClientConfig {
             addr: addr.into(),
+            endpoints: None,
             token: token.into(),
             device: device.into(),
             state_path: None,
@@ -72,6 +82,12 @@ impl ClientConfig {
             sync_page: 200,
         }
     }
+
+    /// Connects through this ladder instead of `addr`.
+    pub fn with_endpoints(mut self, endpoints: Endpoints) -> ClientConfig {
+        self.endpoints = Some(endpoints);
+        self
+    }
 }
 
 /// What the client reports.
@@ -81,6 +97,8 @@ pub enum Event {
     Connected {
         user: String,
         session_id: u64,
+        /// The rung it runs on (its URL).
+        via: String,
     },
     /// The connection ended; the client reconnects unless stopped.
     Disconnected {
@@ -344,20 +362,54 @@ impl Worker {
         let _ = self.events.send(e);
     }
 
+    /// The ladder to walk, with the remembered rung first.
+    fn endpoints(&self) -> Result<Endpoints, ConnectionError> {
+        let mut e = match &self.cfg.endpoints {
+            Some(e) => e.clone(),
+            None => Endpoints::parse(&self.cfg.addr)?.with_rung_timeout(self.cfg.connect_timeout),
+        };
+        if let Some(rung) = &self.state.rung {
+            e.remember(rung);
+        }
+        Ok(e)
+    }
+
     fn run(mut self) {
+        let mut endpoints = match self.endpoints() {
+            Ok(e) => e,
+            Err(e) => {
+                let code = ErrorCode::INVALID_ARGUMENT;
+                self.emit(Event::Fatal {
+                    code,
+                    message: e.to_string(),
+                });
+                self.fail_all_sends(code, &e.to_string());
+                return;
+            }
+        };
         let mut attempt: u32 = 0;
         while !self.stopped {
             let mut hello = HelloParams::new(self.cfg.token.clone(), self.cfg.device.clone());
             hello.resume_inbox_seq = self.state.inbox_seq;
-            match Connection::connect(&self.cfg.addr, &hello, self.cfg.connect_timeout) {
+            match endpoints.connect(&hello) {
                 Ok(conn) => {
                     attempt = 0;
+                    let via = conn.rung().to_string();
+                    if self.state.rung.as_deref() != Some(via.as_str()) {
+                        self.state.rung = Some(via);
+                        self.save_state();
+                    }
                     let reason = self.serve(conn);
                     self.fail_requests();
                     self.emit(Event::Disconnected { reason });
                 }
                 Err(e) => {
-                    if let Some(code) = e.code().filter(|c| c.closes_connection()) {
+                    // A closing ERROR at HELLO is final (bad token, protocol mismatch), except
+                    // a node shutting down: SPEC §8 says reconnect with backoff.
+                    if let Some(code) = e
+                        .code()
+                        .filter(|c| c.closes_connection() && *c != ErrorCode::SHUTTING_DOWN)
+                    {
                         self.emit(Event::Fatal {
                             code,
                             message: e.to_string(),
@@ -503,7 +555,11 @@ impl Worker {
             ),
             None => return "no WELCOME".into(),
         };
-        self.emit(Event::Connected { user, session_id });
+        self.emit(Event::Connected {
+            user,
+            session_id,
+            via: conn.rung().to_string(),
+        });
         self.synced_once = false;
         if let Err(e) = self.start_sync(&mut conn) {
             return e.to_string();

@@ -1,14 +1,17 @@
-//! One blocking connection to a tern node: handshake, frames out, frames in.
+//! One blocking connection to a tern node: handshake, frames out, frames in — over any
+//! transport of SPEC §12 (native, TLS, WebSocket, HTTP tunnel), which it hides.
 
 use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
-use std::net::{TcpStream, ToSocketAddrs};
 use std::time::{Duration, Instant};
 
 use tern_protocol::{
     decode, Body, Capabilities, CloseReason, DecodeError, ErrorCode, Frame, Hello, Welcome,
     DEFAULT_MAX_BODY, PROTOCOL,
 };
+
+use crate::endpoint::{EndpointError, Endpoints, Rung, RungFailure, TransportKind};
+use crate::tls::TlsError;
+use crate::transport::{Transport, TransportOptions};
 
 /// The largest body this client accepts (announced in HELLO).
 pub const CLIENT_MAX_FRAME: u32 = 1 << 20;
@@ -53,6 +56,23 @@ pub enum ConnectionError {
     Timeout,
     #[error("unexpected frame from the server: {0}")]
     Unexpected(String),
+    #[error("bad server address: {0}")]
+    Endpoint(#[from] EndpointError),
+    #[error("{0}")]
+    Tls(#[from] TlsError),
+    #[error("HTTP {status}: {message}")]
+    Http { status: u16, message: String },
+    #[error("transport: {0}")]
+    Transport(String),
+    #[error("no rung of the ladder worked: {}", list_failures(.0))]
+    AllRungsFailed(Vec<RungFailure>),
+}
+
+fn list_failures(f: &[RungFailure]) -> String {
+    f.iter()
+        .map(ToString::to_string)
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl ConnectionError {
@@ -65,10 +85,11 @@ impl ConnectionError {
     }
 }
 
-/// A connection speaking the tern wire protocol over a blocking socket.
+/// A connection speaking the tern wire protocol over a blocking transport.
 #[derive(Debug)]
 pub struct Connection {
-    stream: TcpStream,
+    transport: Transport,
+    rung: Rung,
     rbuf: Vec<u8>,
     max_in: u32,
     next_rid: u32,
@@ -78,38 +99,54 @@ pub struct Connection {
 }
 
 impl Connection {
-    /// Opens a TCP connection without a handshake.
+    /// Opens a connection without a handshake. `addr` is a rung URL (`tls://host:443`,
+    /// `ws://host:8080/tern/ws`, `http://host:8080`…) or `host:port` (native); TLS trusts the
+    /// system's CAs (see [`Connection::open_rung`] for other options).
     pub fn open(addr: &str, timeout: Duration) -> Result<Connection, ConnectionError> {
-        let mut last = None;
-        for a in addr.to_socket_addrs()? {
-            match TcpStream::connect_timeout(&a, timeout) {
-                Ok(stream) => {
-                    stream.set_nodelay(true)?;
-                    return Ok(Connection {
-                        stream,
-                        rbuf: Vec::new(),
-                        max_in: DEFAULT_MAX_BODY,
-                        next_rid: 1,
-                        backlog: VecDeque::new(),
-                        welcome: None,
-                    });
-                }
-                Err(e) => last = Some(e),
-            }
-        }
-        Err(last.map_or(
-            ConnectionError::Io(std::io::Error::new(ErrorKind::NotFound, "no address")),
-            Into::into,
-        ))
+        Connection::open_rung(&Rung::parse(addr)?, &TransportOptions::default(), timeout)
     }
 
-    /// Opens a connection and performs the HELLO/WELCOME handshake.
+    /// Opens the transport of `rung` (TCP, TLS and WebSocket handshakes within `timeout`).
+    /// Over the HTTP tunnel, the first frame sent must be HELLO: it opens the session.
+    pub fn open_rung(
+        rung: &Rung,
+        options: &TransportOptions,
+        timeout: Duration,
+    ) -> Result<Connection, ConnectionError> {
+        let transport = Transport::open(rung, options, timeout)?;
+        Ok(Connection {
+            transport,
+            rung: rung.clone(),
+            rbuf: Vec::new(),
+            max_in: DEFAULT_MAX_BODY,
+            next_rid: 1,
+            backlog: VecDeque::new(),
+            welcome: None,
+        })
+    }
+
+    /// Opens a connection and performs the HELLO/WELCOME handshake. `addr` is anything
+    /// [`Endpoints::parse`] takes: one rung, a comma-separated list of fallbacks, or a bare
+    /// host (the default ladder); each rung gets `timeout`.
     pub fn connect(
         addr: &str,
         hello: &HelloParams,
         timeout: Duration,
     ) -> Result<Connection, ConnectionError> {
-        let mut c = Connection::open(addr, timeout)?;
+        Endpoints::parse(addr)?
+            .with_rung_timeout(timeout)
+            .connect(hello)
+    }
+
+    /// Opens `rung` and performs the handshake, all within `timeout`.
+    pub fn connect_rung(
+        rung: &Rung,
+        options: &TransportOptions,
+        hello: &HelloParams,
+        timeout: Duration,
+    ) -> Result<Connection, ConnectionError> {
+        let deadline = Instant::now() + timeout;
+        let mut c = Connection::open_rung(rung, options, timeout)?;
         let body = Body::Hello(Hello {
             protocol: PROTOCOL,
             capabilities: Capabilities::ALL,
@@ -119,7 +156,8 @@ impl Connection {
             resume_inbox_seq: hello.resume_inbox_seq,
             client: hello.client.as_str().into(),
         });
-        match c.request(body, timeout)? {
+        let left = deadline.saturating_duration_since(Instant::now());
+        match c.request(body, left)? {
             Frame {
                 body: Body::Welcome(w),
                 ..
@@ -134,6 +172,21 @@ impl Connection {
                 other.frame_type()
             ))),
         }
+    }
+
+    /// The rung this connection runs on.
+    pub fn rung(&self) -> &Rung {
+        &self.rung
+    }
+
+    /// The transport this connection runs on.
+    pub fn transport_kind(&self) -> TransportKind {
+        self.rung.kind
+    }
+
+    /// The HTTP tunnel's session id, once issued (tunnel only). Secret, like the token.
+    pub fn tunnel_session(&self) -> Option<String> {
+        self.transport.tunnel_session()
     }
 
     /// The WELCOME of the handshake.
@@ -158,8 +211,7 @@ impl Connection {
 
     /// Sends raw bytes (tests send garbage with it).
     pub fn send_raw(&mut self, bytes: &[u8]) -> Result<(), ConnectionError> {
-        self.stream.write_all(bytes)?;
-        Ok(())
+        self.transport.write_all(bytes)
     }
 
     /// The next frame, from the backlog or the socket; `Ok(None)` after `timeout` without one.
@@ -182,18 +234,7 @@ impl Connection {
             if left.is_zero() {
                 return Ok(None);
             }
-            self.stream
-                .set_read_timeout(Some(left.max(Duration::from_millis(1))))?;
-            let mut chunk = [0u8; 16 * 1024];
-            match self.stream.read(&mut chunk) {
-                Ok(0) => return Err(ConnectionError::Eof),
-                Ok(n) => self.rbuf.extend_from_slice(&chunk[..n]),
-                Err(e) if matches!(e.kind(), ErrorKind::WouldBlock | ErrorKind::TimedOut) => {
-                    return Ok(None)
-                }
-                Err(e) if e.kind() == ErrorKind::Interrupted => {}
-                Err(e) => return Err(e.into()),
-            }
+            self.transport.read_some(&mut self.rbuf, left)?;
         }
     }
 
@@ -242,9 +283,10 @@ impl Connection {
         }
     }
 
-    /// Shuts the socket down (both directions).
+    /// Ends the transport (both directions; the tunnel posts `/tern/close` after what was
+    /// sent, waiting for it at most 2 s).
     pub fn shutdown(&self) {
-        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+        self.transport.shutdown();
     }
 }
 

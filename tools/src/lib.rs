@@ -1,7 +1,8 @@
 //! tern's client SDK, for ordinary blocking code (std::net, threads; no async runtime needed).
 //!
-//! Two layers:
-//! - [`Connection`]: one TCP connection speaking the wire protocol — HELLO/WELCOME, framed
+//! Two layers over the transports of SPEC §12 ([`endpoint`]: rung URLs and the ladder;
+//! [`transport`], [`tls`], [`tunnel`]):
+//! - [`Connection`]: one connection speaking the wire protocol — HELLO/WELCOME, framed
 //!   requests matched by request id, server-initiated frames kept in arrival order. What tests
 //!   and one-shot commands use.
 //! - [`Client`]: the reliable client of the six-packet model on a worker thread — a send queue
@@ -13,8 +14,15 @@
 
 pub mod client;
 pub mod connection;
+pub mod endpoint;
 pub mod state;
+pub mod tls;
+pub mod transport;
+pub mod tunnel;
 
 pub use client::{Client, ClientConfig, Event, PendingSend, SendError};
 pub use connection::{token_device, Connection, ConnectionError, HelloParams};
+pub use endpoint::{Endpoints, Rung, RungFailure, TransportKind, TunnelMode};
 pub use state::DeviceState;
+pub use tls::{Fingerprint, TlsError, Trust};
+pub use transport::TransportOptions;

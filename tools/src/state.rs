@@ -1,5 +1,5 @@
-//! The device's durable client state: the last inbox sequence it has received without a gap.
-//! Saved atomically (write to a temporary file, then rename), so a crash leaves the old or the
+//! The device's durable client state: the last inbox sequence it has received without a gap,
+//! and the rung of the transport ladder that worked last. Saved atomically (write to a temporary file, then rename), so a crash leaves the old or the
 //! new position, never a torn one.
 
 use std::path::{Path, PathBuf};
@@ -11,6 +11,9 @@ use serde::{Deserialize, Serialize};
 pub struct DeviceState {
     /// Every inbox entry up to this sequence has been received.
     pub inbox_seq: u64,
+    /// The URL of the rung that connected last ([`crate::Rung`]'s `Display`), tried first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rung: Option<String>,
 }
 
 impl DeviceState {
@@ -48,8 +51,22 @@ mod tests {
         let dir = std::env::temp_dir().join(format!("tern-state-{}", std::process::id()));
         let path = dir.join("dev.json");
         assert_eq!(DeviceState::load(&path).unwrap().inbox_seq, 0);
-        DeviceState { inbox_seq: 42 }.save(&path).unwrap();
+        DeviceState {
+            inbox_seq: 42,
+            rung: None,
+        }
+        .save(&path)
+        .unwrap();
         assert_eq!(DeviceState::load(&path).unwrap().inbox_seq, 42);
+        // Files written before the rung was kept still load.
+        std::fs::write(&path, r#"{"inbox_seq":7}"#).unwrap();
+        assert_eq!(DeviceState::load(&path).unwrap().rung, None);
+        let with_rung = DeviceState {
+            inbox_seq: 7,
+            rung: Some("tls://h:443".into()),
+        };
+        with_rung.save(&path).unwrap();
+        assert_eq!(DeviceState::load(&path).unwrap(), with_rung);
         let _ = std::fs::remove_dir_all(dir);
     }
 }

@@ -6,7 +6,12 @@
 //! tern --token $T sync             # pull the inbox from the saved position
 //! tern --token $T history --with bob
 //! tern --token $T contacts
+//! tern --server tls://chat.example.com:443 --ca cert.pem --token $T watch
+//! tern --server 10.0.0.5:14000,https://chat.example.com --proxy squid:3128 --token $T watch
 //! ```
+//! `--server` takes `host:port` (native), URLs (`tern://`, `tls://`, `ws://`, `wss://`, `http://`
+//! and `https://` for the HTTP tunnel) or a bare host (the default ladder: native on 14000, TLS
+//! on 443, the tunnel on 80 and 8080), repeated or comma-separated: the rungs are tried in order.
 //! `--json` prints one JSON object per line.
 
 use std::path::PathBuf;
@@ -18,19 +23,38 @@ use serde_json::json;
 use tern_protocol::{
     Body, Contacts, Conv, Direction, History, Message, MessageKind, PushAck, Read, Sync,
 };
-use tern_tools::{token_device, Client, ClientConfig, Connection, DeviceState, Event, HelloParams};
+use tern_tools::{
+    token_device, Client, ClientConfig, Connection, DeviceState, Endpoints, Event, Fingerprint,
+    HelloParams, TransportOptions,
+};
 
 #[derive(Debug, Parser)]
 #[command(name = "tern", version, about = "tern command-line client")]
 struct Cli {
-    /// Node address (native protocol).
+    /// Node addresses, tried in order: host:port (native), tern://, tls://, ws://, wss://,
+    /// http:// or https:// (HTTP tunnel) URLs, or a bare host (the default ladder). Repeat the
+    /// option or separate with commas.
     #[arg(
         long,
         env = "TERN_SERVER",
         default_value = "127.0.0.1:14000",
-        global = true
+        global = true,
+        value_delimiter = ','
     )]
-    server: String,
+    server: Vec<String>,
+    /// PEM file of the CA (or the server's self-signed certificate, e.g. DATA_DIR/tls/cert.pem
+    /// of `ternd --dev`) that TLS trusts; default: the system's CAs.
+    #[arg(long, env = "TERN_CA", global = true, conflicts_with = "pin")]
+    ca: Option<PathBuf>,
+    /// Trust only the server certificate with this SHA-256 fingerprint (hex, colons allowed).
+    #[arg(long, env = "TERN_PIN", global = true)]
+    pin: Option<String>,
+    /// HTTP forward proxy (host:port): absolute-URI requests for http://, CONNECT otherwise.
+    #[arg(long, env = "TERN_PROXY", global = true)]
+    proxy: Option<String>,
+    /// Seconds each rung may take to connect and handshake.
+    #[arg(long, default_value_t = 5.0, global = true)]
+    rung_timeout: f64,
     /// Token (JWT) identifying the user; `ternd token` mints one in dev mode.
     #[arg(long, env = "TERN_TOKEN", global = true, hide_env_values = true)]
     token: Option<String>,
@@ -135,8 +159,54 @@ fn print_message(json: bool, m: &Message<'_>) {
     }
 }
 
+/// The ladder the options describe.
+fn endpoints(cli: &Cli) -> anyhow::Result<Endpoints> {
+    let mut options = TransportOptions::new();
+    if let Some(ca) = &cli.ca {
+        options = options.with_ca_file(ca);
+    }
+    if let Some(pin) = &cli.pin {
+        options = options.with_pin(Fingerprint::parse(pin)?);
+    }
+    if let Some(proxy) = &cli.proxy {
+        options = options.with_proxy(proxy);
+    }
+    let timeout = Duration::try_from_secs_f64(cli.rung_timeout)
+        .ok()
+        .filter(|t| !t.is_zero())
+        .context("--rung-timeout must be a positive number of seconds")?;
+    Ok(Endpoints::parse_all(&cli.server)?
+        .with_options(options)
+        .with_rung_timeout(timeout))
+}
+
+/// One connection through the ladder, the remembered rung first.
+fn connect(
+    ladder: &mut Endpoints,
+    state: Option<&PathBuf>,
+    hello: &HelloParams,
+) -> anyhow::Result<Connection> {
+    let mut saved = match state {
+        Some(p) => DeviceState::load(p).with_context(|| format!("reading {}", p.display()))?,
+        None => DeviceState::default(),
+    };
+    if let Some(r) = &saved.rung {
+        ladder.remember(r);
+    }
+    let conn = ladder.connect(hello)?;
+    let via = conn.rung().to_string();
+    if let Some(p) = state.filter(|_| saved.rung.as_deref() != Some(via.as_str())) {
+        saved.rung = Some(via);
+        saved
+            .save(p)
+            .with_context(|| format!("writing {}", p.display()))?;
+    }
+    Ok(conn)
+}
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    let mut ladder = endpoints(&cli)?;
     let Some(token) = cli.token.clone() else {
         bail!("--token (or TERN_TOKEN) is required; in dev mode mint one with `ternd token --user U --device D`");
     };
@@ -149,7 +219,8 @@ fn main() -> anyhow::Result<()> {
     let json = cli.json;
     match &cli.command {
         Cmd::Send { to, text } => {
-            let mut cfg = ClientConfig::new(cli.server.clone(), token, device);
+            let mut cfg =
+                ClientConfig::new(String::new(), token, device).with_endpoints(ladder.clone());
             cfg.state_path = cli.state.clone();
             let client = Client::start(cfg);
             let ack = client
@@ -169,7 +240,8 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Watch { seconds, count } => {
-            let mut cfg = ClientConfig::new(cli.server.clone(), token, device);
+            let mut cfg =
+                ClientConfig::new(String::new(), token, device).with_endpoints(ladder.clone());
             cfg.state_path = cli.state.clone();
             let client = Client::start(cfg);
             let end = seconds.map(|s| Instant::now() + Duration::from_secs(s));
@@ -200,11 +272,17 @@ fn main() -> anyhow::Result<()> {
                         json!({"type": "presence", "user": p.user, "status": p.status.0, "last_seen": p.last_seen, "text": p.text})
                     ),
                     Event::Presence(p) => println!("{} is {} {}", p.user, p.status, p.text),
-                    Event::Connected { user, session_id } if json => println!(
+                    Event::Connected {
+                        user,
+                        session_id,
+                        via,
+                    } if json => println!(
                         "{}",
-                        json!({"type": "connected", "user": user, "session_id": session_id})
+                        json!({"type": "connected", "user": user, "session_id": session_id, "via": via})
                     ),
-                    Event::Connected { user, .. } => eprintln!("connected as {user}"),
+                    Event::Connected { user, via, .. } => {
+                        eprintln!("connected as {user} via {via}")
+                    }
                     Event::Disconnected { reason } if json => {
                         println!("{}", json!({"type": "disconnected", "reason": reason}))
                     }
@@ -223,8 +301,8 @@ fn main() -> anyhow::Result<()> {
             client.stop();
         }
         Cmd::Sync { after } => {
-            let mut conn = Connection::connect(&cli.server, &hello, TIMEOUT)?;
-            let saved = match &cli.state {
+            let mut conn = connect(&mut ladder, cli.state.as_ref(), &hello)?;
+            let mut saved = match &cli.state {
                 Some(p) => {
                     DeviceState::load(p).with_context(|| format!("reading {}", p.display()))?
                 }
@@ -253,7 +331,8 @@ fn main() -> anyhow::Result<()> {
             }
             conn.request(Body::PushAck(PushAck { inbox_seq: pos }), TIMEOUT)?;
             if let Some(p) = &cli.state {
-                DeviceState { inbox_seq: pos }
+                saved.inbox_seq = pos;
+                saved
                     .save(p)
                     .with_context(|| format!("writing {}", p.display()))?;
             }
@@ -268,7 +347,7 @@ fn main() -> anyhow::Result<()> {
             limit,
             before,
         } => {
-            let mut conn = Connection::connect(&cli.server, &hello, TIMEOUT)?;
+            let mut conn = connect(&mut ladder, cli.state.as_ref(), &hello)?;
             let body = Body::History(History {
                 conv: Conv::direct(with.as_str()),
                 direction: Direction::BEFORE,
@@ -290,7 +369,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Contacts { limit } => {
-            let mut conn = Connection::connect(&cli.server, &hello, TIMEOUT)?;
+            let mut conn = connect(&mut ladder, cli.state.as_ref(), &hello)?;
             let f = conn.request(
                 Body::Contacts(Contacts {
                     before_time: 0,
@@ -321,7 +400,7 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Cmd::Read { with, seq } => {
-            let mut conn = Connection::connect(&cli.server, &hello, TIMEOUT)?;
+            let mut conn = connect(&mut ladder, cli.state.as_ref(), &hello)?;
             conn.request(
                 Body::Read(Read {
                     conv: Conv::direct(with.as_str()),
