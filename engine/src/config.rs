@@ -9,6 +9,8 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::conn::Timers;
+use crate::transport::proxy::{parse_trusted, Cidr};
+use crate::transport::tls::CertFiles;
 
 /// `ternd`: the tern edge node.
 #[derive(Debug, Parser)]
@@ -35,6 +37,25 @@ pub struct NodeArgs {
     /// Admin/metrics HTTP listen address. Default 127.0.0.1:9100.
     #[arg(long, env = "TERN_ADMIN", global = true)]
     pub admin: Option<SocketAddr>,
+    /// TLS listen address (native, WebSocket and tunnel inside TLS), or `off`.
+    /// Default 127.0.0.1:14443.
+    #[arg(long, env = "TERN_TLS", global = true)]
+    pub tls: Option<Listen>,
+    /// Plain HTTP listen address (WebSocket and tunnel; native frames too), or `off`.
+    /// Default 127.0.0.1:8080.
+    #[arg(long, env = "TERN_HTTP", global = true)]
+    pub http: Option<Listen>,
+    /// PEM certificate chain for TLS (with --tls-key). Without it the node makes a self-signed
+    /// certificate in DATA_DIR/tls on first start.
+    #[arg(long, env = "TERN_TLS_CERT", global = true)]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, env = "TERN_TLS_KEY", global = true)]
+    pub tls_key: Option<PathBuf>,
+    /// Sources allowed to put a PROXY protocol header in front of a connection:
+    /// comma-separated ADDR or ADDR/PREFIX. Default: none.
+    #[arg(long, env = "TERN_PROXY_TRUSTED", global = true)]
+    pub proxy_trusted: Option<String>,
     /// io cores (one monoio runtime each). Default: all CPUs.
     #[arg(long, env = "TERN_CORES", global = true)]
     pub cores: Option<usize>,
@@ -57,6 +78,30 @@ pub struct NodeArgs {
     /// io driver: auto (io_uring, falling back to epoll), io_uring, or legacy (epoll).
     #[arg(long, env = "TERN_IO_DRIVER", global = true)]
     pub io_driver: Option<IoDriver>,
+}
+
+/// A listen address, or `off` for no listener.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(try_from = "String")]
+pub struct Listen(pub Option<SocketAddr>);
+
+impl std::str::FromStr for Listen {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Listen, String> {
+        if s.eq_ignore_ascii_case("off") {
+            return Ok(Listen(None));
+        }
+        s.parse()
+            .map(|a| Listen(Some(a)))
+            .map_err(|e| format!("{s:?}: {e} (expected ADDR:PORT or off)"))
+    }
+}
+
+impl TryFrom<String> for Listen {
+    type Error = String;
+    fn try_from(s: String) -> Result<Listen, String> {
+        s.parse()
+    }
 }
 
 /// Which monoio driver the cores run.
@@ -98,6 +143,11 @@ pub struct FileConfig {
     pub data_dir: Option<PathBuf>,
     pub native: Option<SocketAddr>,
     pub admin: Option<SocketAddr>,
+    pub tls: Option<Listen>,
+    pub http: Option<Listen>,
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    pub proxy_trusted: Option<Vec<String>>,
     pub cores: Option<usize>,
     pub dev: Option<bool>,
     pub node_id: Option<String>,
@@ -166,6 +216,11 @@ pub struct Settings {
     pub data_dir: PathBuf,
     pub native: SocketAddr,
     pub admin: SocketAddr,
+    pub tls: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    /// The TLS certificate; `None`: the dev certificate in the data dir.
+    pub tls_files: Option<CertFiles>,
+    pub proxy_trusted: Vec<Cidr>,
     pub cores: usize,
     pub dev: bool,
     pub node_id: String,
@@ -226,6 +281,32 @@ impl Settings {
             .admin
             .or(file.admin)
             .unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 9100)));
+        let tls = args
+            .tls
+            .or(file.tls)
+            .unwrap_or(Listen(Some(SocketAddr::from(([127, 0, 0, 1], 14443)))))
+            .0;
+        let http = args
+            .http
+            .or(file.http)
+            .unwrap_or(Listen(Some(SocketAddr::from(([127, 0, 0, 1], 8080)))))
+            .0;
+        let tls_files = match (
+            args.tls_cert.clone().or(file.tls_cert),
+            args.tls_key.clone().or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(CertFiles { cert, key }),
+            (None, None) => None,
+            _ => bail!("--tls-cert and --tls-key go together"),
+        };
+        let mut proxy_trusted = Vec::new();
+        if let Some(list) = &args.proxy_trusted {
+            proxy_trusted = parse_trusted(list).context("--proxy-trusted")?;
+        } else if let Some(list) = &file.proxy_trusted {
+            for item in list {
+                proxy_trusted.extend(parse_trusted(item).context("proxy_trusted")?);
+            }
+        }
         let cores = args
             .cores
             .or(file.cores)
@@ -297,6 +378,10 @@ impl Settings {
             data_dir,
             native,
             admin,
+            tls,
+            http,
+            tls_files,
+            proxy_trusted,
             cores,
             dev,
             node_id,
@@ -326,6 +411,9 @@ mod tests {
         let s = Settings::resolve(&args, true).unwrap();
         assert_eq!(s.native.port(), 14000);
         assert_eq!(s.admin.port(), 9100);
+        assert_eq!(s.tls.map(|a| a.port()), Some(14443));
+        assert_eq!(s.http.map(|a| a.port()), Some(8080));
+        assert!(s.tls_files.is_none() && s.proxy_trusted.is_empty());
         assert!(matches!(s.auth, AuthKey::Secret { dev: true, .. }));
         assert!(dir.path().join(DEV_SECRET_FILE).exists());
         // The same dev secret is read back by `ternd token`.
@@ -335,7 +423,7 @@ mod tests {
         let cfg = dir.path().join("tern.toml");
         std::fs::write(
             &cfg,
-            "native = \"127.0.0.1:0\"\ncores = 3\n[auth]\nsecret = \"0123456789abcdef0123\"\n[timers]\nheartbeat_secs = 5\nidle_secs = 15\n",
+            "native = \"127.0.0.1:0\"\ntls = \"off\"\nproxy_trusted = [\"10.0.0.0/8\", \"127.0.0.1\"]\ncores = 3\n[auth]\nsecret = \"0123456789abcdef0123\"\n[timers]\nheartbeat_secs = 5\nidle_secs = 15\n",
         )
         .unwrap();
         let args = NodeArgs {
@@ -346,6 +434,8 @@ mod tests {
         };
         let s = Settings::resolve(&args, false).unwrap();
         assert_eq!(s.native.port(), 0);
+        assert_eq!(s.tls, None);
+        assert_eq!(s.proxy_trusted.len(), 2);
         assert_eq!(s.cores, 2);
         assert_eq!(s.timers.heartbeat_ms, 5000);
         assert!(matches!(s.auth, AuthKey::Secret { dev: false, .. }));

@@ -53,6 +53,19 @@ counters! {
     slow_consumers_total: "counter",
     /// Cross-core messages dropped because the target core's queue was full.
     core_queue_full_total: "counter",
+    /// Connections carrying native frames on a plain listener.
+    transport_native_total: "counter",
+    /// Connections that completed a TLS handshake.
+    transport_tls_total: "counter",
+    /// WebSocket upgrades accepted.
+    transport_ws_total: "counter",
+    /// HTTP tunnel sessions opened.
+    tunnel_sessions_total: "counter",
+    /// PROXY protocol headers accepted from trusted sources.
+    proxy_headers_total: "counter",
+    /// Connections refused at the front door (wrong transport for the port, untrusted PROXY
+    /// header, failed TLS handshake).
+    refused_total: "counter",
 }
 
 /// The process's counters.
@@ -70,6 +83,12 @@ pub static METRICS: Metrics = Metrics {
     storage_busy_total: AtomicU64::new(0),
     slow_consumers_total: AtomicU64::new(0),
     core_queue_full_total: AtomicU64::new(0),
+    transport_native_total: AtomicU64::new(0),
+    transport_tls_total: AtomicU64::new(0),
+    transport_ws_total: AtomicU64::new(0),
+    tunnel_sessions_total: AtomicU64::new(0),
+    proxy_headers_total: AtomicU64::new(0),
+    refused_total: AtomicU64::new(0),
 };
 
 /// Adds one to a counter.

@@ -32,8 +32,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use monoio::buf::IoBufMut;
-use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+use monoio::io::AsyncReadRent;
 use monoio::net::{TcpListener, TcpStream};
 use tern_protocol::{
     decode, Body, Capabilities, Close, CloseReason, Frame, Hello, Welcome, DEFAULT_MAX_BODY,
@@ -48,10 +47,14 @@ use tracing::{debug, info, warn};
 use crate::auth::{AuthError, Authenticator};
 use crate::config::{AuthKey, IoDriver, Settings};
 use crate::conn::{classify, Conn, Effect, State, Timers, Trigger};
+use crate::front::{ListenerKind, Opened};
+use crate::link::{Down, Link, Read, TunnelShared};
 use crate::metrics::{dec, inc, METRICS};
 use crate::pool::BufPool;
 use crate::session::{self, Delivery, Limits, Plan, SessionInfo};
 use crate::slots::{Owner, OwnerTable};
+use crate::transport::proxy::Cidr;
+use crate::transport::tls::{self as tls, Reloadable};
 
 /// The store a node serves from.
 pub type NodeStore = Store<RocksEngine>;
@@ -118,6 +121,38 @@ pub enum CoreMsg {
     Push { conn: ConnRef, frame: Bytes },
     /// To a connection's core: close it.
     Kick { conn: ConnRef, reason: CloseReason },
+    /// To a tunnel session's core: an `up` body; the reply is the HTTP status.
+    TunnelUp {
+        conn: u32,
+        secret: [u8; 16],
+        n: u64,
+        body: Bytes,
+        reply: flume::Sender<u16>,
+    },
+    /// To a tunnel session's core: attach a downstream poller.
+    TunnelPoll {
+        conn: u32,
+        secret: [u8; 16],
+        reply: flume::Sender<Down>,
+    },
+    /// To a tunnel session's core: release the poller `reply` if it still waits.
+    TunnelCancel {
+        conn: u32,
+        secret: [u8; 16],
+        reply: flume::Sender<Down>,
+    },
+    /// To a tunnel session's core: 200 if the session is live, 403 if not.
+    TunnelCheck {
+        conn: u32,
+        secret: [u8; 16],
+        reply: flume::Sender<u16>,
+    },
+    /// To a tunnel session's core: the client ends the session.
+    TunnelClose {
+        conn: u32,
+        secret: [u8; 16],
+        reply: flume::Sender<u16>,
+    },
 }
 
 /// Per-connection settings.
@@ -134,6 +169,10 @@ pub struct ConnConfig {
 #[derive(Debug)]
 pub struct NodeShared {
     pub store: Arc<NodeStore>,
+    /// The TLS certificate, when a TLS listener runs.
+    pub tls: Option<Arc<Reloadable>>,
+    /// Sources allowed to send PROXY protocol headers.
+    pub proxy_trusted: Vec<Cidr>,
     pub auth: Authenticator,
     pub owners: OwnerTable,
     pub peers: Vec<flume::Sender<CoreMsg>>,
@@ -151,9 +190,17 @@ pub struct ConnShared {
     deadline_ms: Cell<u64>,
     /// Set by the sweeper when `deadline_ms` has passed.
     timer_due: Cell<bool>,
+    /// Set when a tunnel session has upstream bytes (a socket's readiness says it otherwise).
+    input: Cell<bool>,
 }
 
 impl ConnShared {
+    /// Marks input ready (tunnel sessions) and wakes the connection.
+    pub fn wake_input(&self) {
+        self.input.set(true);
+        self.wake();
+    }
+
     fn wake(&self) {
         if let Some(w) = self.waker.borrow_mut().take() {
             w.wake();
@@ -213,7 +260,10 @@ impl ConnShared {
     /// Resolves when something is queued, the connection is kicked or its timer is due.
     async fn notified(&self) {
         poll_fn(|cx| {
-            if self.kick.get().is_some() || self.timer_due.get() || !self.queue.borrow().is_empty()
+            if self.kick.get().is_some()
+                || self.timer_due.get()
+                || self.input.get()
+                || !self.queue.borrow().is_empty()
             {
                 Poll::Ready(())
             } else {
@@ -234,12 +284,14 @@ struct Registration {
 /// One core: its connections, the sessions of the slots it owns, its buffer pool.
 #[derive(Debug)]
 pub struct Core {
-    id: u16,
-    node: Arc<NodeShared>,
+    pub(crate) id: u16,
+    pub(crate) node: Arc<NodeShared>,
     conns: RefCell<HashMap<u32, Rc<ConnShared>>>,
     sessions: RefCell<HashMap<Arc<str>, Vec<Registration>>>,
+    /// HTTP tunnel sessions of this core, by connection id.
+    pub(crate) tunnels: RefCell<HashMap<u32, Rc<TunnelShared>>>,
     next_id: Cell<u32>,
-    pool: BufPool,
+    pub(crate) pool: BufPool,
 }
 
 impl Core {
@@ -249,6 +301,7 @@ impl Core {
             node,
             conns: RefCell::new(HashMap::new()),
             sessions: RefCell::new(HashMap::new()),
+            tunnels: RefCell::new(HashMap::new()),
             next_id: Cell::new(1),
             pool: BufPool::new(POOL_BUF, 64),
         }
@@ -274,6 +327,19 @@ impl Core {
         if let Err(flume::TrySendError::Full(_)) = tx.try_send(msg) {
             // A dropped push is not a lost message: it is in the inbox, the device syncs it.
             inc(&METRICS.core_queue_full_total);
+        }
+    }
+
+    /// Sends a message that needs its reply: `false` if the core does not exist or its queue
+    /// is full (the caller answers "unavailable" instead of waiting forever).
+    pub(crate) fn send_to(&self, core: u16, msg: CoreMsg) -> bool {
+        if core == self.id {
+            self.handle(msg);
+            return true;
+        }
+        match self.node.peers.get(usize::from(core)) {
+            Some(tx) => tx.try_send(msg).is_ok(),
+            None => false,
         }
     }
 
@@ -354,6 +420,11 @@ impl Core {
                     shared.kick(reason);
                 }
             }
+            tunnel @ (CoreMsg::TunnelUp { .. }
+            | CoreMsg::TunnelPoll { .. }
+            | CoreMsg::TunnelCancel { .. }
+            | CoreMsg::TunnelCheck { .. }
+            | CoreMsg::TunnelClose { .. }) => crate::tunnel::handle(self, tunnel),
         }
     }
 
@@ -387,7 +458,7 @@ impl Core {
             .count()
     }
 
-    fn alloc_id(&self) -> u32 {
+    pub(crate) fn alloc_id(&self) -> u32 {
         let id = self.next_id.get();
         self.next_id.set(id.wrapping_add(1).max(1));
         id
@@ -417,7 +488,9 @@ enum Event {
 /// One connection's task state.
 struct Connection {
     core: Rc<Core>,
-    stream: TcpStream,
+    link: Link,
+    /// The client's address (from a PROXY header when a trusted balancer sent one).
+    peer: SocketAddr,
     shared: Rc<ConnShared>,
     me: ConnRef,
     conn: Conn,
@@ -428,34 +501,81 @@ struct Connection {
     peer_closed: bool,
 }
 
-/// Serves one accepted connection to its end.
-pub async fn serve(core: Rc<Core>, stream: TcpStream) {
-    let id = core.alloc_id();
-    let shared = Rc::new(ConnShared::default());
-    core.conns.borrow_mut().insert(id, Rc::clone(&shared));
+/// An accepted socket on its way through the front door.
+#[derive(Debug)]
+pub struct Accepted {
+    pub stream: TcpStream,
+    pub peer: SocketAddr,
+    pub kind: ListenerKind,
+}
+
+/// Serves one accepted connection to its end: the front door decides its transport, then it
+/// runs as a connection (or was served there: tunnel requests, refusals).
+///
+/// The socket comes boxed and the connection goes to the heap, so the future an idle
+/// connection keeps holds neither twice (a future keeps room for its arguments and for every
+/// local that lives across an await).
+pub async fn serve(core: Rc<Core>, accepted: Box<Accepted>) {
     inc(&METRICS.connections_accepted_total);
-    inc(&METRICS.connections_open);
-    let me = ConnRef { core: core.id, id };
-    let conn = Conn::new(now_ms(), &core.node.cfg.timers);
-    let mut c = Connection {
-        core: Rc::clone(&core),
-        stream,
-        shared,
-        me,
-        conn,
-        session: None,
-        partial: Vec::new(),
-        peer_closed: false,
+    let Some(c) = Box::pin(front_door(core, accepted)).await else {
+        return;
     };
-    c.run().await;
-    Box::pin(c.finish()).await;
-    core.conns.borrow_mut().remove(&id);
-    if let Some(s) = c.session.take() {
-        let user: Arc<str> = Arc::from(s.info.user.as_str());
-        let owner = core.owner_core(&user);
-        core.route(owner, CoreMsg::Unregister { user, conn: me });
+    c.drive().await;
+}
+
+async fn front_door(core: Rc<Core>, a: Box<Accepted>) -> Option<Box<Connection>> {
+    let Accepted { stream, peer, kind } = *a;
+    let opened = crate::front::open(Rc::clone(&core), stream, peer, kind).await?;
+    let id = core.alloc_id();
+    Some(Connection::new(
+        core,
+        id,
+        Rc::new(ConnShared::default()),
+        opened,
+    ))
+}
+
+/// Runs a connection that did not come through [`serve`] (a tunnel session) to its end.
+pub(crate) async fn run_conn(core: Rc<Core>, id: u32, shared: Rc<ConnShared>, opened: Opened) {
+    Connection::new(core, id, shared, opened).drive().await;
+}
+
+impl Connection {
+    fn new(core: Rc<Core>, id: u32, shared: Rc<ConnShared>, opened: Opened) -> Box<Connection> {
+        core.conns.borrow_mut().insert(id, Rc::clone(&shared));
+        inc(&METRICS.connections_open);
+        let me = ConnRef { core: core.id, id };
+        let conn = Conn::new(now_ms(), &core.node.cfg.timers);
+        Box::new(Connection {
+            core,
+            link: opened.link,
+            peer: opened.peer,
+            shared,
+            me,
+            conn,
+            session: None,
+            // The bytes the front door read: the first frames.
+            partial: opened.initial,
+            peer_closed: false,
+        })
     }
-    dec(&METRICS.connections_open);
+
+    async fn drive(mut self: Box<Self>) {
+        if !self.partial.is_empty() && !Box::pin(self.on_initial()).await {
+            self.conn.apply(Trigger::PeerClose);
+        }
+        self.run().await;
+        Box::pin(self.finish()).await;
+        let core = Rc::clone(&self.core);
+        let me = self.me;
+        core.conns.borrow_mut().remove(&me.id);
+        if let Some(s) = self.session.take() {
+            let user: Arc<str> = Arc::from(s.info.user.as_str());
+            let owner = core.owner_core(&user);
+            core.route(owner, CoreMsg::Unregister { user, conn: me });
+        }
+        dec(&METRICS.connections_open);
+    }
 }
 
 impl Connection {
@@ -472,6 +592,12 @@ impl Connection {
                 };
                 Box::pin(self.transition(trigger, 0, "closed by the node")).await;
                 return;
+            }
+            if self.shared.input.replace(false) {
+                if !Box::pin(self.on_readable()).await {
+                    return;
+                }
+                continue;
             }
             if !self.shared.queue.borrow().is_empty() {
                 if !Box::pin(self.flush_queue()).await {
@@ -497,9 +623,16 @@ impl Connection {
             self.shared.deadline_ms.set(deadline);
             // No timer of our own: the core's sweeper marks the deadline due (see `sweep`).
             let shared = Rc::clone(&self.shared);
-            let ev = monoio::select! {
-                r = self.stream.readable(false) => Event::Readable(r.is_ok()),
-                _ = shared.notified() => Event::Notified,
+            let ev = match self.link.socket() {
+                Some(stream) => monoio::select! {
+                    r = stream.readable(false) => Event::Readable(r.is_ok()),
+                    _ = shared.notified() => Event::Notified,
+                },
+                // A tunnel's input wakes it through `shared` (see `ConnShared::wake_input`).
+                None => {
+                    shared.notified().await;
+                    Event::Notified
+                }
             };
             match ev {
                 Event::Readable(false) => return,
@@ -521,6 +654,14 @@ impl Connection {
         }
     }
 
+    /// Handles the bytes that came with the connection (read by the front door).
+    async fn on_initial(&mut self) -> bool {
+        let buf = std::mem::take(&mut self.partial);
+        let keep_going = self.handle_bytes(&buf).await;
+        self.core.pool.put(buf);
+        keep_going
+    }
+
     /// Reads what is there, handles every complete frame; `false` once the connection ends.
     async fn on_readable(&mut self) -> bool {
         let core = Rc::clone(&self.core);
@@ -538,11 +679,9 @@ impl Connection {
         };
         let room = want.max(buf.len() + 4096).max(core.pool.buf_size());
         buf.reserve(room.saturating_sub(buf.len()));
-        let len = buf.len();
-        let (res, slice) = self.stream.read(buf.slice_mut(len..)).await;
-        let buf = slice.into_inner();
+        let (res, buf) = self.link.read(buf, &core.pool).await;
         let keep_going = match res {
-            Ok(0) => {
+            Ok(Read::Eof) => {
                 self.peer_closed = true;
                 self.conn.apply(Trigger::PeerClose);
                 false
@@ -792,7 +931,7 @@ impl Connection {
                 node: cfg.node_id.clone().into(),
             }),
         );
-        debug!(conn = ?self.me, user = %info.user, device = %info.device, max_frame = h.max_frame.max(MIN_MAX_BODY), "session open");
+        debug!(conn = ?self.me, peer = %self.peer, user = %info.user, device = %info.device, max_frame = h.max_frame.max(MIN_MAX_BODY), "session open");
         let max_out = h.max_frame.clamp(MIN_MAX_BODY, tern_protocol::ABS_MAX_BODY);
         // The session keeps no copy of the registry's key: an idle connection pays for one
         // user id, and the Unregister at the end builds its own.
@@ -1008,7 +1147,7 @@ impl Connection {
             return true;
         }
         inc(&METRICS.frames_out_total);
-        let (res, buf) = self.stream.write_all(buf).await;
+        let (res, buf) = self.link.write_all(buf, &core.pool).await;
         core.pool.put(buf);
         res.is_ok()
     }
@@ -1038,7 +1177,7 @@ impl Connection {
             // completes.
             let shared = Rc::clone(&self.shared);
             let written = monoio::select! {
-                r = self.stream.write_all(buf) => Some(r),
+                r = self.link.write_all(buf, &core.pool) => Some(r),
                 _ = shared.kicked() => None,
             };
             match written {
@@ -1065,22 +1204,25 @@ impl Connection {
     /// Closes our side, then drains what the peer still sends for a moment, so that the kernel
     /// ends the connection with FIN rather than RST and the peer gets to read our last frame.
     async fn finish(&mut self) {
-        let _ = self.stream.shutdown().await;
+        let core = Rc::clone(&self.core);
+        self.link.shutdown(&core.pool).await;
         if self.peer_closed {
             return;
         }
-        let core = Rc::clone(&self.core);
+        let Some(stream) = self.link.socket() else {
+            return;
+        };
         let deadline = monoio::time::Instant::now() + Duration::from_millis(500);
         for _ in 0..64 {
             let ready = monoio::select! {
-                r = self.stream.readable(false) => r.is_ok(),
+                r = stream.readable(false) => r.is_ok(),
                 _ = monoio::time::sleep_until(deadline) => false,
             };
             if !ready {
                 return;
             }
             let buf = core.pool.take();
-            let (res, buf) = self.stream.read(buf).await;
+            let (res, buf) = stream.read(buf).await;
             core.pool.put(buf);
             if !matches!(res, Ok(n) if n > 0) {
                 return;
@@ -1094,6 +1236,10 @@ impl Connection {
 pub struct RunningNode {
     pub native: SocketAddr,
     pub admin: SocketAddr,
+    pub tls: Option<SocketAddr>,
+    pub http: Option<SocketAddr>,
+    /// SHA-256 of the TLS certificate when the TLS listener runs.
+    pub tls_fingerprint: Option<String>,
     threads: Vec<JoinHandle<()>>,
     store: Arc<NodeStore>,
 }
@@ -1163,8 +1309,44 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
     );
 
     let cores = settings.cores;
-    let listeners = bind_reuseport(settings.native, cores)?;
-    let native = listeners[0].local_addr()?;
+    let native_listeners = bind_reuseport(settings.native, cores)?;
+    let native = native_listeners[0].local_addr()?;
+    let mut per_core: Vec<Vec<(std::net::TcpListener, ListenerKind)>> = native_listeners
+        .into_iter()
+        .map(|l| vec![(l, ListenerKind::Plain)])
+        .collect();
+    let mut http = None;
+    if let Some(addr) = settings.http {
+        let ls = bind_reuseport(addr, cores)?;
+        http = Some(ls[0].local_addr()?);
+        for (v, l) in per_core.iter_mut().zip(ls) {
+            v.push((l, ListenerKind::Plain));
+        }
+    }
+    let mut tls_addr = None;
+    let mut tls_setup = None;
+    let mut tls_fingerprint = None;
+    if let Some(addr) = settings.tls {
+        let files = match &settings.tls_files {
+            Some(f) => f.clone(),
+            None => {
+                let f = tls::dev_cert_files(&settings.data_dir);
+                if tls::ensure_dev_cert(&f).context("making the dev TLS certificate")? {
+                    info!("made a self-signed TLS certificate in {}", f.cert.display());
+                }
+                f
+            }
+        };
+        let (reloadable, fingerprint) = Reloadable::new(files.clone())
+            .with_context(|| format!("loading TLS certificate {}", files.cert.display()))?;
+        let ls = bind_reuseport(addr, cores)?;
+        tls_addr = Some(ls[0].local_addr()?);
+        for (v, l) in per_core.iter_mut().zip(ls) {
+            v.push((l, ListenerKind::Tls));
+        }
+        tls_setup = Some(Arc::new(reloadable));
+        tls_fingerprint = Some(fingerprint);
+    }
     let admin_listener = std::net::TcpListener::bind(settings.admin)
         .with_context(|| format!("binding admin {}", settings.admin))?;
     let admin = admin_listener.local_addr()?;
@@ -1178,6 +1360,8 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
     }
     let node = Arc::new(NodeShared {
         store: Arc::clone(&store),
+        tls: tls_setup.clone(),
+        proxy_trusted: settings.proxy_trusted.clone(),
         auth: build_authenticator(&settings.auth)?,
         owners: OwnerTable::local(cores as u16),
         peers: senders,
@@ -1192,11 +1376,11 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
 
     let mut threads = Vec::with_capacity(cores + 1);
     let driver = settings.io_driver;
-    for (i, (listener, rx)) in listeners.into_iter().zip(receivers).enumerate() {
+    for (i, (listeners, rx)) in per_core.into_iter().zip(receivers).enumerate() {
         let node = Arc::clone(&node);
         let t = std::thread::Builder::new()
             .name(format!("tern-core-{i}"))
-            .spawn(move || run_core(i as u16, listener, rx, node, driver))
+            .spawn(move || run_core(i as u16, listeners, rx, node, driver))
             .context("spawning core thread")?;
         threads.push(t);
     }
@@ -1210,26 +1394,58 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
         .context("spawning admin thread")?;
     threads.push(t);
 
-    let ports = serde_json::json!({ "native": native.to_string(), "admin": admin.to_string() });
+    if let Some(reloadable) = tls_setup {
+        spawn_reloader(reloadable)?;
+    }
+    let mut ports = serde_json::json!({ "native": native.to_string(), "admin": admin.to_string() });
+    if let Some(a) = tls_addr {
+        ports["tls"] = a.to_string().into();
+    }
+    if let Some(a) = http {
+        ports["http"] = a.to_string().into();
+    }
     let tmp = settings.data_dir.join("ports.json.tmp");
     std::fs::write(&tmp, ports.to_string()).context("writing ports.json")?;
     std::fs::rename(&tmp, &ports_path).context("writing ports.json")?;
     Ok(RunningNode {
         native,
         admin,
+        tls: tls_addr,
+        http,
+        tls_fingerprint,
         threads,
         store,
     })
 }
 
+/// Reloads the TLS certificate on SIGHUP; a failed reload keeps the old one.
+fn spawn_reloader(reloadable: Arc<Reloadable>) -> anyhow::Result<()> {
+    let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
+        .context("installing the SIGHUP handler")?;
+    std::thread::Builder::new()
+        .name("tern-sighup".into())
+        .spawn(move || {
+            for _ in signals.forever() {
+                match reloadable.reload() {
+                    Ok(fp) => info!("SIGHUP: TLS certificate reloaded (SHA-256 {fp})"),
+                    Err(e) => {
+                        warn!("SIGHUP: TLS certificate not reloaded, keeping the old one: {e}")
+                    }
+                }
+            }
+        })
+        .context("spawning the SIGHUP thread")?;
+    Ok(())
+}
+
 fn run_core(
     i: u16,
-    listener: std::net::TcpListener,
+    listeners: Vec<(std::net::TcpListener, ListenerKind)>,
     rx: flume::Receiver<CoreMsg>,
     node: Arc<NodeShared>,
     driver: IoDriver,
 ) {
-    let fut = core_main(i, listener, rx, node);
+    let fut = core_main(i, listeners, rx, node);
     let built = match driver {
         IoDriver::Auto => monoio::RuntimeBuilder::<monoio::FusionDriver>::new()
             .enable_timer()
@@ -1264,17 +1480,10 @@ fn run_core(
 
 async fn core_main(
     i: u16,
-    listener: std::net::TcpListener,
+    listeners: Vec<(std::net::TcpListener, ListenerKind)>,
     rx: flume::Receiver<CoreMsg>,
     node: Arc<NodeShared>,
 ) {
-    let listener = match TcpListener::from_std(listener) {
-        Ok(l) => l,
-        Err(e) => {
-            tracing::error!("core {i}: cannot register listener: {e}");
-            return;
-        }
-    };
     let core = Rc::new(Core::new(i, node));
     let inbox_core = Rc::clone(&core);
     monoio::spawn(async move {
@@ -1289,11 +1498,25 @@ async fn core_main(
             sweep_core.sweep(now_ms());
         }
     });
+    let mut accepting = Vec::new();
+    for (listener, kind) in listeners {
+        match TcpListener::from_std(listener) {
+            Ok(l) => accepting.push(monoio::spawn(accept_loop(i, Rc::clone(&core), l, kind))),
+            Err(e) => tracing::error!("core {i}: cannot register listener: {e}"),
+        }
+    }
+    for task in accepting {
+        task.await;
+    }
+}
+
+async fn accept_loop(i: u16, core: Rc<Core>, listener: TcpListener, kind: ListenerKind) {
     loop {
         match listener.accept().await {
-            Ok((stream, _peer)) => {
+            Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
-                monoio::spawn(serve(Rc::clone(&core), stream));
+                let accepted = Box::new(Accepted { stream, peer, kind });
+                monoio::spawn(serve(Rc::clone(&core), accepted));
             }
             Err(e) => {
                 // Out of file descriptors and the like: back off instead of spinning.
@@ -1345,6 +1568,8 @@ mod tests {
             Arc::new(Store::open(engine, StoreConfig::default(), Arc::new(SystemClock)).unwrap());
         let node = Arc::new(NodeShared {
             store,
+            tls: None,
+            proxy_trusted: Vec::new(),
             auth: Authenticator::hs256(b"0123456789abcdef"),
             owners,
             peers: Vec::new(),
@@ -1404,8 +1629,13 @@ mod tests {
                     .map(|f| f.unwrap().into_owned())
                     .collect::<Vec<_>>()
             });
-            let (stream, _) = listener.accept().await.unwrap();
-            serve(Rc::new(Core::new(0, node)), stream).await;
+            let (stream, peer) = listener.accept().await.unwrap();
+            let accepted = Box::new(Accepted {
+                stream,
+                peer,
+                kind: ListenerKind::Plain,
+            });
+            serve(Rc::new(Core::new(0, node)), accepted).await;
             client.join().unwrap()
         });
         match frames.as_slice() {
@@ -1434,6 +1664,8 @@ mod tests {
             Arc::new(Store::open(engine, StoreConfig::default(), Arc::new(SystemClock)).unwrap());
         let node = Arc::new(NodeShared {
             store,
+            tls: None,
+            proxy_trusted: Vec::new(),
             auth: Authenticator::hs256(b"0123456789abcdef"),
             owners: OwnerTable::local(1),
             peers: Vec::new(),
@@ -1453,13 +1685,21 @@ mod tests {
             let listener = TcpListener::bind("127.0.0.1:0").unwrap();
             let addr = listener.local_addr().unwrap();
             let _client = std::net::TcpStream::connect(addr).unwrap();
-            let (stream, _) = listener.accept().await.unwrap();
+            let (stream, peer) = listener.accept().await.unwrap();
             let core = Rc::new(Core::new(0, node));
-            let fut = serve(core, stream);
-            let size = std::mem::size_of_val(&fut);
+            let accepted = Box::new(Accepted {
+                stream,
+                peer,
+                kind: ListenerKind::Plain,
+            });
+            let fut = serve(core, accepted);
+            // The connection itself lives on the heap next to the future.
+            let size = std::mem::size_of_val(&fut) + std::mem::size_of::<Connection>();
             println!(
-                "connection future: {size} bytes; Connection: {} bytes",
-                std::mem::size_of::<Connection>()
+                "connection future: {size} bytes; Connection: {} bytes; Link: {}; TcpStream: {}",
+                std::mem::size_of::<Connection>(),
+                std::mem::size_of::<Link>(),
+                std::mem::size_of::<TcpStream>(),
             );
             assert!(size <= 512, "connection future is {size} bytes");
         });

@@ -79,6 +79,10 @@ pub struct Node {
     extra: Vec<String>,
     pub native: String,
     pub admin: String,
+    /// TLS listener (native, WebSocket, tunnel inside TLS).
+    pub tls: String,
+    /// Plain HTTP listener (WebSocket, tunnel).
+    pub http: String,
 }
 
 impl Node {
@@ -96,6 +100,8 @@ impl Node {
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
             native: String::new(),
             admin: String::new(),
+            tls: String::new(),
+            http: String::new(),
         };
         node.spawn();
         node
@@ -125,6 +131,14 @@ impl Node {
         } else {
             self.admin.clone()
         };
+        let or_free = |a: &str| {
+            if a.is_empty() {
+                "127.0.0.1:0".to_owned()
+            } else {
+                a.to_owned()
+            }
+        };
+        let (tls, http) = (or_free(&self.tls), or_free(&self.http));
         let mut cmd = Command::new(ternd_bin());
         cmd.args([
             "--dev",
@@ -132,6 +146,10 @@ impl Node {
             &native,
             "--admin",
             &admin,
+            "--tls",
+            &tls,
+            "--http",
+            &http,
             "--data-dir",
         ])
         .arg(self.dir.path())
@@ -155,6 +173,8 @@ impl Node {
                 if let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) {
                     self.native = v["native"].as_str().unwrap_or_default().to_owned();
                     self.admin = v["admin"].as_str().unwrap_or_default().to_owned();
+                    self.tls = v["tls"].as_str().unwrap_or_default().to_owned();
+                    self.http = v["http"].as_str().unwrap_or_default().to_owned();
                     return;
                 }
             }

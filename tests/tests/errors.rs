@@ -95,7 +95,7 @@ fn garbage_oversize_and_early_frames_get_a_clear_error_and_close() {
     let node = Node::start();
     // Garbage first bytes.
     assert_eq!(
-        error_code(&first_bytes(&node, b"GET / HTTP/1.1\r\n\r\n")),
+        error_code(&first_bytes(&node, b"\x00\x01 not a frame at all")),
         ErrorCode::BAD_MAGIC
     );
     // A header announcing a body over the 65,536 limit: refused before the body is read.

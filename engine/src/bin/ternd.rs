@@ -1,5 +1,6 @@
 //! `ternd`: the tern edge node. With no arguments it serves on the embedded defaults (data in
-//! ./tern-data, native protocol on 127.0.0.1:14000, admin on 127.0.0.1:9100); `ternd token`
+//! ./tern-data, native protocol on 127.0.0.1:14000, TLS on 127.0.0.1:14443, HTTP/WebSocket on
+//! 127.0.0.1:8080, admin on 127.0.0.1:9100); `ternd token`
 //! mints a token with the node's configured or dev secret.
 
 use anyhow::{bail, Context as _};
@@ -37,6 +38,20 @@ fn main() -> anyhow::Result<()> {
             let settings = Settings::resolve(&cli.node, true)?;
             let node = server::start(&settings)?;
             println!("ternd: native protocol on {}", node.native);
+            if let Some(a) = node.http {
+                println!("ternd: HTTP (WebSocket at /tern/ws, tunnel at /tern/) on {a}");
+            }
+            if let (Some(a), Some(fp)) = (node.tls, &node.tls_fingerprint) {
+                println!("ternd: TLS on {a}, certificate SHA-256 {fp}");
+                if settings.tls_files.is_none() {
+                    println!(
+                        "ternd: the certificate is self-signed ({}); clients trust that file or pin the fingerprint",
+                        tern_engine::transport::tls::dev_cert_files(&settings.data_dir)
+                            .cert
+                            .display()
+                    );
+                }
+            }
             println!("ternd: admin/metrics on http://{}/metrics", node.admin);
             println!(
                 "ternd: data in {} ({} cores)",
