@@ -69,6 +69,9 @@ const POOL_BUF: usize = 16 * 1024;
 /// How often a core checks its connections' deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(200);
 
+/// How long a draining core waits for its connections to close.
+const DRAIN_GRACE: Duration = Duration::from_secs(5);
+
 /// Messages a core's inbound queue holds before senders see it full.
 const CORE_QUEUE: usize = 65_536;
 
@@ -121,6 +124,8 @@ pub enum CoreMsg {
     Push { conn: ConnRef, frame: Bytes },
     /// To a connection's core: close it.
     Kick { conn: ConnRef, reason: CloseReason },
+    /// To every core: stop accepting, close every connection with CLOSE DRAIN.
+    Drain,
     /// To a tunnel session's core: an `up` body; the reply is the HTTP status.
     TunnelUp {
         conn: u32,
@@ -290,6 +295,10 @@ pub struct Core {
     sessions: RefCell<HashMap<Arc<str>, Vec<Registration>>>,
     /// HTTP tunnel sessions of this core, by connection id.
     pub(crate) tunnels: RefCell<HashMap<u32, Rc<TunnelShared>>>,
+    /// Set once the node drains: accepts stop, connections close.
+    draining: Cell<bool>,
+    /// Wakes `core_main` when draining starts.
+    drained: RefCell<Option<Waker>>,
     next_id: Cell<u32>,
     pub(crate) pool: BufPool,
 }
@@ -302,6 +311,8 @@ impl Core {
             conns: RefCell::new(HashMap::new()),
             sessions: RefCell::new(HashMap::new()),
             tunnels: RefCell::new(HashMap::new()),
+            draining: Cell::new(false),
+            drained: RefCell::new(None),
             next_id: Cell::new(1),
             pool: BufPool::new(POOL_BUF, 64),
         }
@@ -418,6 +429,16 @@ impl Core {
                 let shared = self.conns.borrow().get(&conn.id).cloned();
                 if let Some(shared) = shared {
                     shared.kick(reason);
+                }
+            }
+            CoreMsg::Drain => {
+                self.draining.set(true);
+                let conns: Vec<Rc<ConnShared>> = self.conns.borrow().values().cloned().collect();
+                for c in conns {
+                    c.kick(CloseReason::DRAIN);
+                }
+                if let Some(w) = self.drained.borrow_mut().take() {
+                    w.wake();
                 }
             }
             tunnel @ (CoreMsg::TunnelUp { .. }
@@ -1241,17 +1262,53 @@ pub struct RunningNode {
     /// SHA-256 of the TLS certificate when the TLS listener runs.
     pub tls_fingerprint: Option<String>,
     threads: Vec<JoinHandle<()>>,
+    peers: Vec<flume::Sender<CoreMsg>>,
     store: Arc<NodeStore>,
 }
 
 impl RunningNode {
-    /// Blocks while the node runs (until every core thread ends).
+    /// Blocks while the node runs: until every core has drained (after [`RunningNode::drain`] or
+    /// SIGTERM/SIGINT), then lets the store finish its queued writes.
     pub fn wait(mut self) {
         for t in self.threads.drain(..) {
             let _ = t.join();
         }
         drop(self.store);
     }
+
+    /// Starts draining: every core stops accepting and closes its connections with CLOSE DRAIN.
+    pub fn drain(&self) {
+        drain_cores(&self.peers);
+    }
+}
+
+fn drain_cores(peers: &[flume::Sender<CoreMsg>]) {
+    for p in peers {
+        let _ = p.send(CoreMsg::Drain);
+    }
+}
+
+/// SIGTERM or SIGINT drains the node; a second one ends the process at once.
+fn spawn_drain_on_signals(peers: Vec<flume::Sender<CoreMsg>>) -> anyhow::Result<()> {
+    use signal_hook::consts::{SIGINT, SIGTERM};
+    let mut signals = signal_hook::iterator::Signals::new([SIGTERM, SIGINT])
+        .context("installing SIGTERM handler")?;
+    std::thread::Builder::new()
+        .name("tern-signals".into())
+        .spawn(move || {
+            let mut seen = 0;
+            for sig in signals.forever() {
+                seen += 1;
+                if seen > 1 {
+                    warn!("second signal {sig}: exiting without draining");
+                    std::process::exit(130);
+                }
+                info!("signal {sig}: draining (connections get CLOSE DRAIN)");
+                drain_cores(&peers);
+            }
+        })
+        .context("spawning the signal thread")?;
+    Ok(())
 }
 
 /// Binds `cores` listening sockets to one address with SO_REUSEPORT, so the kernel spreads
@@ -1374,7 +1431,7 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
         },
     });
 
-    let mut threads = Vec::with_capacity(cores + 1);
+    let mut threads = Vec::with_capacity(cores);
     let driver = settings.io_driver;
     for (i, (listeners, rx)) in per_core.into_iter().zip(receivers).enumerate() {
         let node = Arc::clone(&node);
@@ -1388,11 +1445,13 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
         node_id: settings.node_id.clone(),
         cores,
     };
-    let t = std::thread::Builder::new()
+    // The admin endpoint lives as long as the process; it is not joined on drain.
+    std::thread::Builder::new()
         .name("tern-admin".into())
         .spawn(move || crate::admin::serve(admin_listener, info))
         .context("spawning admin thread")?;
-    threads.push(t);
+    let peers = node.peers.clone();
+    spawn_drain_on_signals(peers.clone())?;
 
     if let Some(reloadable) = tls_setup {
         spawn_reloader(reloadable)?;
@@ -1414,6 +1473,7 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
         http,
         tls_fingerprint,
         threads,
+        peers,
         store,
     })
 }
@@ -1505,14 +1565,31 @@ async fn core_main(
             Err(e) => tracing::error!("core {i}: cannot register listener: {e}"),
         }
     }
-    for task in accepting {
-        task.await;
+    // Serve until the node drains, then give connections a moment to send their CLOSE.
+    poll_fn(|cx| {
+        if core.draining.get() {
+            Poll::Ready(())
+        } else {
+            *core.drained.borrow_mut() = Some(cx.waker().clone());
+            Poll::Pending
+        }
+    })
+    .await;
+    drop(accepting);
+    let deadline = monoio::time::Instant::now() + DRAIN_GRACE;
+    while !core.conns.borrow().is_empty() && monoio::time::Instant::now() < deadline {
+        monoio::time::sleep(Duration::from_millis(20)).await;
     }
+    info!(
+        "core {i}: drained, {} connections left",
+        core.conns.borrow().len()
+    );
 }
 
 async fn accept_loop(i: u16, core: Rc<Core>, listener: TcpListener, kind: ListenerKind) {
     loop {
         match listener.accept().await {
+            Ok(_) if core.draining.get() => return,
             Ok((stream, peer)) => {
                 let _ = stream.set_nodelay(true);
                 let accepted = Box::new(Accepted { stream, peer, kind });

@@ -77,6 +77,10 @@ pub struct Node {
     child: Option<Child>,
     dir: tempfile::TempDir,
     extra: Vec<String>,
+    /// Environment for ternd on top of `RUST_LOG=warn` (see [`Node::start_logged`]).
+    env: Vec<(String, String)>,
+    /// Where ternd's stderr goes (appended across restarts); inherited when `None`.
+    stderr_log: Option<PathBuf>,
     pub native: String,
     pub admin: String,
     /// TLS listener (native, WebSocket, tunnel inside TLS).
@@ -98,6 +102,8 @@ impl Node {
             child: None,
             dir,
             extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            env: Vec::new(),
+            stderr_log: None,
             native: String::new(),
             admin: String::new(),
             tls: String::new(),
@@ -159,11 +165,23 @@ impl Node {
         }
         // TERN_IO_DRIVER (auto, io_uring, legacy) reaches the node through its environment, so
         // the whole suite can be run on either driver.
+        cmd.env("RUST_LOG", "warn");
+        for (k, v) in &self.env {
+            cmd.env(k, v);
+        }
+        let stderr = match &self.stderr_log {
+            Some(path) => std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(path)
+                .map(Stdio::from)
+                .unwrap_or_else(|e| panic!("cannot open {path:?}: {e}")),
+            None => Stdio::inherit(),
+        };
         let child = cmd
-            .env("RUST_LOG", "warn")
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::inherit())
+            .stderr(stderr)
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start ternd: {e}"));
         self.child = Some(child);
@@ -185,6 +203,30 @@ impl Node {
                 Instant::now() < deadline,
                 "ternd did not write ports.json in 30 s"
             );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// SIGTERM, then waits (at most 15 s) for the process to drain and exit; its exit status.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut c = self
+            .child
+            .take()
+            .unwrap_or_else(|| panic!("node not running"));
+        let status = Command::new("kill")
+            .args(["-TERM", &c.id().to_string()])
+            .status()
+            .unwrap_or_else(|e| panic!("kill -TERM: {e}"));
+        assert!(status.success(), "kill -TERM failed");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            if let Ok(Some(st)) = c.try_wait() {
+                return st;
+            }
+            if Instant::now() > deadline {
+                let _ = c.kill();
+                panic!("ternd did not exit within 15 s of SIGTERM");
+            }
             std::thread::sleep(Duration::from_millis(20));
         }
     }
@@ -316,4 +358,198 @@ pub fn assert_silent(conn: &mut Connection, quiet: Duration) {
 /// Whether a frame is a PUSH.
 pub fn is_push(f: &Frame<'_>) -> bool {
     matches!(f.body, Body::Push(_))
+}
+
+// ---------------------------------------------------------------------------------------------
+// Logs of a node, and other daemons (proxies) run in the foreground next to it
+
+impl Node {
+    /// Starts a node (as [`Node::start_with`]) with `RUST_LOG=rust_log` and its stderr appended
+    /// to [`Node::log_path`], so that a test can read what it logged (e.g. a session's peer).
+    pub fn start_logged(extra: &[&str], rust_log: &str) -> Node {
+        Node::start_with_env(extra, &[("RUST_LOG", rust_log), ("NO_COLOR", "1")], true)
+    }
+
+    /// Starts a node with extra arguments and environment variables (which override the
+    /// harness's `RUST_LOG=warn`); with `capture_stderr`, its stderr goes to
+    /// [`Node::log_path`] instead of the test's.
+    pub fn start_with_env(extra: &[&str], env: &[(&str, &str)], capture_stderr: bool) -> Node {
+        let dir = tempfile::tempdir().unwrap_or_else(|e| panic!("tempdir: {e}"));
+        let stderr_log = capture_stderr.then(|| dir.path().join("ternd.log"));
+        let mut node = Node {
+            child: None,
+            dir,
+            extra: extra.iter().map(|s| (*s).to_owned()).collect(),
+            env: env
+                .iter()
+                .map(|(k, v)| ((*k).to_owned(), (*v).to_owned()))
+                .collect(),
+            stderr_log,
+            native: String::new(),
+            admin: String::new(),
+            tls: String::new(),
+            http: String::new(),
+        };
+        node.spawn();
+        node
+    }
+
+    /// The file ternd's stderr goes to, when captured.
+    pub fn log_path(&self) -> Option<&Path> {
+        self.stderr_log.as_deref()
+    }
+
+    /// What the node has logged so far (empty when its stderr is not captured), without
+    /// terminal colour codes.
+    pub fn log_text(&self) -> String {
+        self.stderr_log
+            .as_deref()
+            .and_then(|p| std::fs::read_to_string(p).ok())
+            .map(|t| strip_ansi(&t))
+            .unwrap_or_default()
+    }
+
+    /// Waits (at most `timeout`) for a logged line that `pred` accepts, and returns it. A line is
+    /// written before the effect a client can see (e.g. WELCOME), but this does not rely on it.
+    pub fn wait_log_line(&self, timeout: Duration, pred: impl Fn(&str) -> bool) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            if let Some(line) = self.log_text().lines().find(|l| pred(l)) {
+                return Some(line.to_owned());
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+/// `text` without ANSI escape sequences (`ESC [ ... letter`), which a logger may add even when
+/// writing to a file.
+pub fn strip_ansi(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut chars = text.chars();
+    while let Some(c) = chars.next() {
+        if c == '\u{1b}' {
+            if chars.next() == Some('[') {
+                for c in chars.by_ref() {
+                    if c.is_ascii_alphabetic() {
+                        break;
+                    }
+                }
+            }
+        } else {
+            out.push(c);
+        }
+    }
+    out
+}
+
+/// The value of `key=value` in a structured log line (`peer=127.0.0.1:4000`).
+pub fn log_field<'a>(line: &'a str, key: &str) -> Option<&'a str> {
+    line.split_whitespace()
+        .find_map(|w| w.strip_prefix(key)?.strip_prefix('='))
+        .map(|v| v.trim_matches('"'))
+}
+
+/// An installed program: on `PATH` or in the sbin directories where Debian puts daemons (a
+/// non-root `PATH` often lacks them).
+pub fn find_program(name: &str) -> Option<PathBuf> {
+    const SBIN: [&str; 3] = ["/usr/local/sbin", "/usr/sbin", "/sbin"];
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(SBIN.into_iter().map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// A TCP port on `ip` that was free a moment ago (for daemons that cannot be told to pick one
+/// and report it). Another process may take it before it is used; that is a test failure with a
+/// clear bind error, not a hang.
+pub fn free_port(ip: &str) -> u16 {
+    std::net::TcpListener::bind((ip, 0))
+        .and_then(|l| l.local_addr())
+        .map(|a| a.port())
+        .unwrap_or_else(|e| panic!("no free port on {ip}: {e}"))
+}
+
+/// A process run in the foreground for a test (squid, nginx, haproxy…), its stdout and stderr
+/// appended to a log file; killed when dropped.
+#[derive(Debug)]
+pub struct Daemon {
+    name: String,
+    child: Option<Child>,
+    log: PathBuf,
+}
+
+impl Daemon {
+    /// Starts `cmd`; its output goes to `log`.
+    pub fn spawn(name: &str, mut cmd: Command, log: &Path) -> Daemon {
+        let open = || {
+            std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(log)
+                .unwrap_or_else(|e| panic!("cannot open {log:?}: {e}"))
+        };
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(open())
+            .stderr(open())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Daemon {
+            name: name.to_owned(),
+            child: Some(child),
+            log: log.to_owned(),
+        }
+    }
+
+    /// What the daemon wrote so far.
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Waits until `addr` accepts TCP connections; panics with the daemon's output if it exits
+    /// or `timeout` passes first.
+    pub fn wait_listening(&mut self, addr: &str, timeout: Duration) {
+        let deadline = Instant::now() + timeout;
+        let sock: std::net::SocketAddr = addr
+            .parse()
+            .unwrap_or_else(|e| panic!("bad address {addr:?}: {e}"));
+        loop {
+            if std::net::TcpStream::connect_timeout(&sock, Duration::from_millis(200)).is_ok() {
+                return;
+            }
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!(
+                    "{} exited ({status}) before listening on {addr}:\n{}",
+                    self.name,
+                    self.log_text()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{} is not listening on {addr} after {timeout:?}:\n{}",
+                self.name,
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Kills the process (SIGKILL: a test proxy has nothing to save) and waits for it.
+    pub fn stop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        self.stop();
+    }
 }

@@ -473,3 +473,25 @@ fn a_device_that_stops_reading_is_closed_and_its_messages_stay_in_the_inbox() {
     let mut bob = node.connect("bob", "phone");
     assert_eq!(sync_all(&mut bob, 0).len() as u64, N);
 }
+
+#[test]
+fn sigterm_drains_sessions_with_close_drain_and_keeps_what_was_acknowledged() {
+    let mut node = Node::start();
+    let mut alice = node.connect("alice", "phone");
+    let ack = send(&mut alice, "bob", msg_id(1), "before the drain");
+    let status = node.terminate();
+    assert!(status.success(), "ternd exited with {status}");
+    let frames = tern_tests::recv_until_closed(&mut alice);
+    match frames.as_slice() {
+        [Frame {
+            body: Body::Close(c),
+            ..
+        }] => assert_eq!(c.reason, tern_protocol::CloseReason::DRAIN),
+        other => panic!("expected CLOSE DRAIN, got {other:?}"),
+    }
+    node.restart();
+    let mut bob = node.connect("bob", "phone");
+    let pulled = sync_all(&mut bob, 0);
+    assert_eq!(pulled.len(), 1);
+    assert_eq!(pulled[0].conv_seq, ack.conv_seq);
+}

@@ -66,6 +66,7 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             node.wait();
+            println!("ternd: drained and stopped");
             Ok(())
         }
     }
