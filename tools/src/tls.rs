@@ -61,6 +61,25 @@ impl Fingerprint {
         Fingerprint(Sha256::digest(der).into())
     }
 
+    /// The fingerprint of the first certificate of a PEM file (e.g. the dev certificate
+    /// `DATA_DIR/tls/cert.pem`).
+    pub fn of_pem_file(path: &Path) -> Result<Fingerprint, TlsError> {
+        let bytes = std::fs::read(path).map_err(|source| TlsError::Read {
+            path: path.to_owned(),
+            source,
+        })?;
+        let cert = CertificateDer::pem_slice_iter(&bytes)
+            .next()
+            .ok_or_else(|| TlsError::NoCertificates {
+                path: path.to_owned(),
+            })?
+            .map_err(|e| TlsError::BadCertificate {
+                path: path.to_owned(),
+                message: e.to_string(),
+            })?;
+        Ok(Fingerprint::of(cert.as_ref()))
+    }
+
     /// Parses 64 hex digits; colons, spaces and a `sha256:` / `SHA256=` prefix are accepted, so
     /// both `openssl x509 -fingerprint` output and plain hex work.
     pub fn parse(s: &str) -> Result<Fingerprint, TlsError> {

@@ -721,6 +721,10 @@ fn tls_trust_by_pin_ca_or_nothing() {
     let (tls, _) = start(Kind::Native, true);
     let url = format!("tls://{tls}");
     let pin = Fingerprint::of(&test_cert().der);
+    assert_eq!(
+        Fingerprint::of_pem_file(&test_cert().pem_path).unwrap(),
+        pin
+    );
     let mut c = connect(&url, &TransportOptions::new().with_pin(pin)).unwrap();
     exercise(&mut c, 3);
     let wrong = Fingerprint([0xab; 32]);
