@@ -9,6 +9,7 @@ use clap::{Args, Parser, Subcommand};
 use serde::Deserialize;
 
 use crate::conn::Timers;
+use crate::rooms::RoomConfig;
 use crate::transport::proxy::{parse_trusted, Cidr};
 use crate::transport::tls::CertFiles;
 
@@ -158,6 +159,23 @@ pub struct FileConfig {
     pub timers: TimersFile,
     #[serde(default)]
     pub limits: LimitsFile,
+    #[serde(default)]
+    pub rooms: RoomsFile,
+}
+
+/// `[rooms]`: chat rooms.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RoomsFile {
+    /// Messages a room keeps for joiners.
+    pub window: Option<usize>,
+    /// Recent messages a join gets when it asks for 0.
+    pub recent: Option<u16>,
+    /// Connections one room holds.
+    pub member_cap: Option<u32>,
+    /// Messages per second a member may send, and the burst on top.
+    pub rate_per_sec: Option<u32>,
+    pub burst: Option<u32>,
 }
 
 /// `[auth]`.
@@ -231,6 +249,7 @@ pub struct Settings {
     pub io_driver: IoDriver,
     pub storage_write_queue: usize,
     pub storage_read_queue: usize,
+    pub rooms: RoomConfig,
 }
 
 /// Name of the generated dev secret in the data dir.
@@ -392,6 +411,17 @@ impl Settings {
             io_driver: args.io_driver.or(file.io_driver).unwrap_or_default(),
             storage_write_queue: file.limits.storage_write_queue.unwrap_or(65_536).max(1),
             storage_read_queue: file.limits.storage_read_queue.unwrap_or(4_096).max(1),
+            rooms: {
+                let d = RoomConfig::default();
+                let r = &file.rooms;
+                RoomConfig {
+                    window: r.window.unwrap_or(d.window).max(1),
+                    default_recent: r.recent.unwrap_or(d.default_recent),
+                    member_cap: r.member_cap.unwrap_or(d.member_cap).max(1),
+                    rate_per_sec: r.rate_per_sec.unwrap_or(d.rate_per_sec),
+                    burst: r.burst.unwrap_or(d.burst).max(1),
+                }
+            },
         })
     }
 }

@@ -12,6 +12,7 @@ pub mod front;
 pub mod link;
 pub mod metrics;
 pub mod pool;
+pub mod rooms;
 pub mod server;
 pub mod session;
 pub mod slots;

@@ -47,6 +47,8 @@ counters! {
     messages_duplicate_total: "counter",
     /// PUSH frames queued to connections.
     pushes_total: "counter",
+    /// Room messages queued to member connections.
+    room_deliveries_total: "counter",
     /// Requests refused with OVERLOADED because a storage queue was full.
     storage_busy_total: "counter",
     /// Connections closed as slow consumers.
@@ -80,6 +82,7 @@ pub static METRICS: Metrics = Metrics {
     messages_stored_total: AtomicU64::new(0),
     messages_duplicate_total: AtomicU64::new(0),
     pushes_total: AtomicU64::new(0),
+    room_deliveries_total: AtomicU64::new(0),
     storage_busy_total: AtomicU64::new(0),
     slow_consumers_total: AtomicU64::new(0),
     core_queue_full_total: AtomicU64::new(0),

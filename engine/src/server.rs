@@ -35,8 +35,8 @@ use bytes::Bytes;
 use monoio::io::AsyncReadRent;
 use monoio::net::{TcpListener, TcpStream};
 use tern_protocol::{
-    decode, Body, Capabilities, Close, CloseReason, Frame, Hello, Welcome, DEFAULT_MAX_BODY,
-    HEADER_LEN, MIN_MAX_BODY, PROTOCOL,
+    decode, Body, Capabilities, Close, CloseReason, ErrorCode, Frame, Hello, Welcome,
+    DEFAULT_MAX_BODY, HEADER_LEN, MIN_MAX_BODY, PROTOCOL,
 };
 use tern_storage::{
     AppendResult, Completion, DeviceId, DirectMessage, MarkRead, PositionUpdate, RocksConfig,
@@ -51,6 +51,7 @@ use crate::front::{ListenerKind, Opened};
 use crate::link::{Down, Link, Read, TunnelShared};
 use crate::metrics::{dec, inc, METRICS};
 use crate::pool::BufPool;
+use crate::rooms::{Post, Posted, RateLimit, Room, RoomConfig, RoomMsg};
 use crate::session::{self, Delivery, Limits, Plan, SessionInfo};
 use crate::slots::{Owner, OwnerTable};
 use crate::transport::proxy::Cidr;
@@ -61,7 +62,7 @@ pub type NodeStore = Store<RocksEngine>;
 
 /// Capabilities this node serves.
 const SERVED_CAPABILITIES: Capabilities =
-    Capabilities(Capabilities::RECEIPTS.0 | Capabilities::TYPING.0);
+    Capabilities(Capabilities::RECEIPTS.0 | Capabilities::TYPING.0 | Capabilities::ROOMS.0);
 
 /// Bytes of a pooled I/O buffer.
 const POOL_BUF: usize = 16 * 1024;
@@ -126,6 +127,29 @@ pub enum CoreMsg {
     Kick { conn: ConnRef, reason: CloseReason },
     /// To every core: stop accepting, close every connection with CLOSE DRAIN.
     Drain,
+    /// To a room's owner: a member joins on `core`; the reply has the `recent` last messages.
+    RoomJoin {
+        room: Arc<str>,
+        core: u16,
+        recent: usize,
+        reply: flume::Sender<Result<(Vec<RoomMsg>, bool), ErrorCode>>,
+    },
+    /// To a room's owner: a member on `core` left (or its connection ended).
+    RoomLeave { room: Arc<str>, core: u16 },
+    /// To a room's owner: number and fan out a message.
+    RoomPost {
+        room: Arc<str>,
+        post: Post,
+        except: ConnRef,
+        reply: flume::Sender<Result<Posted, ErrorCode>>,
+    },
+    /// To a core with members of a room: queue the encoded PUSH on each of them (one message
+    /// per core, one buffer for all its members).
+    RoomFanout {
+        room: Arc<str>,
+        frame: Bytes,
+        except: ConnRef,
+    },
     /// To a tunnel session's core: an `up` body; the reply is the HTTP status.
     TunnelUp {
         conn: u32,
@@ -168,6 +192,7 @@ pub struct ConnConfig {
     pub max_frame: u32,
     pub node_id: String,
     pub limits: Limits,
+    pub rooms: RoomConfig,
 }
 
 /// What every core shares.
@@ -295,6 +320,10 @@ pub struct Core {
     sessions: RefCell<HashMap<Arc<str>, Vec<Registration>>>,
     /// HTTP tunnel sessions of this core, by connection id.
     pub(crate) tunnels: RefCell<HashMap<u32, Rc<TunnelShared>>>,
+    /// Rooms whose slot this core owns.
+    rooms: RefCell<HashMap<Arc<str>, Room>>,
+    /// This core's connections joined to each room (connection ids).
+    room_members: RefCell<HashMap<Arc<str>, Vec<u32>>>,
     /// Set once the node drains: accepts stop, connections close.
     draining: Cell<bool>,
     /// Wakes `core_main` when draining starts.
@@ -311,6 +340,8 @@ impl Core {
             conns: RefCell::new(HashMap::new()),
             sessions: RefCell::new(HashMap::new()),
             tunnels: RefCell::new(HashMap::new()),
+            rooms: RefCell::new(HashMap::new()),
+            room_members: RefCell::new(HashMap::new()),
             draining: Cell::new(false),
             drained: RefCell::new(None),
             next_id: Cell::new(1),
@@ -431,6 +462,73 @@ impl Core {
                     shared.kick(reason);
                 }
             }
+            CoreMsg::RoomJoin {
+                room,
+                core,
+                recent,
+                reply,
+            } => {
+                let cap = self.node.cfg.rooms.member_cap;
+                let mut rooms = self.rooms.borrow_mut();
+                let r = rooms.entry(room).or_default();
+                let res = r.join(core, cap).map(|()| r.recent(recent));
+                let _ = reply.try_send(res);
+            }
+            CoreMsg::RoomLeave { room, core } => {
+                let mut rooms = self.rooms.borrow_mut();
+                if rooms.get_mut(&room).is_some_and(|r| r.leave(core)) {
+                    rooms.remove(&room);
+                }
+            }
+            CoreMsg::RoomPost {
+                room,
+                post,
+                except,
+                reply,
+            } => {
+                let window = self.node.cfg.rooms.window;
+                let mut fanout = Vec::new();
+                let res = match self.rooms.borrow_mut().get_mut(&room) {
+                    None => Err(ErrorCode::NOT_FOUND),
+                    Some(r) => {
+                        let posted = r.post(post, now_ms(), window);
+                        if !posted.duplicate {
+                            let frame = crate::rooms::push_bytes(&room, &posted.msg);
+                            fanout.extend(r.cores().map(|c| (c, frame.clone())));
+                        }
+                        Ok(posted)
+                    }
+                };
+                for (core, frame) in fanout {
+                    self.route(
+                        core,
+                        CoreMsg::RoomFanout {
+                            room: Arc::clone(&room),
+                            frame,
+                            except,
+                        },
+                    );
+                }
+                let _ = reply.try_send(res);
+            }
+            CoreMsg::RoomFanout {
+                room,
+                frame,
+                except,
+            } => {
+                let cap = self.node.cfg.outbound_queue;
+                let members = self.room_members.borrow();
+                let conns = self.conns.borrow();
+                for id in members.get(&room).into_iter().flatten() {
+                    if except.core == self.id && except.id == *id {
+                        continue;
+                    }
+                    if let Some(c) = conns.get(id) {
+                        inc(&METRICS.room_deliveries_total);
+                        c.enqueue(frame.clone(), cap);
+                    }
+                }
+            }
             CoreMsg::Drain => {
                 self.draining.set(true);
                 let conns: Vec<Rc<ConnShared>> = self.conns.borrow().values().cloned().collect();
@@ -479,6 +577,27 @@ impl Core {
             .count()
     }
 
+    /// Takes connection `id` out of a room's local members and tells the room's owner.
+    fn leave_room(&self, room: Arc<str>, id: u32) {
+        {
+            let mut members = self.room_members.borrow_mut();
+            if let Some(v) = members.get_mut(&room) {
+                v.retain(|c| *c != id);
+                if v.is_empty() {
+                    members.remove(&room);
+                }
+            }
+        }
+        let owner = self.owner_core(&room);
+        self.route(
+            owner,
+            CoreMsg::RoomLeave {
+                room,
+                core: self.id,
+            },
+        );
+    }
+
     pub(crate) fn alloc_id(&self) -> u32 {
         let id = self.next_id.get();
         self.next_id.set(id.wrapping_add(1).max(1));
@@ -499,6 +618,15 @@ struct Session {
     info: SessionInfo,
     /// Largest body the client accepts (HELLO.max_frame, raised to the protocol minimum).
     max_out: u32,
+    /// Rooms joined on this connection; allocated on the first join.
+    seat: Option<Box<Seat>>,
+}
+
+/// A connection's chat-room membership and its send limit.
+#[derive(Debug, Default)]
+struct Seat {
+    rooms: Vec<Arc<str>>,
+    limit: RateLimit,
 }
 
 enum Event {
@@ -591,6 +719,9 @@ impl Connection {
         let me = self.me;
         core.conns.borrow_mut().remove(&me.id);
         if let Some(s) = self.session.take() {
+            for room in s.seat.map(|seat| seat.rooms).unwrap_or_default() {
+                core.leave_room(room, me.id);
+            }
             let user: Arc<str> = Arc::from(s.info.user.as_str());
             let owner = core.owner_core(&user);
             core.route(owner, CoreMsg::Unregister { user, conn: me });
@@ -956,7 +1087,11 @@ impl Connection {
         let max_out = h.max_frame.clamp(MIN_MAX_BODY, tern_protocol::ABS_MAX_BODY);
         // The session keeps no copy of the registry's key: an idle connection pays for one
         // user id, and the Unregister at the end builds its own.
-        self.session = Some(Box::new(Session { info, max_out }));
+        self.session = Some(Box::new(Session {
+            info,
+            max_out,
+            seat: None,
+        }));
         self.write_frame(&welcome).await
     }
 
@@ -1120,6 +1255,38 @@ impl Connection {
                 }
                 ok
             }
+            Plan::RoomJoin { room, recent } => Box::pin(self.room_join(rid, room, recent)).await,
+            Plan::RoomLeave { room } => {
+                let room: Arc<str> = Arc::from(room);
+                let joined = self
+                    .session
+                    .as_mut()
+                    .and_then(|s| s.seat.as_mut())
+                    .and_then(|seat| {
+                        let i = seat.rooms.iter().position(|r| *r == room)?;
+                        Some(seat.rooms.swap_remove(i))
+                    });
+                match joined {
+                    Some(room) => {
+                        self.core.leave_room(room, self.me.id);
+                        self.write_frame(&Frame::new(rid, Body::Ok)).await
+                    }
+                    None => {
+                        self.write_frame(&session::error(
+                            rid,
+                            ErrorCode::NOT_FOUND,
+                            "not in this room",
+                        ))
+                        .await
+                    }
+                }
+            }
+            Plan::RoomSend {
+                room,
+                msg_id,
+                kind,
+                body,
+            } => Box::pin(self.room_send(rid, &info, room, msg_id, kind, body)).await,
             Plan::Typing { peer, frame } => {
                 self.core.deliver(Delivery {
                     user: peer,
@@ -1127,6 +1294,154 @@ impl Connection {
                     frame,
                 });
                 true
+            }
+        }
+    }
+
+    /// ROOM_JOIN: registers the connection on its core first, so that no message posted after
+    /// the owner counts the member can pass this core by; then asks the owner.
+    async fn room_join(&mut self, rid: u32, room: String, recent: u16) -> bool {
+        let room: Arc<str> = Arc::from(room);
+        let cfg = self.core.node.cfg.rooms;
+        let recent = match recent {
+            0 => usize::from(cfg.default_recent),
+            n => usize::from(n),
+        }
+        .min(cfg.window);
+        let already = self
+            .session
+            .as_ref()
+            .and_then(|s| s.seat.as_ref())
+            .is_some_and(|seat| seat.rooms.contains(&room));
+        if !already {
+            self.core
+                .room_members
+                .borrow_mut()
+                .entry(Arc::clone(&room))
+                .or_default()
+                .push(self.me.id);
+        }
+        let (tx, rx) = flume::bounded(1);
+        let owner = self.core.owner_core(&room);
+        let asked = self.core.send_to(
+            owner,
+            CoreMsg::RoomJoin {
+                room: Arc::clone(&room),
+                core: self.core.id,
+                recent,
+                reply: tx,
+            },
+        );
+        let answer = if asked {
+            rx.recv_async().await.unwrap_or(Err(ErrorCode::OVERLOADED))
+        } else {
+            Err(ErrorCode::OVERLOADED)
+        };
+        match answer {
+            Ok((msgs, more)) => {
+                if already {
+                    // A repeated join only re-reads the window: the owner counted it again.
+                    self.core.route(
+                        owner,
+                        CoreMsg::RoomLeave {
+                            room: Arc::clone(&room),
+                            core: self.core.id,
+                        },
+                    );
+                } else if let Some(s) = self.session.as_mut() {
+                    s.seat
+                        .get_or_insert_with(Box::default)
+                        .rooms
+                        .push(Arc::clone(&room));
+                }
+                let page = crate::rooms::join_page(rid, &room, &msgs, more);
+                self.write_frame(&page).await
+            }
+            Err(code) => {
+                if !already {
+                    let mut members = self.core.room_members.borrow_mut();
+                    if let Some(v) = members.get_mut(&room) {
+                        v.retain(|c| *c != self.me.id);
+                        if v.is_empty() {
+                            members.remove(&room);
+                        }
+                    }
+                }
+                let msg = match code {
+                    ErrorCode::LIMIT_EXCEEDED => "the room is full",
+                    _ => "the room is unavailable, retry",
+                };
+                self.write_frame(&session::error(rid, code, msg)).await
+            }
+        }
+    }
+
+    /// SEND to a room the connection has joined: rate-limited, numbered by the room's owner,
+    /// answered with SEND_ACK (inbox sequence 0: rooms have no inboxes).
+    async fn room_send(
+        &mut self,
+        rid: u32,
+        info: &SessionInfo,
+        room: String,
+        msg_id: tern_protocol::MsgId,
+        kind: tern_protocol::MessageKind,
+        body: Vec<u8>,
+    ) -> bool {
+        let room: Arc<str> = Arc::from(room);
+        let cfg = self.core.node.cfg.rooms;
+        let now = now_ms();
+        let verdict = match self.session.as_mut().and_then(|s| s.seat.as_mut()) {
+            Some(seat) if seat.rooms.contains(&room) => {
+                if seat.limit.allow(now, cfg.rate_per_sec, cfg.burst) {
+                    Ok(())
+                } else {
+                    Err((ErrorCode::RATE_LIMITED, "sending too fast in this room"))
+                }
+            }
+            _ => Err((ErrorCode::FORBIDDEN, "join the room before sending to it")),
+        };
+        if let Err((code, msg)) = verdict {
+            return self.write_frame(&session::error(rid, code, msg)).await;
+        }
+        let (tx, rx) = flume::bounded(1);
+        let post = Post {
+            sender: Arc::from(info.user.as_str()),
+            sender_device: Arc::from(info.device.as_str()),
+            msg_id,
+            kind,
+            body: Bytes::from(body),
+        };
+        let owner = self.core.owner_core(&room);
+        let asked = self.core.send_to(
+            owner,
+            CoreMsg::RoomPost {
+                room,
+                post,
+                except: self.me,
+                reply: tx,
+            },
+        );
+        let answer = if asked {
+            rx.recv_async().await.unwrap_or(Err(ErrorCode::OVERLOADED))
+        } else {
+            Err(ErrorCode::OVERLOADED)
+        };
+        match answer {
+            Ok(posted) => {
+                let ack = Frame::new(
+                    rid,
+                    Body::SendAck(tern_protocol::SendAck {
+                        msg_id,
+                        conv_seq: posted.msg.seq,
+                        inbox_seq: 0,
+                        time: posted.msg.time,
+                    }),
+                );
+                self.write_frame(&ack).await
+            }
+            Err(code) => {
+                self.write_frame(&session::error(rid, code, "the room is unavailable, retry"))
+                    .await
             }
         }
     }
@@ -1428,6 +1743,7 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
             max_frame: settings.max_frame,
             node_id: settings.node_id.clone(),
             limits: Limits::default(),
+            rooms: settings.rooms,
         },
     });
 
@@ -1656,6 +1972,7 @@ mod tests {
                 max_frame: DEFAULT_MAX_BODY,
                 node_id: "t".into(),
                 limits: Limits::default(),
+                rooms: RoomConfig::default(),
             },
         });
         (dir, node)
@@ -1752,6 +2069,7 @@ mod tests {
                 max_frame: DEFAULT_MAX_BODY,
                 node_id: "t".into(),
                 limits: Limits::default(),
+                rooms: RoomConfig::default(),
             },
         });
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()

@@ -102,6 +102,17 @@ pub enum Plan {
     },
     /// Forward a typing indicator to the peer's devices.
     Typing { peer: UserId, frame: Frame<'static> },
+    /// Join a chat room on this connection and answer with its `recent` last messages.
+    RoomJoin { room: String, recent: u16 },
+    /// Leave a chat room, answer OK.
+    RoomLeave { room: String },
+    /// Post to a chat room the connection has joined; answer SEND_ACK.
+    RoomSend {
+        room: String,
+        msg_id: tern_protocol::MsgId,
+        kind: WireKind,
+        body: Vec<u8>,
+    },
 }
 
 /// An ERROR frame.
@@ -145,6 +156,32 @@ pub fn plan(s: &SessionInfo, frame: &Frame<'_>, limits: &Limits) -> Plan {
         //# A PING is answered with a PONG echoing its time.
         Body::Ping(p) => Plan::Reply(Frame::new(rid, Body::Pong(Ping { time: p.time }))),
         Body::Pong(_) | Body::Close(_) | Body::Error(_) => Plan::Ignore,
+        Body::Send(m) if m.to.kind == ConvKind::ROOM => {
+            if !crate::rooms::valid_room(&m.to.id) {
+                return invalid(rid, "invalid room name");
+            }
+            if m.kind.0 == 0 || m.kind.0 >= 0x40 {
+                return invalid(rid, "message kind must be a content kind (1..=0x3f)");
+            }
+            Plan::RoomSend {
+                room: m.to.id.to_string(),
+                msg_id: m.msg_id,
+                kind: m.kind,
+                body: m.body.to_vec(),
+            }
+        }
+        Body::RoomJoin(j) => {
+            if !crate::rooms::valid_room(&j.room) {
+                return invalid(rid, "invalid room name");
+            }
+            Plan::RoomJoin {
+                room: j.room.to_string(),
+                recent: j.recent,
+            }
+        }
+        Body::RoomLeave(r) => Plan::RoomLeave {
+            room: r.group.to_string(),
+        },
         Body::Send(m) => {
             let peer = match direct_peer(rid, &m.to) {
                 Ok(p) => p,
