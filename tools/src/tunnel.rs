@@ -564,7 +564,47 @@ enum Up {
 struct Shared {
     closing: Arc<AtomicBool>,
     sid: Mutex<Option<String>>,
+    /// When the first `up` answered since the downstream last delivered anything was answered:
+    /// a stream that stays silent long after that is held back by something in between.
+    up_unechoed: Mutex<Option<Instant>>,
 }
+
+impl Shared {
+    fn up_answered(&self) {
+        self.up_unechoed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get_or_insert_with(Instant::now);
+    }
+
+    fn down_delivered(&self) {
+        *self.up_unechoed.lock().unwrap_or_else(|p| p.into_inner()) = None;
+    }
+
+    fn unechoed_for(&self) -> Duration {
+        self.up_unechoed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .map_or(Duration::ZERO, |t| t.elapsed())
+    }
+}
+
+/// The heartbeat WELCOME suggests, from the first downstream bytes.
+fn welcome_heartbeat(first: &[u8]) -> Option<Duration> {
+    match tern_protocol::decode(first, tern_protocol::DEFAULT_MAX_BODY) {
+        Ok(Some((f, _))) => match f.body {
+            tern_protocol::Body::Welcome(w) => {
+                Some(Duration::from_secs(u64::from(w.heartbeat_secs.max(1))))
+            }
+            _ => None,
+        },
+        _ => None,
+    }
+}
+
+/// Margin over the heartbeat before a silent stream is given up for polls: the client's own
+/// PING goes out one heartbeat after its last frame, its PONG must have time to come back.
+const STALL_MARGIN: Duration = Duration::from_secs(2);
 
 /// Threads and channels of an opened tunnel.
 #[derive(Debug)]
@@ -861,6 +901,12 @@ fn down_main(
     *shared.sid.lock().unwrap_or_else(|p| p.into_inner()) = Some(sid.clone());
     // The up thread starts posting only now: the session (and its id) is settled.
     let _ = sid_tx.send(sid.clone());
+    // SPEC §12: a stream that delivers nothing for a heartbeat while requests are answered is
+    // held back by a proxy; in auto mode the session moves to polls.
+    let stall = (mode == TunnelMode::Auto)
+        .then(|| welcome_heartbeat(&first))
+        .flatten()
+        .map(|hb| hb + STALL_MARGIN);
     if !first.is_empty() && tx.send(Down::Data(first)).is_err() {
         return Ok(());
     }
@@ -872,15 +918,24 @@ fn down_main(
     let mut empty_ends = 0u32;
     loop {
         let mut out = Vec::new();
-        let read = conn.read_body_some(&mut framing, &mut out, None);
+        let check = stall.map(|_| Instant::now() + Duration::from_secs(1));
+        let read = conn.read_body_some(&mut framing, &mut out, check);
         if !out.is_empty() {
             empty_ends = 0;
+            shared.down_delivered();
             if tx.send(Down::Data(out)).is_err() {
                 return Ok(());
             }
         }
         match read {
             Ok(BodyRead::Data) => continue,
+            Err(ConnectionError::Timeout) => {
+                if stall.is_some_and(|s| shared.unechoed_for() >= s) {
+                    // The new downstream (a poll) replaces the stream on the server.
+                    return poll_loop(target, shared, &sid, None, tx);
+                }
+                continue;
+            }
             Ok(BodyRead::End) | Err(ConnectionError::Eof | ConnectionError::Io(_)) => {}
             Err(e) => return Err(e),
         }
@@ -948,8 +1003,11 @@ fn poll_loop(
                 failures = 0;
                 match head.status {
                     200 => {
-                        if !body.is_empty() && tx.send(Down::Data(body)).is_err() {
-                            return Ok(());
+                        if !body.is_empty() {
+                            shared.down_delivered();
+                            if tx.send(Down::Data(body)).is_err() {
+                                return Ok(());
+                            }
                         }
                         if head.keep_alive() {
                             conn = Some(c);
@@ -1003,7 +1061,10 @@ fn up_main(
             }
         }
         match post_up(target, shared, &mut conn, &sid, n, &body) {
-            Ok(()) => n += 1,
+            Ok(()) => {
+                n += 1;
+                shared.up_answered();
+            }
             Err(e) => {
                 if !shared.closing.load(Ordering::Relaxed) {
                     let _ = down.send(Down::End(Some(e)));

@@ -32,6 +32,8 @@ struct FakeNode {
     rbuf: Vec<u8>,
     welcomed: bool,
     closed: bool,
+    /// WELCOME's heartbeat (default 30 s).
+    heartbeat_secs: u16,
 }
 
 fn push(out: &mut Vec<u8>, f: Frame<'_>) {
@@ -75,7 +77,11 @@ impl FakeNode {
                         protocol: PROTOCOL,
                         capabilities: Capabilities::ALL,
                         max_frame: DEFAULT_MAX_BODY,
-                        heartbeat_secs: 30,
+                        heartbeat_secs: if self.heartbeat_secs == 0 {
+                            30
+                        } else {
+                            self.heartbeat_secs
+                        },
                         idle_timeout_secs: 90,
                         user: h.token.to_string().into(),
                         session_id: 7,
@@ -120,6 +126,11 @@ struct TunnelState {
     cut_downstreams: bool,
     /// Apply the first `up` but drop the connection instead of answering.
     drop_first_up_answer: bool,
+    /// Deliver WELCOME on open's stream, then hold every later frame back (a proxy that
+    /// buffers once the response is under way).
+    stall_after_open: bool,
+    /// WELCOME's heartbeat.
+    heartbeat_secs: u16,
 }
 
 struct Sess {
@@ -349,7 +360,10 @@ impl Server {
     }
 
     fn open(&self, stream: &mut Box<dyn Rw>, poll: bool, hello: &[u8]) -> bool {
-        let mut node = FakeNode::default();
+        let mut node = FakeNode {
+            heartbeat_secs: self.tunnel.lock().unwrap().heartbeat_secs,
+            ..FakeNode::default()
+        };
         let out = node.feed(hello);
         if !node.welcomed {
             respond(stream, 401, &[("Content-Type", "application/x-tern")], &out);
@@ -369,6 +383,7 @@ impl Server {
             },
         );
         let buffering = t.buffering;
+        let stall = t.stall_after_open;
         drop(t);
         if poll {
             respond(stream, 200, &[("X-Tern-Session", &sid)], &out);
@@ -388,6 +403,14 @@ impl Server {
             return false;
         }
         write_chunk(stream, &out);
+        if stall {
+            // Later frames stay in the session for a poll to take.
+            let mut t = self.tunnel.lock().unwrap();
+            while !t.sessions.get(&sid).is_none_or(|s| s.ended) {
+                t = self.cv.wait(t).unwrap();
+            }
+            return false;
+        }
         self.downstream(stream, &sid)
     }
 
@@ -794,6 +817,39 @@ fn tunnel_falls_back_to_polls_behind_a_buffering_proxy() {
     )
     .unwrap_err();
     assert!(matches!(e, ConnectionError::Timeout), "{e}");
+}
+
+#[test]
+fn tunnel_moves_to_polls_when_its_stream_goes_silent() {
+    let (http, server) = start_with(
+        Kind::Tunnel,
+        false,
+        TunnelState {
+            stall_after_open: true,
+            heartbeat_secs: 1,
+            ..TunnelState::default()
+        },
+    );
+    let mut conn = connect(&format!("http://{http}"), &TransportOptions::new()).unwrap();
+    let started = Instant::now();
+    // The PONGs are held back until the client notices (heartbeat + margin) and polls.
+    exercise(&mut conn, 3);
+    assert!(started.elapsed() >= Duration::from_secs(2));
+    let log = tunnel_log(&server);
+    assert_eq!(log[0], "POST /tern/open?mode=stream");
+    assert!(
+        log.iter().any(|l| l.starts_with("GET /tern/poll?s=")),
+        "{log:?}"
+    );
+    // Explicit stream mode stays on the stream.
+    let mut conn = connect(
+        &format!("http://{http}?mode=stream"),
+        &TransportOptions::new(),
+    )
+    .unwrap();
+    conn.send(&Frame::new(5, Body::Ping(Ping { time: 5 })))
+        .unwrap();
+    assert!(conn.recv(Duration::from_secs(4)).unwrap().is_none());
 }
 
 #[test]

@@ -14,7 +14,8 @@ fn help_lists_the_commands() {
     assert!(out.status.success());
     let help = String::from_utf8_lossy(&out.stdout);
     for cmd in [
-        "send", "watch", "sync", "history", "contacts", "--json", "--server", "--token",
+        "send", "watch", "sync", "history", "contacts", "--json", "--server", "--token", "--ca",
+        "--pin", "--proxy",
     ] {
         assert!(help.contains(cmd), "{cmd} missing from:\n{help}");
     }
