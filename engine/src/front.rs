@@ -14,6 +14,7 @@ use tracing::debug;
 
 use crate::link::{Link, Wire};
 use crate::metrics::{inc, METRICS};
+use crate::pool::BufPool;
 use crate::server::Core;
 use crate::session;
 use crate::transport::detect::{detect, Detected, TLS_REFUSAL_ALERT};
@@ -53,14 +54,25 @@ enum More {
 
 /// Reads more bytes into `buf` within `timeout`. Waits for readiness before taking a buffer, so
 /// a silent connection holds none.
-async fn read_more(stream: &mut TcpStream, buf: Vec<u8>, timeout: Duration) -> More {
+async fn read_more(
+    stream: &mut TcpStream,
+    buf: Vec<u8>,
+    pool: &BufPool,
+    timeout: Duration,
+) -> More {
     use monoio::buf::IoBufMut as _;
     match monoio::time::timeout(timeout, stream.readable(false)).await {
         Ok(Ok(())) => {}
         Ok(Err(_)) => return More::Gone,
         Err(_) => return More::Silent,
     }
-    let mut buf = buf;
+    // The first read borrows a pooled buffer: connections arrive in storms, and buffers of
+    // their own would be allocated and freed by the thousand.
+    let mut buf = if buf.capacity() == 0 {
+        pool.take()
+    } else {
+        buf
+    };
     if buf.capacity() - buf.len() < 1024 {
         buf.reserve(FIRST_READ);
     }
@@ -99,7 +111,7 @@ pub async fn open(
     let mut proxied = false;
     loop {
         match detect(&buf) {
-            Detected::NeedMore => match read_more(&mut stream, buf, timeout).await {
+            Detected::NeedMore => match read_more(&mut stream, buf, &core.pool, timeout).await {
                 More::Bytes(b) => buf = b,
                 More::Gone => return None,
                 More::Silent => {
@@ -115,10 +127,12 @@ pub async fn open(
                     return None;
                 }
                 match proxy::parse(&buf) {
-                    ProxyHeader::NeedMore => match read_more(&mut stream, buf, timeout).await {
-                        More::Bytes(b) => buf = b,
-                        More::Gone | More::Silent => return None,
-                    },
+                    ProxyHeader::NeedMore => {
+                        match read_more(&mut stream, buf, &core.pool, timeout).await {
+                            More::Bytes(b) => buf = b,
+                            More::Gone | More::Silent => return None,
+                        }
+                    }
                     ProxyHeader::Complete { len, client } => {
                         inc(&METRICS.proxy_headers_total);
                         buf.drain(..len);
