@@ -1,6 +1,6 @@
 //! terndump and ternbench against real nodes: a capture of a real session decodes to exactly the
 //! frames the client sent, the proxy forwards byte for byte while printing, and every ternbench
-//! scenario runs at a small size and reports a clean result.
+//! scenario runs at a small size and reports a clean result, over every transport.
 
 #![allow(clippy::unwrap_used, clippy::expect_used)]
 
@@ -320,11 +320,19 @@ fn terndump_proxy_forwards_unchanged_and_prints_both_directions() {
 }
 
 fn bench(node: &Node, args: &[&str]) -> (bool, Value, String) {
+    bench_over(node, "native", &node.native, args)
+}
+
+/// Runs ternbench over `transport` against `target` (TLS trusts the node's dev certificate,
+/// found through `--data-dir`).
+fn bench_over(node: &Node, transport: &str, target: &str, args: &[&str]) -> (bool, Value, String) {
     let out = Command::new(ternbench_bin())
         .args([
             "--json",
+            "--transport",
+            transport,
             "--target",
-            &node.native,
+            target,
             "--workers",
             "2",
             "--sources",
@@ -386,6 +394,86 @@ fn ternbench_runs_every_scenario_small() {
         !ok && err.contains("group"),
         "fanout must refuse clearly until groups exist: {err}"
     );
+}
+
+/// A small p2p run and a small storm over one transport; every message must arrive.
+fn p2p_and_storm_over(node: &Node, transport: &str, target: &str) -> Value {
+    let (ok, v, err) = bench_over(
+        node,
+        transport,
+        target,
+        &["p2p", "--pairs", "5", "--messages", "300", "--window", "8"],
+    );
+    assert!(ok, "{transport} p2p: {v} {err}");
+    assert_eq!(v["parameters"]["transport"], transport, "{v}");
+    assert_eq!(v["acked"], 300, "{transport}: {v}");
+    assert_eq!(v["delivered"], 300, "{transport}: {v}");
+    assert!(v["send_to_push"]["p99_us"].as_u64().is_some(), "{v}");
+    assert_eq!(v["ok"], true, "{v}");
+    let (ok, s, err) = bench_over(
+        node,
+        transport,
+        target,
+        &["storm", "--clients", "10", "--messages", "3"],
+    );
+    assert!(ok, "{transport} storm: {s} {err}");
+    assert_eq!(s["synced_clients"], 10, "{transport}: {s}");
+    assert_eq!(s["messages_resynced"], 30, "{transport}: {s}");
+    v
+}
+
+#[test]
+fn ternbench_over_tls() {
+    let node = Node::start();
+    let (ok, v, err) = bench_over(
+        &node,
+        "tls",
+        &node.tls,
+        &["idle", "--conns", "20", "--hold", "0"],
+    );
+    assert!(ok, "tls idle: {v} {err}");
+    assert_eq!(v["connected"], 20, "{v}");
+    let v = p2p_and_storm_over(&node, "tls", &node.tls);
+    // The pairs log in one after another: all but each worker's first resume a session.
+    let resumed = v["tls_handshakes"]["resumed"].as_u64().unwrap_or(0);
+    assert!(resumed > 0, "no TLS session was resumed: {v}");
+    // Without a certificate to trust, nothing connects.
+    let out = Command::new(ternbench_bin())
+        .args(["--transport", "tls", "--target", &node.tls, "--secret", "x"])
+        .args(["--ca", "/nonexistent/cert.pem", "idle", "--conns", "1"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+}
+
+#[test]
+fn ternbench_over_websocket() {
+    let node = Node::start();
+    let (ok, v, err) = bench_over(
+        &node,
+        "ws",
+        &node.http,
+        &["idle", "--conns", "20", "--hold", "0"],
+    );
+    assert!(ok, "ws idle: {v} {err}");
+    assert_eq!(v["connected"], 20, "{v}");
+    p2p_and_storm_over(&node, "ws", &node.http);
+    p2p_and_storm_over(&node, "wss", &node.tls);
+}
+
+#[test]
+fn ternbench_over_the_http_tunnel() {
+    let node = Node::start();
+    let (ok, v, err) = bench_over(
+        &node,
+        "tunnel",
+        &node.http,
+        &["idle", "--conns", "20", "--hold", "0"],
+    );
+    assert!(ok, "tunnel idle: {v} {err}");
+    assert_eq!(v["connected"], 20, "{v}");
+    p2p_and_storm_over(&node, "tunnel", &node.http);
+    p2p_and_storm_over(&node, "tunnel-tls", &node.tls);
 }
 
 #[test]

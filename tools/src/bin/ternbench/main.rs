@@ -4,6 +4,7 @@
 //! addresses 127.0.0.x (past the ephemeral-port limit of one address). Loopback targets only.
 
 mod proto;
+mod tls;
 mod worker;
 
 use std::io::{BufRead, BufReader, Write};
@@ -20,6 +21,7 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use proto::Transport;
 use worker::{hist, Report, Scenario, Spec};
 
 #[derive(Parser, Debug)]
@@ -29,12 +31,27 @@ use worker::{hist, Report, Scenario, Spec};
     about = "Load tool for tern nodes (loopback only)"
 )]
 struct Cli {
-    /// The node's native address (must be on 127.0.0.0/8 or ::1).
-    #[arg(long, default_value = "127.0.0.1:14000", global = true)]
-    target: SocketAddr,
-    /// The node's data dir: its `dev-secret` is used to mint tokens.
+    /// How the clients reach the node (SPEC §12): native frames, TLS, WebSocket (ws, wss) or the
+    /// HTTP tunnel with a streamed downstream (tunnel, tunnel-tls).
+    #[arg(long, value_enum, default_value = "native", global = true)]
+    transport: Transport,
+    /// The node's address for the transport (on 127.0.0.0/8 or ::1). Default: from the
+    /// `ports.json` of --data-dir (native, tls or http), else the transport's default port.
+    #[arg(long, global = true)]
+    target: Option<SocketAddr>,
+    /// The node's data dir: its `dev-secret` is used to mint tokens, its `ports.json` gives the
+    /// target and its `tls/cert.pem` the certificate TLS trusts.
     #[arg(long, global = true)]
     data_dir: Option<PathBuf>,
+    /// PEM file of the certificate(s) TLS trusts (default: DATA_DIR/tls/cert.pem).
+    #[arg(long, global = true)]
+    ca: Option<PathBuf>,
+    /// TLS server name to send and check (default: the target's IP address).
+    #[arg(long, global = true)]
+    tls_name: Option<String>,
+    /// Full TLS handshakes only: no session resumption.
+    #[arg(long, global = true)]
+    no_resume: bool,
     /// HS256 secret as configured on the node (instead of --data-dir).
     #[arg(long, env = "TERN_JWT_SECRET", global = true, hide_env_values = true)]
     secret: Option<String>,
@@ -66,6 +83,9 @@ enum Cmd {
         /// Seconds to hold them after the last one is up.
         #[arg(long, default_value_t = 5)]
         hold: u64,
+        /// Connection attempts in flight per worker.
+        #[arg(long, default_value_t = 256)]
+        inflight: usize,
     },
     /// N sender/receiver pairs: delivered messages per second, SEND→SEND_ACK and SEND→PUSH latency.
     P2p {
@@ -107,11 +127,24 @@ fn main() -> Result<()> {
         let spec: Spec = serde_json::from_str(spec).context("worker spec")?;
         return worker::run(spec);
     }
-    if !cli.target.ip().is_loopback() {
-        bail!(
-            "ternbench only targets loopback addresses; {} is not one",
-            cli.target
-        );
+    let target = target(&cli)?;
+    if !target.ip().is_loopback() {
+        bail!("ternbench only targets loopback addresses; {target} is not one");
+    }
+    let ca = match (&cli.ca, &cli.data_dir) {
+        (Some(ca), _) => Some(ca.clone()),
+        (None, Some(d)) if cli.transport.uses_tls() => Some(d.join("tls").join("cert.pem")),
+        _ => None,
+    };
+    if cli.transport.uses_tls() {
+        match &ca {
+            Some(ca) if !ca.is_file() => bail!(
+                "{} does not exist: pass --ca with the node's certificate (or its CA)",
+                ca.display()
+            ),
+            Some(_) => {}
+            None => bail!("--transport {:?} needs --ca or --data-dir", cli.transport),
+        }
     }
     let secret = match (&cli.secret, &cli.data_dir) {
         (Some(s), _) => s.clone().into_bytes(),
@@ -128,7 +161,15 @@ fn main() -> Result<()> {
         (None, None) => bail!("pass --data-dir of a --dev node or --secret"),
     };
     let scenario = match cli.cmd.clone() {
-        Cmd::Idle { conns, hold } => Scenario::Idle { conns, hold_secs: hold },
+        Cmd::Idle {
+            conns,
+            hold,
+            inflight,
+        } => Scenario::Idle {
+            conns,
+            hold_secs: hold,
+            inflight,
+        },
         Cmd::P2p { pairs, messages, rate, window, body } => {
             Scenario::P2p { pairs, messages, rate, window: window.max(1), body: body.max(16) }
         }
@@ -147,7 +188,8 @@ fn main() -> Result<()> {
             .as_millis()
     );
     let params = json!({
-        "scenario": format!("{:?}", scenario), "target": cli.target.to_string(), "workers": workers,
+        "scenario": format!("{:?}", scenario), "target": target.to_string(), "workers": workers,
+        "transport": cli.transport, "tls_resumption": cli.transport.uses_tls().then_some(!cli.no_resume),
         "sources": format!("127.0.0.2-127.0.0.{}", 1 + sources as u32), "timeout_secs": cli.timeout, "run_id": run_id,
     });
     if !cli.json {
@@ -165,7 +207,11 @@ fn main() -> Result<()> {
         let spec = Spec {
             index,
             workers,
-            target: cli.target,
+            target,
+            transport: cli.transport,
+            ca: ca.clone(),
+            tls_name: cli.tls_name.clone(),
+            resume: !cli.no_resume,
             secret_hex: hex::encode(&secret),
             first_source: 2,
             sources,
@@ -256,6 +302,33 @@ fn main() -> Result<()> {
         );
     }
     summarize(&cli, &scenario, params, &reports, rss_before, rss_held, ok)
+}
+
+/// `--target`, else the listener of the transport in the node's `ports.json`, else the
+/// transport's default address.
+fn target(cli: &Cli) -> Result<SocketAddr> {
+    if let Some(t) = cli.target {
+        return Ok(t);
+    }
+    let Some(dir) = &cli.data_dir else {
+        return Ok(cli.transport.default_target());
+    };
+    let path = dir.join("ports.json");
+    let Ok(text) = std::fs::read_to_string(&path) else {
+        return Ok(cli.transport.default_target());
+    };
+    let ports: serde_json::Value =
+        serde_json::from_str(&text).with_context(|| format!("reading {}", path.display()))?;
+    let key = cli.transport.port_key();
+    let addr = ports[key].as_str().with_context(|| {
+        format!(
+            "{} has no {key:?} listener for --transport {:?}",
+            path.display(),
+            cli.transport
+        )
+    })?;
+    addr.parse()
+        .with_context(|| format!("{}: bad address {addr:?}", path.display()))
 }
 
 fn rss_kib(pid: u32) -> Option<u64> {
@@ -388,6 +461,14 @@ fn summarize(
                 ));
             }
         }
+    }
+    let (full, resumed) = (sum(|r| r.tls_full), sum(|r| r.tls_resumed));
+    if full + resumed > 0 {
+        result["tls_handshakes"] = json!({"full": full, "resumed": resumed});
+        rows.push((
+            "TLS handshakes full / resumed".into(),
+            format!("{full} / {resumed}"),
+        ));
     }
     let clean = violations.is_empty() && workers_ok;
     result["ok"] = json!(clean);

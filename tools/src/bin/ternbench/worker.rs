@@ -5,6 +5,7 @@
 use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -15,7 +16,7 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tern_protocol::*;
 
-use crate::proto::{login, token};
+use crate::proto::{login, token, Conn, Dialer, Transport};
 
 /// What the parent asks a worker to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -23,6 +24,12 @@ pub struct Spec {
     pub index: usize,
     pub workers: usize,
     pub target: SocketAddr,
+    pub transport: Transport,
+    /// PEM file of the certificates TLS trusts.
+    pub ca: Option<PathBuf>,
+    pub tls_name: Option<String>,
+    /// TLS session resumption (a session cache shared by the worker's connections).
+    pub resume: bool,
     pub secret_hex: String,
     /// Source addresses 127.0.0.(first_source .. first_source + sources).
     pub first_source: u8,
@@ -37,6 +44,8 @@ pub enum Scenario {
     Idle {
         conns: usize,
         hold_secs: u64,
+        /// Handshakes in flight per worker.
+        inflight: usize,
     },
     P2p {
         pairs: usize,
@@ -66,6 +75,9 @@ pub struct Report {
     pub ack_us: String,
     pub push_us: String,
     pub sync_us: String,
+    /// TLS handshakes, full and resumed.
+    pub tls_full: u64,
+    pub tls_resumed: u64,
 }
 
 pub fn hist() -> Histogram<u64> {
@@ -124,20 +136,41 @@ pub fn run(spec: Spec) -> Result<()> {
 
 async fn scenario(spec: &Spec) -> Result<Report> {
     let secret = hex::decode(&spec.secret_hex).context("secret")?;
-    match spec.scenario.clone() {
-        Scenario::Idle { conns, hold_secs } => idle(spec, &secret, conns, hold_secs).await,
+    let d = Arc::new(Dialer::new(
+        spec.target,
+        spec.transport,
+        spec.ca.as_deref(),
+        spec.tls_name.as_deref(),
+        spec.resume,
+    )?);
+    let mut r = match spec.scenario.clone() {
+        Scenario::Idle {
+            conns,
+            hold_secs,
+            inflight,
+        } => idle(spec, &d, &secret, conns, hold_secs, inflight).await,
         Scenario::P2p {
             pairs,
             messages,
             rate,
             window,
             body,
-        } => p2p(spec, &secret, pairs, messages, rate, window, body).await,
-        Scenario::Storm { clients, messages } => storm(spec, &secret, clients, messages).await,
-    }
+        } => p2p(spec, &d, &secret, pairs, messages, rate, window, body).await,
+        Scenario::Storm { clients, messages } => storm(spec, &d, &secret, clients, messages).await,
+    }?;
+    r.tls_full = d.tls_full.load(Ordering::Relaxed);
+    r.tls_resumed = d.tls_resumed.load(Ordering::Relaxed);
+    Ok(r)
 }
 
-async fn idle(spec: &Spec, secret: &[u8], conns: usize, hold_secs: u64) -> Result<Report> {
+async fn idle(
+    spec: &Spec,
+    d: &Arc<Dialer>,
+    secret: &[u8],
+    conns: usize,
+    hold_secs: u64,
+    inflight: usize,
+) -> Result<Report> {
     let mut r = Report::default();
     let start = Instant::now();
     let mut held = Vec::new();
@@ -146,10 +179,10 @@ async fn idle(spec: &Spec, secret: &[u8], conns: usize, hold_secs: u64) -> Resul
     for i in slice(spec, conns) {
         let user = format!("{}-idle-{i}", spec.run_id);
         let tok = token(secret, &user, "d")?;
-        let (src, target) = (source(spec, i), spec.target);
-        tasks.spawn(async move { login(src, target, &tok, "d", 0).await });
+        let (src, d) = (source(spec, i), Arc::clone(d));
+        tasks.spawn(async move { login(&d, src, &tok, "d", 0).await });
         // Bound the handshakes in flight so a large run does not flood the accept queue.
-        while tasks.len() >= 256 {
+        while tasks.len() >= inflight.max(1) {
             if let Some(res) = tasks.join_next().await {
                 account(&mut r, &mut held, res?);
                 since_progress += 1;
@@ -175,7 +208,7 @@ async fn idle(spec: &Spec, secret: &[u8], conns: usize, hold_secs: u64) -> Resul
     Ok(r)
 }
 
-fn account(r: &mut Report, held: &mut Vec<crate::proto::Conn>, res: Result<crate::proto::Conn>) {
+fn account(r: &mut Report, held: &mut Vec<Conn>, res: Result<Conn>) {
     match res {
         Ok(c) => {
             r.connected += 1;
@@ -209,6 +242,7 @@ fn unstamp(body: &[u8]) -> Option<(u64, u64)> {
 #[allow(clippy::too_many_arguments)]
 async fn p2p(
     spec: &Spec,
+    d: &Arc<Dialer>,
     secret: &[u8],
     pairs: usize,
     messages: u64,
@@ -231,16 +265,16 @@ async fn p2p(
         let s_user = format!("{}-s{i}", spec.run_id);
         let r_user = format!("{}-r{i}", spec.run_id);
         let s = login(
+            d,
             source(spec, 2 * i),
-            spec.target,
             &token(secret, &s_user, "d")?,
             "d",
             0,
         )
         .await?;
         let rc = login(
+            d,
             source(spec, 2 * i + 1),
-            spec.target,
             &token(secret, &r_user, "d")?,
             "d",
             0,
@@ -445,15 +479,21 @@ async fn p2p(
     Ok(r)
 }
 
-async fn storm(spec: &Spec, secret: &[u8], clients: usize, messages: u64) -> Result<Report> {
+async fn storm(
+    spec: &Spec,
+    d: &Arc<Dialer>,
+    secret: &[u8],
+    clients: usize,
+    messages: u64,
+) -> Result<Report> {
     let mine = slice(spec, clients);
     let mut r = Report::default();
     // Seed: each client connects once (so the device exists), leaves, then a sender fills its
     // inbox while it is offline.
     let sender_user = format!("{}-storm-sender-{}", spec.run_id, spec.index);
     let mut sender = login(
+        d,
         source(spec, 0),
-        spec.target,
         &token(secret, &sender_user, "d")?,
         "d",
         0,
@@ -462,16 +502,7 @@ async fn storm(spec: &Spec, secret: &[u8], clients: usize, messages: u64) -> Res
     let mut rid = 2u32;
     for i in mine.clone() {
         let user = format!("{}-storm-{i}", spec.run_id);
-        drop(
-            login(
-                source(spec, i),
-                spec.target,
-                &token(secret, &user, "d")?,
-                "d",
-                0,
-            )
-            .await?,
-        );
+        drop(login(d, source(spec, i), &token(secret, &user, "d")?, "d", 0).await?);
         for k in 0..messages {
             let mut id = [0u8; 16];
             id[..8].copy_from_slice(&(i as u64).to_le_bytes());
@@ -520,11 +551,11 @@ async fn storm(spec: &Spec, secret: &[u8], clients: usize, messages: u64) -> Res
     for i in mine.clone() {
         let user = format!("{}-storm-{i}", spec.run_id);
         let tok = token(secret, &user, "d")?;
-        let (src, target) = (source(spec, i), spec.target);
+        let (src, d) = (source(spec, i), Arc::clone(d));
         let from = sender_user.clone();
         tasks.spawn(async move {
             let t0 = Instant::now();
-            let mut c = login(src, target, &tok, "d", 0).await?;
+            let mut c = login(&d, src, &tok, "d", 0).await?;
             let mut after = 0u64;
             let mut seen = Vec::new();
             loop {
