@@ -1047,12 +1047,23 @@ fn up_main(
     };
     let mut conn: Option<HttpReader<Stream>> = None;
     let mut n: u64 = 0;
-    // Up::Close, or the connection dropped: end the session on the server.
-    while let Ok(Up::Data(mut body)) = rx.recv() {
+    // A frame that did not fit in the previous request's body.
+    let mut carry: Option<Vec<u8>> = None;
+    loop {
+        let mut body = match carry.take().map(Up::Data).map_or_else(|| rx.recv(), Ok) {
+            Ok(Up::Data(b)) => b,
+            // Up::Close, or the connection dropped: end the session on the server.
+            Ok(Up::Close) | Err(_) => break,
+        };
         let mut close_after = false;
-        while body.len() < MAX_UP {
+        // Frames written meanwhile go along, up to the server's smallest body limit (1 MiB).
+        loop {
             match rx.try_recv() {
-                Ok(Up::Data(b)) => body.extend_from_slice(&b),
+                Ok(Up::Data(b)) if body.len() + b.len() <= MAX_UP => body.extend_from_slice(&b),
+                Ok(Up::Data(b)) => {
+                    carry = Some(b);
+                    break;
+                }
                 Ok(Up::Close) => {
                     close_after = true;
                     break;

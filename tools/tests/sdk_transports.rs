@@ -46,7 +46,7 @@ impl FakeNode {
         self.rbuf.extend_from_slice(bytes);
         let mut out = Vec::new();
         while !self.closed {
-            let (f, used) = match decode(&self.rbuf, DEFAULT_MAX_BODY) {
+            let (f, used) = match decode(&self.rbuf, tern_protocol::ABS_MAX_BODY) {
                 Ok(Some((f, used))) => (f.into_owned(), used),
                 Ok(None) => break,
                 Err(_) => {
@@ -476,6 +476,11 @@ impl Server {
         let Some(sid) = self.session_check(stream, q) else {
             return true;
         };
+        // The node's smallest body limit.
+        if body.len() > 1 << 20 {
+            respond(stream, 413, &[], b"body too large");
+            return true;
+        }
         let n: u64 = q.get("n").and_then(|n| n.parse().ok()).unwrap_or(u64::MAX);
         let mut t = self.tunnel.lock().unwrap();
         let drop_answer = std::mem::take(&mut t.drop_first_up_answer);
@@ -899,6 +904,31 @@ fn tunnel_up_requests_count_from_zero_and_retry_a_lost_answer() {
     for w in ns[1..].windows(2) {
         assert_eq!(w[1], w[0] + 1, "one request at a time, in order: {ns:?}");
     }
+}
+
+#[test]
+fn tunnel_up_bodies_stay_within_a_mebibyte() {
+    let (http, server) = start(Kind::Tunnel, false);
+    let mut conn = connect(&format!("http://{http}"), &TransportOptions::new()).unwrap();
+    // Large frames written back to back: coalesced, but never past 1 MiB per request.
+    for i in 0..6u8 {
+        let send = Body::Send(tern_protocol::Send {
+            to: tern_protocol::Conv::direct("bob"),
+            msg_id: tern_protocol::MsgId([i; 16]),
+            kind: tern_protocol::MessageKind::FILE,
+            body: vec![i; 600_000].into(),
+        });
+        conn.send(&Frame::new(100 + u32::from(i), send)).unwrap();
+    }
+    exercise(&mut conn, 3);
+    let ups = tunnel_log(&server)
+        .iter()
+        .filter(|l| l.starts_with("POST /tern/up"))
+        .count();
+    assert!(
+        ups >= 6,
+        "{ups} up requests for 6 frames of 600 kB and 4 PINGs"
+    );
 }
 
 #[test]
