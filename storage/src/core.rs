@@ -36,16 +36,16 @@ use std::sync::Arc;
 
 use crate::engine::{Cf, Direction, EngineError, KvEngine, ScanRange, WriteBatch};
 use crate::error::OpError;
-use crate::ids::{ConvKey, GroupId, MessageFlags, MessageKind, Seq, UserId};
-use crate::keys::{self, decode_conv, prefix_end, KeyReader};
-use crate::read::group_from;
+use crate::ids::{ConvKey, DirectPair, GroupId, MessageFlags, MessageKind, Seq, UserId};
+use crate::keys::{self, decode_conv};
+use crate::read::{self, group_from, last_seq_in};
 use crate::records::{
     access, bad, dedup_time_of, encode, inbox_time_of, ArchivedCursorRecord, ArchivedDedupRecord,
-    ArchivedGroupRecord, ArchivedInboxHeadRecord, ArchivedMemberRecord, ArchivedMessageRecord,
-    ArchivedPositionRecord, ArchivedRecentRecord, ArchivedRelationRecord,
-    ArchivedTotalUnreadRecord, CursorRecord, DedupRecord, GroupRecord, InboxHeadRecord,
-    InboxRecord, MemberOfRecord, MemberRecord, MessageRecord, PositionRecord, RecentRecord,
-    RelationRecord, TotalUnreadRecord,
+    ArchivedGroupRecord, ArchivedMemberRecord, ArchivedMessageRecord, ArchivedPositionRecord,
+    ArchivedRecentRecord, ArchivedRelationRecord, ArchivedTotalUnreadRecord, CursorRecord,
+    DedupRecordRef, GroupRecord, InboxHeadRecord, InboxRecordRef, MemberOfRecord, MemberRecord,
+    MessageRecord, MessageRecordRef, PositionRecord, RecentRecord, RelationRecord,
+    TotalUnreadRecord,
 };
 use crate::types::{
     AppendResult, CursorUpdate, DevicePosition, DirectMessage, GroupCursor, GroupInfo, GroupUpdate,
@@ -114,10 +114,39 @@ pub(crate) struct CoreConfig {
     pub dedup_window_ms: u64,
 }
 
+/// A conversation's cached state.
 #[derive(Clone, Copy, Debug)]
-struct ConvHead {
+struct ConvState {
     last: Seq,
     /// Generation of the batch that last appended to the conversation.
+    dirty_gen: u64,
+    /// For a one-to-one conversation that has had an append: its participants' user and recent
+    /// slots (index 0 the lower id), so the next append finds them without hashing their keys.
+    direct: Option<DirectLinks>,
+}
+
+#[derive(Clone, Copy, Debug)]
+struct DirectLinks {
+    users: [u32; 2],
+    recents: [u32; 2],
+}
+
+/// A user's cached counters, each loaded on first use.
+#[derive(Clone, Copy, Debug, Default)]
+struct UserState {
+    /// Last inbox seq assigned.
+    head: Option<Seq>,
+    /// Total unread.
+    total: Option<u64>,
+    /// Generations of the batches that last changed `head` and `total`.
+    head_gen: u64,
+    total_gen: u64,
+}
+
+/// A cached recent-conversation row (`None`: no row yet).
+#[derive(Clone, Copy, Debug)]
+struct RecentSlot {
+    state: Option<RecentState>,
     dirty_gen: u64,
 }
 
@@ -144,57 +173,85 @@ impl RecentState {
     }
 }
 
-/// A cached counter row and the batch generation that last changed it.
+/// A counter row changed in the open batch, by slot; `seal` writes each once.
 #[derive(Clone, Copy, Debug)]
-struct Cached<T> {
-    value: T,
-    dirty_gen: u64,
+enum Dirty {
+    InboxHead(u32),
+    Total(u32),
+    Recent(u32),
 }
 
-#[derive(Clone, Copy, Debug)]
-enum DirtyRow {
-    InboxHead,
-    Recent,
-    Total,
+/// Keys interned to slot indices that stay valid until `clear`. The batch's dirty list and a
+/// conversation's links to its participants are plain indices, so the write path hashes a key
+/// once per operation instead of once per access, and `seal` hashes nothing.
+struct Slab<T> {
+    index: HashMap<Box<[u8]>, u32>,
+    keys: Vec<Box<[u8]>>,
+    values: Vec<T>,
 }
 
-/// Updates a cached counter row and queues it for `seal` the first time it changes in a batch.
-fn set_cached<T>(
-    map: &mut HashMap<Vec<u8>, Cached<T>>,
-    dirty: &mut Vec<(DirtyRow, Vec<u8>)>,
-    kind: DirtyRow,
-    gen: u64,
-    key: &[u8],
-    value: T,
-) {
-    match map.get_mut(key) {
-        Some(c) => {
-            c.value = value;
-            if c.dirty_gen != gen {
-                c.dirty_gen = gen;
-                dirty.push((kind, key.to_vec()));
-            }
-        }
-        None => {
-            map.insert(
-                key.to_vec(),
-                Cached {
-                    value,
-                    dirty_gen: gen,
-                },
-            );
-            dirty.push((kind, key.to_vec()));
+impl<T> Slab<T> {
+    fn new() -> Self {
+        Slab {
+            index: HashMap::new(),
+            keys: Vec::new(),
+            values: Vec::new(),
         }
     }
+
+    fn find(&self, key: &[u8]) -> Option<u32> {
+        self.index.get(key).copied()
+    }
+
+    fn insert(&mut self, key: &[u8], value: T) -> u32 {
+        // Bounded far below u32::MAX by `max_cached_entries` (the driver resets past it).
+        let i = self.values.len() as u32;
+        self.index.insert(key.into(), i);
+        self.keys.push(key.into());
+        self.values.push(value);
+        i
+    }
+
+    fn key(&self, i: u32) -> &[u8] {
+        &self.keys[i as usize]
+    }
+
+    fn get(&self, i: u32) -> &T {
+        &self.values[i as usize]
+    }
+
+    fn get_mut(&mut self, i: u32) -> &mut T {
+        &mut self.values[i as usize]
+    }
+
+    fn len(&self) -> usize {
+        self.values.len()
+    }
+
+    fn clear(&mut self) {
+        self.index.clear();
+        self.keys.clear();
+        self.values.clear();
+    }
+}
+
+/// An append whose batch is not yet known durable, by (sender's user slot, client msg id).
+#[derive(Clone, Copy, Debug)]
+struct PendingAppend {
+    conv: u32,
+    conv_seq: Seq,
+    sender_inbox_seq: Seq,
+    recipient_inbox_seq: Seq,
+    time_ms: u64,
+    gen: u64,
 }
 
 /// A participant's state loaded before a recall changes anything.
 struct Peer {
-    user: UserId,
-    user_key: Vec<u8>,
+    is_recaller: bool,
+    user: u32,
     last: Seq,
-    recent_key: Vec<u8>,
-    recent: Option<RecentState>,
+    recent: u32,
     total: u64,
 }
 
@@ -207,15 +264,13 @@ pub(crate) struct WriterCore<E: KvEngine> {
     gen: u64,
     now: u64,
     poisoned: Option<EngineError>,
-    convs: HashMap<Vec<u8>, ConvHead>,
-    inbox_heads: HashMap<Vec<u8>, Cached<Seq>>,
-    recents: HashMap<Vec<u8>, Cached<Option<RecentState>>>,
-    totals: HashMap<Vec<u8>, Cached<u64>>,
+    convs: Slab<ConvState>,
+    users: Slab<UserState>,
+    recents: Slab<RecentSlot>,
     /// Counter rows changed in this batch, written once each by `seal`.
-    dirty: Vec<(DirtyRow, Vec<u8>)>,
+    dirty: Vec<Dirty>,
     positions: HashMap<Vec<u8>, DevicePosition>,
-    /// Results of appends in batches not yet known durable, with their batch generation.
-    pending_dedup: HashMap<Vec<u8>, (AppendResult, u64)>,
+    pending_dedup: HashMap<(u32, [u8; 16]), PendingAppend>,
     /// `cf ‖ key` of rows in rarely written families changed by this batch.
     touched: HashMap<Vec<u8>, u64>,
     /// Every batch up to this generation has been written (or failed).
@@ -238,28 +293,6 @@ impl<E: KvEngine> std::fmt::Debug for WriterCore<E> {
     }
 }
 
-fn last_seq_in(engine: &impl KvEngine, cf: Cf, prefix: &[u8]) -> Result<Seq, EngineError> {
-    let end = prefix_end(prefix);
-    let mut start = prefix.to_vec();
-    start.push(0);
-    let mut last = Seq::ZERO;
-    let plen = prefix.len();
-    engine.scan(
-        cf,
-        ScanRange {
-            start: &start,
-            end: end.as_deref(),
-        },
-        Direction::Backward,
-        1,
-        &mut |k, _| {
-            last = KeyReader::new(&k[plen..]).seq().map_err(|e| bad(cf, e))?;
-            Ok(())
-        },
-    )?;
-    Ok(last)
-}
-
 impl<E: KvEngine> WriterCore<E> {
     pub(crate) fn new(engine: Arc<E>, config: CoreConfig) -> Self {
         WriterCore {
@@ -269,11 +302,10 @@ impl<E: KvEngine> WriterCore<E> {
             gen: 1,
             now: 0,
             poisoned: None,
-            convs: HashMap::new(),
-            inbox_heads: HashMap::new(),
+            convs: Slab::new(),
+            users: Slab::new(),
+            recents: Slab::new(),
             dirty: Vec::new(),
-            recents: HashMap::new(),
-            totals: HashMap::new(),
             positions: HashMap::new(),
             pending_dedup: HashMap::new(),
             touched: HashMap::new(),
@@ -295,7 +327,7 @@ impl<E: KvEngine> WriterCore<E> {
     pub(crate) fn begin(&mut self, now_ms: u64, durable: u64) {
         self.durable = durable;
         if !self.pending_dedup.is_empty() {
-            self.pending_dedup.retain(|_, (_, gen)| *gen > durable);
+            self.pending_dedup.retain(|_, p| p.gen > durable);
         }
         if !self.touched.is_empty() {
             self.touched.retain(|_, gen| *gen > durable);
@@ -329,42 +361,37 @@ impl<E: KvEngine> WriterCore<E> {
     /// rows, and the batch is atomic, so intermediate values need not be written. Call once,
     /// right before writing the batch.
     pub(crate) fn seal(&mut self) {
-        let dirty = mem::take(&mut self.dirty);
-        for (kind, key) in &dirty {
-            if self.poisoned.is_some() {
-                break;
-            }
-            let result = match kind {
-                DirtyRow::InboxHead => match self.inbox_heads.get(key) {
-                    Some(c) => {
-                        let rec = InboxHeadRecord {
-                            last_seq: c.value.0,
-                        };
-                        self.put(Cf::Inbox, key, &rec)
-                    }
+        let dirty = if self.poisoned.is_some() {
+            &[][..]
+        } else {
+            &self.dirty[..]
+        };
+        for &dirty in dirty {
+            let result = match dirty {
+                Dirty::InboxHead(u) => match self.users.get(u).head {
+                    Some(last) => self.batch.put_with(Cf::Inbox, self.users.key(u), |b| {
+                        encode(b, &InboxHeadRecord { last_seq: last.0 })
+                    }),
                     None => Ok(()),
                 },
-                DirtyRow::Recent => match self.recents.get(key) {
-                    Some(Cached {
-                        value: Some(state), ..
-                    }) => {
-                        let rec = state.record();
-                        self.put(Cf::Recent, key, &rec)
-                    }
-                    _ => Ok(()),
+                Dirty::Total(u) => match self.users.get(u).total {
+                    Some(total) => self.batch.put_with(Cf::Recent, self.users.key(u), |b| {
+                        encode(b, &TotalUnreadRecord { total })
+                    }),
+                    None => Ok(()),
                 },
-                DirtyRow::Total => match self.totals.get(key) {
-                    Some(c) => {
-                        let rec = TotalUnreadRecord { total: c.value };
-                        self.put(Cf::Recent, key, &rec)
-                    }
+                Dirty::Recent(r) => match self.recents.get(r).state {
+                    Some(state) => self.batch.put_with(Cf::Recent, self.recents.key(r), |b| {
+                        encode(b, &state.record())
+                    }),
                     None => Ok(()),
                 },
             };
-            // `put` has poisoned the batch on failure.
-            let _ = result;
+            if let Err(e) = result {
+                self.poisoned.get_or_insert(e);
+                break;
+            }
         }
-        self.dirty = dirty;
         self.dirty.clear();
     }
 
@@ -387,11 +414,8 @@ impl<E: KvEngine> WriterCore<E> {
     /// Entries cached; beyond the configured limit the driver drains the pipeline and calls
     /// [`reset`](Self::reset).
     pub(crate) fn over_cache_limit(&self) -> bool {
-        let cached = self.convs.len()
-            + self.inbox_heads.len()
-            + self.recents.len()
-            + self.totals.len()
-            + self.positions.len();
+        let cached =
+            self.convs.len() + self.users.len() + self.recents.len() + self.positions.len();
         cached > self.config.max_cached_entries
     }
 
@@ -399,9 +423,8 @@ impl<E: KvEngine> WriterCore<E> {
     /// no batch is in flight (all written or failed).
     pub(crate) fn reset(&mut self) {
         self.convs.clear();
-        self.inbox_heads.clear();
+        self.users.clear();
         self.recents.clear();
-        self.totals.clear();
         self.positions.clear();
         self.pending_dedup.clear();
         self.touched.clear();
@@ -526,8 +549,8 @@ impl<E: KvEngine> WriterCore<E> {
     fn conv_dirty(&mut self, conv: &ConvKey) -> bool {
         keys::conv_prefix(&mut self.k5, conv);
         self.convs
-            .get(&self.k5)
-            .is_some_and(|h| h.dirty_gen > self.durable)
+            .find(&self.k5)
+            .is_some_and(|c| self.convs.get(c).dirty_gen > self.durable)
     }
 
     /// Records a failure that happened after the batch was changed.
@@ -552,55 +575,51 @@ impl<E: KvEngine> WriterCore<E> {
         }
     }
 
-    fn conv_head(&mut self, conv_bytes: &[u8]) -> Result<ConvHead, EngineError> {
-        if let Some(head) = self.convs.get(conv_bytes) {
-            return Ok(*head);
+    /// The slot of the conversation whose `messages` prefix is `conv_bytes`, loading its last
+    /// seq on first use.
+    fn conv_slot(&mut self, conv_bytes: &[u8]) -> Result<u32, EngineError> {
+        if let Some(c) = self.convs.find(conv_bytes) {
+            return Ok(c);
         }
         let last = last_seq_in(&*self.engine, Cf::Messages, conv_bytes)?;
-        let head = ConvHead { last, dirty_gen: 0 };
-        self.convs.insert(conv_bytes.to_vec(), head);
-        Ok(head)
-    }
-
-    fn set_conv_head(&mut self, conv_bytes: &[u8], last: Seq) {
-        let head = ConvHead {
+        let state = ConvState {
             last,
-            dirty_gen: self.gen,
+            dirty_gen: 0,
+            direct: None,
         };
-        match self.convs.get_mut(conv_bytes) {
-            Some(h) => *h = head,
-            None => {
-                self.convs.insert(conv_bytes.to_vec(), head);
-            }
+        Ok(self.convs.insert(conv_bytes, state))
+    }
+
+    fn set_conv_last(&mut self, c: u32, last: Seq) {
+        let gen = self.gen;
+        let conv = self.convs.get_mut(c);
+        conv.last = last;
+        conv.dirty_gen = gen;
+    }
+
+    /// The slot of the user whose bare key is `user_key` (counters load on first use).
+    fn user_slot(&mut self, user_key: &[u8]) -> u32 {
+        match self.users.find(user_key) {
+            Some(u) => u,
+            None => self.users.insert(user_key, UserState::default()),
         }
     }
 
-    fn inbox_last(&mut self, user_key: &[u8]) -> Result<Seq, EngineError> {
-        if let Some(c) = self.inbox_heads.get(user_key) {
-            return Ok(c.value);
+    fn inbox_last(&mut self, u: u32) -> Result<Seq, EngineError> {
+        if let Some(last) = self.users.get(u).head {
+            return Ok(last);
         }
-        let head = self
-            .engine
-            .get_with(Cf::Inbox, user_key, |v| {
-                access::<ArchivedInboxHeadRecord>(Cf::Inbox, v).map(|r| Seq(r.last_seq.to_native()))
-            })?
-            .transpose()?
-            .unwrap_or(Seq::ZERO);
-        let last = head.max(last_seq_in(&*self.engine, Cf::Inbox, user_key)?);
-        self.inbox_heads.insert(
-            user_key.to_vec(),
-            Cached {
-                value: last,
-                dirty_gen: 0,
-            },
-        );
+        let user_key = self.users.key(u);
+        // Entries expire, so the head row (never expired) is what keeps seqs from being reused.
+        let last = read::inbox_head_at(&*self.engine, user_key)?;
+        self.users.get_mut(u).head = Some(last);
         Ok(last)
     }
 
-    /// Appends an inbox entry for the user whose key is `user_key` and returns its seq.
+    /// Appends an inbox entry after `last` for user slot `u` and returns its seq.
     fn push_inbox(
         &mut self,
-        user_key: &[u8],
+        u: u32,
         last: Seq,
         conv_bytes: &[u8],
         conv_seq: Seq,
@@ -608,30 +627,30 @@ impl<E: KvEngine> WriterCore<E> {
         let seq = last.next();
         let mut key = mem::take(&mut self.k5);
         key.clear();
-        key.extend_from_slice(user_key);
+        key.extend_from_slice(self.users.key(u));
         keys::put_seq(&mut key, seq);
-        let rec = InboxRecord {
-            conv: conv_bytes.to_vec(),
+        let rec = InboxRecordRef {
+            conv: conv_bytes,
             conv_seq: conv_seq.0,
             time_ms: self.now,
         };
         let r = self.put(Cf::Inbox, &key, &rec);
         self.k5 = key;
         r?;
-        set_cached(
-            &mut self.inbox_heads,
-            &mut self.dirty,
-            DirtyRow::InboxHead,
-            self.gen,
-            user_key,
-            seq,
-        );
+        let gen = self.gen;
+        let user = self.users.get_mut(u);
+        user.head = Some(seq);
+        if user.head_gen != gen {
+            user.head_gen = gen;
+            self.dirty.push(Dirty::InboxHead(u));
+        }
         Ok(seq)
     }
 
-    fn recent_state(&mut self, recent_key: &[u8]) -> Result<Option<RecentState>, EngineError> {
-        if let Some(c) = self.recents.get(recent_key) {
-            return Ok(c.value);
+    /// The slot of the recent row under `recent_key`, loading it on first use.
+    fn recent_slot(&mut self, recent_key: &[u8]) -> Result<u32, EngineError> {
+        if let Some(r) = self.recents.find(recent_key) {
+            return Ok(r);
         }
         let state = self
             .engine
@@ -646,59 +665,50 @@ impl<E: KvEngine> WriterCore<E> {
                 })
             })?
             .transpose()?;
-        self.recents.insert(
-            recent_key.to_vec(),
-            Cached {
-                value: state,
-                dirty_gen: 0,
-            },
-        );
-        Ok(state)
+        let slot = RecentSlot {
+            state,
+            dirty_gen: 0,
+        };
+        Ok(self.recents.insert(recent_key, slot))
     }
 
-    fn set_recent(&mut self, recent_key: &[u8], state: RecentState) -> Result<(), OpError> {
-        set_cached(
-            &mut self.recents,
-            &mut self.dirty,
-            DirtyRow::Recent,
-            self.gen,
-            recent_key,
-            Some(state),
-        );
-        Ok(())
+    fn recent(&self, r: u32) -> Option<RecentState> {
+        self.recents.get(r).state
     }
 
-    fn total(&mut self, user_key: &[u8]) -> Result<u64, EngineError> {
-        if let Some(c) = self.totals.get(user_key) {
-            return Ok(c.value);
+    fn set_recent(&mut self, r: u32, state: RecentState) {
+        let gen = self.gen;
+        let slot = self.recents.get_mut(r);
+        slot.state = Some(state);
+        if slot.dirty_gen != gen {
+            slot.dirty_gen = gen;
+            self.dirty.push(Dirty::Recent(r));
+        }
+    }
+
+    fn total(&mut self, u: u32) -> Result<u64, EngineError> {
+        if let Some(total) = self.users.get(u).total {
+            return Ok(total);
         }
         let total = self
             .engine
-            .get_with(Cf::Recent, user_key, |v| {
+            .get_with(Cf::Recent, self.users.key(u), |v| {
                 access::<ArchivedTotalUnreadRecord>(Cf::Recent, v).map(|r| r.total.to_native())
             })?
             .transpose()?
             .unwrap_or(0);
-        self.totals.insert(
-            user_key.to_vec(),
-            Cached {
-                value: total,
-                dirty_gen: 0,
-            },
-        );
+        self.users.get_mut(u).total = Some(total);
         Ok(total)
     }
 
-    fn set_total(&mut self, user_key: &[u8], total: u64) -> Result<(), OpError> {
-        set_cached(
-            &mut self.totals,
-            &mut self.dirty,
-            DirtyRow::Total,
-            self.gen,
-            user_key,
-            total,
-        );
-        Ok(())
+    fn set_total(&mut self, u: u32, total: u64) {
+        let gen = self.gen;
+        let user = self.users.get_mut(u);
+        user.total = Some(total);
+        if user.total_gen != gen {
+            user.total_gen = gen;
+            self.dirty.push(Dirty::Total(u));
+        }
     }
 
     // ---- operations ----------------------------------------------------------------------
@@ -707,14 +717,80 @@ impl<E: KvEngine> WriterCore<E> {
         if msg.kind.is_event() {
             return Err(OpError::Invalid("event kinds cannot be sent as messages"));
         }
-        let mut dedup_key = Vec::new();
-        keys::dedup_key(&mut dedup_key, &msg.sender, msg.client_msg_id);
-        if let Some((hit, _)) = self.pending_dedup.get(&dedup_key) {
+        let mut conv_bytes = mem::take(&mut self.k1);
+        keys::direct_prefix(&mut conv_bytes, &msg.sender, &msg.recipient);
+        let r = self.append_direct_inner(msg, &conv_bytes);
+        self.k1 = conv_bytes;
+        r
+    }
+
+    /// The user and recent slots of a one-to-one conversation's participants (lower id first).
+    fn direct_links(
+        &mut self,
+        c: u32,
+        conv_bytes: &[u8],
+        a: &UserId,
+        b: &UserId,
+    ) -> Result<DirectLinks, EngineError> {
+        if let Some(links) = self.convs.get(c).direct {
+            return Ok(links);
+        }
+        let (low, high) = if a <= b { (a, b) } else { (b, a) };
+        let mut key = mem::take(&mut self.k2);
+        let mut links = DirectLinks {
+            users: [0; 2],
+            recents: [0; 2],
+        };
+        let mut result = Ok(());
+        for (i, user) in [low, high].into_iter().enumerate() {
+            keys::user_key(&mut key, user);
+            links.users[i] = self.user_slot(&key);
+            key.extend_from_slice(conv_bytes);
+            match self.recent_slot(&key) {
+                Ok(r) => links.recents[i] = r,
+                Err(e) => {
+                    result = Err(e);
+                    break;
+                }
+            }
+        }
+        self.k2 = key;
+        result?;
+        self.convs.get_mut(c).direct = Some(links);
+        Ok(links)
+    }
+
+    fn append_direct_inner(
+        &mut self,
+        msg: DirectMessage,
+        conv_bytes: &[u8],
+    ) -> Result<AppendResult, OpError> {
+        // Everything that can fail without harm (loads into the caches) happens before the
+        // first change to the batch.
+        let c = self.conv_slot(conv_bytes)?;
+        let links = self.direct_links(c, conv_bytes, &msg.sender, &msg.recipient)?;
+        let (s, r) = if msg.sender <= msg.recipient {
+            (0, 1)
+        } else {
+            (1, 0)
+        };
+        let (sender_u, recipient_u) = (links.users[s], links.users[r]);
+        let (sender_r, recipient_r) = (links.recents[s], links.recents[r]);
+
+        if let Some(p) = self.pending_dedup.get(&(sender_u, msg.client_msg_id.0)) {
+            let p = *p;
+            let conv = decode_conv(self.convs.key(p.conv)).map_err(|e| bad(Cf::Messages, e))?;
             return Ok(AppendResult {
+                conv,
+                conv_seq: p.conv_seq,
+                sender_inbox_seq: p.sender_inbox_seq,
+                recipient_inbox_seq: p.recipient_inbox_seq,
+                time_ms: p.time_ms,
                 duplicate: true,
-                ..hit.clone()
             });
         }
+        let mut dedup_key = mem::take(&mut self.k3);
+        keys::dedup_key(&mut dedup_key, &msg.sender, msg.client_msg_id);
         let stored = self
             .engine
             .get_with(
@@ -731,139 +807,123 @@ impl<E: KvEngine> WriterCore<E> {
                         duplicate: true,
                     })
                 },
-            )?
-            .transpose()?;
+            )
+            .and_then(Option::transpose);
+        let stored = match stored {
+            Ok(stored) => stored,
+            Err(e) => {
+                self.k3 = dedup_key;
+                return Err(e.into());
+            }
+        };
         if let Some(original) = stored {
+            self.k3 = dedup_key;
             return Ok(original);
         }
-
-        let conv = ConvKey::direct(&msg.sender, &msg.recipient);
-        let to_self = msg.sender == msg.recipient;
-        let mut conv_bytes = mem::take(&mut self.k1);
-        let mut recipient_key = mem::take(&mut self.k2);
-        let mut sender_key = mem::take(&mut self.k3);
-        let mut recent_key = mem::take(&mut self.k4);
-        keys::conv_prefix(&mut conv_bytes, &conv);
-        keys::user_key(&mut recipient_key, &msg.recipient);
-        keys::user_key(&mut sender_key, &msg.sender);
-        let r = self.append_direct_inner(
+        let r = self.append_new_direct(
             msg,
-            conv,
-            to_self,
-            dedup_key,
-            &conv_bytes,
-            &recipient_key,
-            &sender_key,
-            &mut recent_key,
+            c,
+            conv_bytes,
+            &dedup_key,
+            [sender_u, recipient_u],
+            [sender_r, recipient_r],
         );
-        self.k1 = conv_bytes;
-        self.k2 = recipient_key;
-        self.k3 = sender_key;
-        self.k4 = recent_key;
+        self.k3 = dedup_key;
         r
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn append_direct_inner(
+    /// The rest of `append_direct` once the message is known not to be a retransmission.
+    /// `users` and `recents` are the sender's and recipient's slots, in that order.
+    fn append_new_direct(
         &mut self,
         msg: DirectMessage,
-        conv: ConvKey,
-        to_self: bool,
-        dedup_key: Vec<u8>,
+        c: u32,
         conv_bytes: &[u8],
-        recipient_key: &[u8],
-        sender_key: &[u8],
-        recent_key: &mut Vec<u8>,
+        dedup_key: &[u8],
+        [sender_u, recipient_u]: [u32; 2],
+        [sender_r, recipient_r]: [u32; 2],
     ) -> Result<AppendResult, OpError> {
-        // Everything that can fail without harm happens before the first change to the batch.
-        let head = self.conv_head(conv_bytes)?;
-        let recipient_last = self.inbox_last(recipient_key)?;
+        let to_self = sender_u == recipient_u;
+        let recipient_last = self.inbox_last(recipient_u)?;
         let sender_last = if to_self {
             recipient_last
         } else {
-            self.inbox_last(sender_key)?
+            self.inbox_last(sender_u)?
         };
-        keys::recent_key(recent_key, &msg.recipient, &conv);
-        let recipient_recent = self.recent_state(recent_key)?;
-        let recipient_total = if to_self {
-            0
-        } else {
-            self.total(recipient_key)?
-        };
-        let sender_recent = if to_self {
-            None
-        } else {
-            keys::recent_key(recent_key, &msg.sender, &conv);
-            self.recent_state(recent_key)?
-        };
+        let recipient_total = if to_self { 0 } else { self.total(recipient_u)? };
 
         let now = self.now;
-        let conv_seq = head.last.next();
-        self.set_conv_head(conv_bytes, conv_seq);
+        let conv_seq = self.convs.get(c).last.next();
+        self.set_conv_last(c, conv_seq);
         let mut key = mem::take(&mut self.k5);
         key.clear();
         key.extend_from_slice(conv_bytes);
         keys::put_seq(&mut key, conv_seq);
-        let row = MessageRecord {
-            sender: msg.sender.as_str().to_owned(),
-            sender_device: msg.sender_device.as_str().to_owned(),
+        let row = MessageRecordRef {
+            sender: msg.sender.as_str(),
+            sender_device: msg.sender_device.as_str(),
             client_msg_id: msg.client_msg_id.0,
             time_ms: now,
             kind: msg.kind.0,
             flags: MessageFlags::NONE.0,
-            body: msg.body,
+            body: &msg.body,
         };
         let r = self.put(Cf::Messages, &key, &row);
         self.k5 = key;
         r?;
 
         let recipient_inbox_seq =
-            self.push_inbox(recipient_key, recipient_last, conv_bytes, conv_seq)?;
+            self.push_inbox(recipient_u, recipient_last, conv_bytes, conv_seq)?;
         let sender_inbox_seq = if to_self {
             recipient_inbox_seq
         } else {
-            self.push_inbox(sender_key, sender_last, conv_bytes, conv_seq)?
+            self.push_inbox(sender_u, sender_last, conv_bytes, conv_seq)?
         };
-        let dedup = DedupRecord {
-            conv: conv_bytes.to_vec(),
+        let dedup = DedupRecordRef {
+            conv: conv_bytes,
             conv_seq: conv_seq.0,
             sender_inbox_seq: sender_inbox_seq.0,
             recipient_inbox_seq: recipient_inbox_seq.0,
             time_ms: now,
         };
-        self.put(Cf::Dedup, &dedup_key, &dedup)?;
+        self.put(Cf::Dedup, dedup_key, &dedup)?;
 
-        let counts = !to_self;
-        let mut state = recipient_recent.unwrap_or_default();
+        let mut state = self.recent(recipient_r).unwrap_or_default();
         state.last_seq = conv_seq;
         state.last_time_ms = now;
         state.updated_ms = now;
-        if counts {
+        if !to_self {
             state.unread = state.unread.saturating_add(1);
         }
-        keys::recent_key(recent_key, &msg.recipient, &conv);
-        self.set_recent(recent_key, state)?;
-        if counts {
-            self.set_total(recipient_key, recipient_total + 1)?;
-            let mut state = sender_recent.unwrap_or_default();
+        self.set_recent(recipient_r, state);
+        if !to_self {
+            self.set_total(recipient_u, recipient_total + 1);
+            let mut state = self.recent(sender_r).unwrap_or_default();
             state.last_seq = conv_seq;
             state.last_time_ms = now;
             state.updated_ms = now;
-            keys::recent_key(recent_key, &msg.sender, &conv);
-            self.set_recent(recent_key, state)?;
+            self.set_recent(sender_r, state);
         }
 
-        let result = AppendResult {
-            conv,
+        self.pending_dedup.insert(
+            (sender_u, msg.client_msg_id.0),
+            PendingAppend {
+                conv: c,
+                conv_seq,
+                sender_inbox_seq,
+                recipient_inbox_seq,
+                time_ms: now,
+                gen: self.gen,
+            },
+        );
+        Ok(AppendResult {
+            conv: ConvKey::Direct(DirectPair::new(msg.sender, msg.recipient)),
             conv_seq,
             sender_inbox_seq,
             recipient_inbox_seq,
             time_ms: now,
             duplicate: false,
-        };
-        self.pending_dedup
-            .insert(dedup_key, (result.clone(), self.gen));
-        Ok(result)
+        })
     }
 
     fn update_position(&mut self, update: PositionUpdate) -> Result<DevicePosition, OpError> {
@@ -917,10 +977,10 @@ impl<E: KvEngine> WriterCore<E> {
         }
         keys::recent_key(&mut self.k4, &req.user, &req.conv);
         let key = mem::take(&mut self.k4);
-        let state = self.recent_state(&key);
+        let slot = self.recent_slot(&key);
         self.k4 = key;
         // Only a partial read recounts rows, and only then must they be committed.
-        Ok(state?.is_some_and(|s| req.up_to < s.last_seq))
+        Ok(self.recent(slot?).is_some_and(|s| req.up_to < s.last_seq))
     }
 
     /// Content messages from others, not recalled, in `(after, up_to]`.
@@ -973,10 +1033,12 @@ impl<E: KvEngine> WriterCore<E> {
         recent_key: &[u8],
         user_key: &[u8],
     ) -> Result<ReadState, OpError> {
-        let Some(mut state) = self.recent_state(recent_key)? else {
+        let r = self.recent_slot(recent_key)?;
+        let Some(mut state) = self.recent(r) else {
             return Err(OpError::NotFound("conversation"));
         };
-        let total = self.total(user_key)?;
+        let u = self.user_slot(user_key);
+        let total = self.total(u)?;
         let read_seq = state.read_seq.max(req.up_to.min(state.last_seq));
         let unread = if read_seq >= state.last_seq {
             0
@@ -989,8 +1051,8 @@ impl<E: KvEngine> WriterCore<E> {
             state.unread = unread;
             state.mentioned = false;
             state.updated_ms = self.now;
-            self.set_recent(recent_key, state)?;
-            self.set_total(user_key, total)?;
+            self.set_recent(r, state);
+            self.set_total(u, total);
         }
         Ok(ReadState {
             read_seq,
@@ -1042,7 +1104,7 @@ impl<E: KvEngine> WriterCore<E> {
 
         // Loads first. Only one-to-one conversations have per-user inbox and recent rows today;
         // group timelines get theirs when group fan-out lands.
-        let head = self.conv_head(conv_bytes)?;
+        let c = self.conv_slot(conv_bytes)?;
         let mut peers: Vec<Peer> = Vec::new();
         if let ConvKey::Direct(pair) = &req.conv {
             let users: &[&UserId] = if pair.low() == pair.high() {
@@ -1050,19 +1112,18 @@ impl<E: KvEngine> WriterCore<E> {
             } else {
                 &[pair.low(), pair.high()]
             };
+            let mut key = Vec::new();
             for user in users {
-                let mut user_key = Vec::new();
-                keys::user_key(&mut user_key, user);
-                let last = self.inbox_last(&user_key)?;
-                let mut recent_key = Vec::new();
-                keys::recent_key(&mut recent_key, user, &req.conv);
-                let recent = self.recent_state(&recent_key)?;
-                let total = self.total(&user_key)?;
+                keys::user_key(&mut key, user);
+                let u = self.user_slot(&key);
+                let last = self.inbox_last(u)?;
+                let total = self.total(u)?;
+                key.extend_from_slice(conv_bytes);
+                let recent = self.recent_slot(&key)?;
                 peers.push(Peer {
-                    user: (*user).clone(),
-                    user_key,
+                    is_recaller: **user == req.by,
+                    user: u,
                     last,
-                    recent_key,
                     recent,
                     total,
                 });
@@ -1075,8 +1136,8 @@ impl<E: KvEngine> WriterCore<E> {
             ..original
         };
         self.put(Cf::Messages, &key, &recalled)?;
-        let event_seq = head.last.next();
-        self.set_conv_head(conv_bytes, event_seq);
+        let event_seq = self.convs.get(c).last.next();
+        self.set_conv_last(c, event_seq);
         key.truncate(conv_bytes.len());
         keys::put_seq(&mut key, event_seq);
         let event = MessageRecord {
@@ -1090,25 +1151,24 @@ impl<E: KvEngine> WriterCore<E> {
         };
         self.put(Cf::Messages, &key, &event)?;
         for Peer {
+            is_recaller,
             user,
-            user_key,
             last,
-            recent_key,
             recent,
             total,
         } in peers
         {
-            self.push_inbox(&user_key, last, conv_bytes, event_seq)?;
-            let mut state = recent.unwrap_or_default();
+            self.push_inbox(user, last, conv_bytes, event_seq)?;
+            let mut state = self.recent(recent).unwrap_or_default();
             state.last_seq = event_seq;
             state.last_time_ms = now;
             state.updated_ms = now;
             // The recalled message no longer counts as unread for whoever had not read it.
-            if user != req.by && req.seq > state.read_seq && state.unread > 0 {
+            if !is_recaller && req.seq > state.read_seq && state.unread > 0 {
                 state.unread -= 1;
-                self.set_total(&user_key, total.saturating_sub(1))?;
+                self.set_total(user, total.saturating_sub(1));
             }
-            self.set_recent(&recent_key, state)?;
+            self.set_recent(recent, state);
         }
         Ok(RecallResult {
             event_seq,

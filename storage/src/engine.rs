@@ -5,6 +5,7 @@
 //! and runs unchanged on [`crate::RocksEngine`] and [`crate::MemEngine`]; the conformance suite in
 //! `tests/conformance.rs` runs against both.
 
+use std::any::Any;
 use std::fmt;
 
 /// The column families, one per kind of record. Layouts are documented in the crate docs.
@@ -167,13 +168,34 @@ struct BatchOp {
     value_end: Option<u32>,
 }
 
+/// An engine's own form of a batch, attached by [`KvEngine::prepare`] and taken by its `write`
+/// (behind a lock only because `write` gets the batch by shared reference).
+#[derive(Default)]
+struct PreparedSlot(parking_lot::Mutex<Option<Box<dyn Any + Send>>>);
+
 /// An ordered list of puts and deletes over any families, applied atomically by
 /// [`KvEngine::write`]. Keys and values live in one growing buffer, so building a batch does not
 /// allocate per row once the buffer has grown.
-#[derive(Clone, Default)]
+#[derive(Default)]
 pub struct WriteBatch {
     data: Vec<u8>,
     ops: Vec<BatchOp>,
+    /// Indices of `ops` in (family, key) order, computed by [`WriteBatch::sort`]; valid while
+    /// `order.len() == ops.len()` (every change to the batch clears it).
+    order: Vec<u32>,
+    /// Dropped by every change to the batch, and not cloned.
+    prepared: PreparedSlot,
+}
+
+impl Clone for WriteBatch {
+    fn clone(&self) -> Self {
+        WriteBatch {
+            data: self.data.clone(),
+            ops: self.ops.clone(),
+            order: self.order.clone(),
+            prepared: PreparedSlot::default(),
+        }
+    }
 }
 
 impl fmt::Debug for WriteBatch {
@@ -233,8 +255,15 @@ impl WriteBatch {
         u32::try_from(self.data.len()).unwrap_or(u32::MAX)
     }
 
+    /// Forgets what was derived from the entries (order, engine form) before they change.
+    fn changing(&mut self) {
+        self.order.clear();
+        *self.prepared.0.get_mut() = None;
+    }
+
     /// Queues a put.
     pub fn put(&mut self, cf: Cf, key: &[u8], value: &[u8]) {
+        self.changing();
         let key_start = self.offset();
         self.data.extend_from_slice(key);
         let key_end = self.offset();
@@ -256,6 +285,7 @@ impl WriteBatch {
         key: &[u8],
         encode: impl FnOnce(&mut Vec<u8>) -> Result<(), E>,
     ) -> Result<(), E> {
+        self.changing();
         let key_start = self.offset();
         self.data.extend_from_slice(key);
         let key_end = self.offset();
@@ -275,6 +305,7 @@ impl WriteBatch {
 
     /// Queues a delete.
     pub fn delete(&mut self, cf: Cf, key: &[u8]) {
+        self.changing();
         let key_start = self.offset();
         self.data.extend_from_slice(key);
         let key_end = self.offset();
@@ -305,30 +336,106 @@ impl WriteBatch {
     pub fn clear(&mut self) {
         self.data.clear();
         self.ops.clear();
+        self.changing();
+    }
+
+    /// Attaches an engine's own form of this batch, for its [`KvEngine::write`] to take. The
+    /// engine must recognise its own (e.g. by an identity inside) and rebuild anything else.
+    pub fn set_prepared(&mut self, prepared: Box<dyn Any + Send>) {
+        *self.prepared.0.get_mut() = Some(prepared);
+    }
+
+    /// Takes what [`set_prepared`](Self::set_prepared) attached, if the batch has not changed
+    /// since.
+    pub fn take_prepared(&self) -> Option<Box<dyn Any + Send>> {
+        self.prepared.0.lock().take()
+    }
+
+    /// Computes the (family, key) order that [`sorted`](Self::sorted) walks, so an engine that
+    /// writes in key order finds it ready: the writer sorts a batch on its own thread before
+    /// handing it to the thread that writes it. Any later change to the batch discards the order.
+    pub fn sort(&mut self) {
+        if self.order.len() != self.ops.len() {
+            self.order = self.compute_order();
+        }
+    }
+
+    /// Whether [`sort`](Self::sort) has run since the last change.
+    pub fn is_sorted(&self) -> bool {
+        self.order.len() == self.ops.len()
+    }
+
+    fn key_of(&self, i: u32) -> &[u8] {
+        let op = &self.ops[i as usize];
+        &self.data[op.key_start as usize..op.key_end as usize]
+    }
+
+    fn compute_order(&self) -> Vec<u32> {
+        // Sorting on a 32-byte prefix (family, then the key's first 31 bytes, zero-padded) as four
+        // integers decides almost every comparison without a `memcmp` through two pointers into
+        // the data (typical keys are shorter than that); the prefix order never contradicts key
+        // order, so ties fall back to the keys. The index breaks remaining ties, keeping queued
+        // order among puts to one key.
+        let mut items: Vec<([u64; 4], u32)> = self
+            .ops
+            .iter()
+            .enumerate()
+            .map(|(i, op)| {
+                let key = &self.data[op.key_start as usize..op.key_end as usize];
+                let mut bytes = [0u8; 32];
+                bytes[0] = op.cf.index() as u8;
+                let n = key.len().min(31);
+                bytes[1..=n].copy_from_slice(&key[..n]);
+                let mut prefix = [0u64; 4];
+                for (word, chunk) in prefix.iter_mut().zip(bytes.chunks_exact(8)) {
+                    let mut be = [0u8; 8];
+                    be.copy_from_slice(chunk);
+                    *word = u64::from_be_bytes(be);
+                }
+                // A batch never holds 2^32 rows: `offset` bounds its bytes to u32.
+                (prefix, i as u32)
+            })
+            .collect();
+        items.sort_unstable_by(|a, b| {
+            a.0.cmp(&b.0)
+                .then_with(|| self.key_of(a.1).cmp(self.key_of(b.1)))
+                .then(a.1.cmp(&b.1))
+        });
+        items.into_iter().map(|(_, i)| i).collect()
+    }
+
+    fn entry(&self, op: &BatchOp) -> BatchEntry<'_> {
+        let key = &self.data[op.key_start as usize..op.key_end as usize];
+        match op.value_end {
+            Some(end) => BatchEntry::Put {
+                cf: op.cf,
+                key,
+                value: &self.data[op.key_end as usize..end as usize],
+            },
+            None => BatchEntry::Delete { cf: op.cf, key },
+        }
     }
 
     /// The entries ordered by (family, key); entries with the same family and key keep their
     /// queued order, so applying them in this order has the same effect as in queued order.
+    /// Uses the order [`sort`](Self::sort) computed, or sorts now.
+    pub fn sorted(&self) -> impl Iterator<Item = BatchEntry<'_>> + '_ {
+        let order: std::borrow::Cow<'_, [u32]> = if self.is_sorted() {
+            std::borrow::Cow::Borrowed(&self.order)
+        } else {
+            std::borrow::Cow::Owned(self.compute_order())
+        };
+        (0..order.len()).map(move |i| self.entry(&self.ops[order[i] as usize]))
+    }
+
+    /// [`sorted`](Self::sorted), collected.
     pub fn sorted_entries(&self) -> Vec<BatchEntry<'_>> {
-        let mut entries: Vec<BatchEntry<'_>> = self.iter().collect();
-        // Stable: a later put to the same key must still land last.
-        entries.sort_by(|a, b| (a.cf().index(), a.key()).cmp(&(b.cf().index(), b.key())));
-        entries
+        self.sorted().collect()
     }
 
     /// The entries in the order they were queued.
     pub fn iter(&self) -> impl Iterator<Item = BatchEntry<'_>> + '_ {
-        self.ops.iter().map(move |op| {
-            let key = &self.data[op.key_start as usize..op.key_end as usize];
-            match op.value_end {
-                Some(end) => BatchEntry::Put {
-                    cf: op.cf,
-                    key,
-                    value: &self.data[op.key_end as usize..end as usize],
-                },
-                None => BatchEntry::Delete { cf: op.cf, key },
-            }
-        })
+        self.ops.iter().map(move |op| self.entry(op))
     }
 }
 
@@ -371,6 +478,12 @@ pub trait KvEngine: Send + Sync + 'static {
         limit: usize,
         visit: &mut Visitor<'_>,
     ) -> Result<usize, EngineError>;
+
+    /// Gets `batch` ready for [`write`](KvEngine::write) ahead of time (sorted, encoded in the
+    /// engine's own format), so the thread that writes it later has less to do: the store's
+    /// writer prepares each batch on its own thread before the committer thread writes it. Must
+    /// not change what the batch means. Default: nothing.
+    fn prepare(&self, _batch: &mut WriteBatch) {}
 
     /// Applies `batch` atomically; durable when `sync` is true and this returns `Ok`.
     fn write(&self, batch: &WriteBatch, sync: bool) -> Result<(), EngineError>;

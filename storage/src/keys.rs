@@ -53,6 +53,17 @@ pub(crate) fn message_key<'b>(out: &'b mut Vec<u8>, conv: &ConvKey, seq: Seq) ->
     out
 }
 
+/// `messages` prefix of the one-to-one conversation of `a` and `b` (either order): the same
+/// bytes as [`conv_prefix`] of [`ConvKey::direct`], without building the key.
+pub(crate) fn direct_prefix<'b>(out: &'b mut Vec<u8>, a: &UserId, b: &UserId) -> &'b [u8] {
+    let (low, high) = if a <= b { (a, b) } else { (b, a) };
+    out.clear();
+    out.push(ConvKind::DIRECT.0);
+    put_id(out, low.as_str());
+    put_id(out, high.as_str());
+    out
+}
+
 /// `messages` prefix of one conversation.
 pub(crate) fn conv_prefix<'b>(out: &'b mut Vec<u8>, conv: &ConvKey) -> &'b [u8] {
     out.clear();

@@ -11,9 +11,10 @@
 //! - [`Store`]: a group-commit writer and a pool of reader threads behind bounded queues. io
 //!   cores only enqueue and await a [`Completion`]; a write completes once its batch's WAL is
 //!   fsynced ([`Durability::Synced`]); a full queue fails fast with [`SubmitError::Busy`]. The
-//!   writer is two threads in a pipeline: one drains the queue into a batch and applies the
-//!   timeline rules, the other writes the previous batch (RocksDB insert + fsync) and completes
-//!   its callers, so both cores of a small machine work on writes.
+//!   writer is two threads in a pipeline: one drains the queue into a batch, applies the
+//!   timeline rules and prepares the batch for the engine ([`KvEngine::prepare`]: sorted, in
+//!   RocksDB's batch format), the other writes the previous batch (WAL + fsync, memtable
+//!   insert) and completes its callers, so both cores of a small machine work on writes.
 //!
 //! # Key layouts
 //! Notation: `id` = 1 length byte + UTF-8 bytes (ids are 1..=64 bytes, so an id's encoding is never
@@ -116,7 +117,8 @@ pub use types::{
     AppendResult, CursorUpdate, DevicePosition, DevicePositionEntry, Diffusion, DirectMessage,
     GroupCursor, GroupInfo, GroupUpdate, HistoryDirection, InboxMessage, MarkRead, Member,
     MemberRole, MemberUpdate, Membership, PositionUpdate, ReadState, Recall, RecallResult,
-    RecentConversation, RecentList, Relation, RelationKind, StoredMessage,
+    RecentConversation, RecentCursor, RecentList, RecentPage, Relation, RelationKind,
+    StoredMessage,
 };
 
 /// Test and benchmark support: writes raw records the way an older or newer version would.

@@ -5,14 +5,15 @@ use crate::engine::{Cf, Direction, EngineError, KvEngine, ScanRange, Visitor};
 use crate::ids::{ConvKey, DeviceId, GroupId, Seq, UserId};
 use crate::keys::{self, decode_conv, prefix_end, KeyReader};
 use crate::records::{
-    access, bad, stored_message, ArchivedCursorRecord, ArchivedGroupRecord, ArchivedInboxRecord,
-    ArchivedMemberOfRecord, ArchivedMemberRecord, ArchivedMessageRecord, ArchivedPositionRecord,
-    ArchivedRecentRecord, ArchivedRelationRecord, ArchivedTotalUnreadRecord,
+    access, bad, stored_message, ArchivedCursorRecord, ArchivedGroupRecord,
+    ArchivedInboxHeadRecord, ArchivedInboxRecord, ArchivedMemberOfRecord, ArchivedMemberRecord,
+    ArchivedMessageRecord, ArchivedPositionRecord, ArchivedRecentRecord, ArchivedRelationRecord,
+    ArchivedTotalUnreadRecord,
 };
 use crate::types::{
     DevicePosition, DevicePositionEntry, Diffusion, GroupCursor, GroupInfo, HistoryDirection,
-    InboxMessage, Member, MemberRole, Membership, RecentConversation, RecentList, Relation,
-    RelationKind, StoredMessage,
+    InboxMessage, Member, MemberRole, Membership, RecentConversation, RecentCursor, RecentList,
+    RecentPage, Relation, RelationKind, StoredMessage,
 };
 
 /// Most conversations a recent list considers (they are ordered by time after the scan).
@@ -124,6 +125,55 @@ pub(crate) fn inbox_page(
     Ok(out)
 }
 
+/// The highest inbox seq assigned to `user` (zero if none): the head row, which outlives
+/// expired entries, or the newest entry if that is higher (they are written in one batch, but
+/// the two reads here are not one snapshot).
+pub(crate) fn inbox_head(engine: &impl KvEngine, user: &UserId) -> Result<Seq, EngineError> {
+    let mut prefix = Vec::new();
+    keys::user_key(&mut prefix, user);
+    inbox_head_at(engine, &prefix)
+}
+
+/// [`inbox_head`] of the user whose bare key is `user_key`.
+pub(crate) fn inbox_head_at(engine: &impl KvEngine, user_key: &[u8]) -> Result<Seq, EngineError> {
+    let head = engine
+        .get_with(Cf::Inbox, user_key, |value| {
+            access::<ArchivedInboxHeadRecord>(Cf::Inbox, value).map(|r| Seq(r.last_seq.to_native()))
+        })?
+        .transpose()?
+        .unwrap_or(Seq::ZERO);
+    Ok(head.max(last_seq_in(engine, Cf::Inbox, user_key)?))
+}
+
+/// The seq in the last key under `prefix ‖ seq` (zero if there is none).
+pub(crate) fn last_seq_in(
+    engine: &impl KvEngine,
+    cf: Cf,
+    prefix: &[u8],
+) -> Result<Seq, EngineError> {
+    let end = prefix_end(prefix);
+    let mut start = prefix.to_vec();
+    // Skips the bare `prefix` key (a head or counter row), which sorts before every child.
+    start.push(0);
+    let mut last = Seq::ZERO;
+    engine.scan(
+        cf,
+        ScanRange {
+            start: &start,
+            end: end.as_deref(),
+        },
+        Direction::Backward,
+        1,
+        &mut |k, _| {
+            last = KeyReader::new(&k[prefix.len()..])
+                .seq()
+                .map_err(bad_key(cf))?;
+            Ok(())
+        },
+    )?;
+    Ok(last)
+}
+
 /// A page of a conversation's history next to `anchor`.
 pub(crate) fn history(
     engine: &impl KvEngine,
@@ -197,6 +247,25 @@ pub(crate) fn recent(
     user: &UserId,
     limit: usize,
 ) -> Result<RecentList, EngineError> {
+    let page = recent_page(engine, user, None, limit)?;
+    Ok(RecentList {
+        conversations: page.conversations,
+        total_unread: page.total_unread,
+    })
+}
+
+/// Up to `limit` recent conversations after `after`, in the list's order (most recently active
+/// first, then by conversation key), with the last message joined.
+///
+/// Rows are keyed by conversation, not time, so this reads all of a user's rows (up to
+/// [`RECENT_SCAN_LIMIT`]) and orders them; keeping a time-ordered index instead would cost two
+/// more rows per participant on every message.
+pub(crate) fn recent_page(
+    engine: &impl KvEngine,
+    user: &UserId,
+    after: Option<&RecentCursor>,
+    limit: usize,
+) -> Result<RecentPage, EngineError> {
     let mut prefix = Vec::new();
     keys::user_key(&mut prefix, user);
     let mut conversations = Vec::new();
@@ -206,14 +275,25 @@ pub(crate) fn recent(
         &prefix,
         RECENT_SCAN_LIMIT,
         &mut |key, value| {
+            let rec = access::<ArchivedRecentRecord>(Cf::Recent, value)?;
+            let last_time_ms = rec.last_time_ms.to_native();
+            // Newer than the cursor: on an earlier page. Decided before decoding the key.
+            if after.is_some_and(|c| last_time_ms > c.time_ms) {
+                return Ok(());
+            }
             let mut r = KeyReader::new(key);
             r.id().map_err(bad_key(Cf::Recent))?;
             let conv = r.conv().map_err(bad_key(Cf::Recent))?;
-            let rec = access::<ArchivedRecentRecord>(Cf::Recent, value)?;
+            if let Some(c) = after {
+                let past = last_time_ms < c.time_ms || c.conv.as_ref().is_some_and(|at| conv > *at);
+                if !past {
+                    return Ok(());
+                }
+            }
             conversations.push(RecentConversation {
                 conv,
                 last_seq: Seq(rec.last_seq.to_native()),
-                last_time_ms: rec.last_time_ms.to_native(),
+                last_time_ms,
                 last_message: None,
                 unread: rec.unread.to_native(),
                 read_seq: Seq(rec.read_seq.to_native()),
@@ -223,18 +303,25 @@ pub(crate) fn recent(
             Ok(())
         },
     )?;
-    conversations.sort_by(|a, b| {
+    let order = |a: &RecentConversation, b: &RecentConversation| {
         b.last_time_ms
             .cmp(&a.last_time_ms)
             .then_with(|| a.conv.cmp(&b.conv))
-    });
-    conversations.truncate(limit);
+    };
+    let more = conversations.len() > limit;
+    if more {
+        // Only the page needs ordering among itself.
+        conversations.select_nth_unstable_by(limit, order);
+        conversations.truncate(limit);
+    }
+    conversations.sort_by(order);
     for c in &mut conversations {
         c.last_message = message(engine, &c.conv, c.last_seq)?;
     }
-    Ok(RecentList {
+    Ok(RecentPage {
         conversations,
         total_unread: total_unread(engine, user)?,
+        more,
     })
 }
 

@@ -10,6 +10,7 @@ use rkyv::api::high::{HighSerializer, HighValidator};
 use rkyv::bytecheck::CheckBytes;
 use rkyv::rancor;
 use rkyv::ser::allocator::ArenaHandle;
+use rkyv::with::{AsString, AsVec};
 use rkyv::{Archive, Portable, Serialize};
 
 use crate::engine::{Cf, EngineError};
@@ -32,11 +33,41 @@ pub(crate) struct MessageRecord {
     pub body: Vec<u8>,
 }
 
+/// A [`MessageRecord`] built from borrowed parts, so the write path serializes the sender,
+/// device and body where they lie instead of copying them into owned fields first. Its archive
+/// has the same fields of the same archived types in the same order (both `repr(C)`), so it is
+/// byte for byte a [`MessageRecord`] archive (checked below and in the tests).
+#[derive(Archive, Serialize)]
+pub(crate) struct MessageRecordRef<'a> {
+    #[rkyv(with = AsString)]
+    pub sender: &'a str,
+    #[rkyv(with = AsString)]
+    pub sender_device: &'a str,
+    pub client_msg_id: [u8; 16],
+    pub time_ms: u64,
+    pub kind: u8,
+    pub flags: u8,
+    #[rkyv(with = AsVec)]
+    pub body: &'a [u8],
+}
+
 /// `inbox` value: a reference to a message, not a copy of it.
+// Written as `InboxRecordRef`; this type names the archive readers validate.
+#[allow(dead_code)]
 #[derive(Archive, Serialize, Debug, Clone, PartialEq)]
 pub(crate) struct InboxRecord {
     /// Encoded conversation key.
     pub conv: Vec<u8>,
+    pub conv_seq: u64,
+    pub time_ms: u64,
+}
+
+/// An [`InboxRecord`] built from a borrowed conversation key; same archive, as for
+/// [`MessageRecordRef`].
+#[derive(Archive, Serialize)]
+pub(crate) struct InboxRecordRef<'a> {
+    #[rkyv(with = AsVec)]
+    pub conv: &'a [u8],
     pub conv_seq: u64,
     pub time_ms: u64,
 }
@@ -58,10 +89,24 @@ pub(crate) struct PositionRecord {
 }
 
 /// `dedup` value: what the first transmission was assigned.
+// Written as `DedupRecordRef`; this type names the archive readers validate.
+#[allow(dead_code)]
 #[derive(Archive, Serialize, Debug, Clone, PartialEq)]
 pub(crate) struct DedupRecord {
     /// Encoded conversation key.
     pub conv: Vec<u8>,
+    pub conv_seq: u64,
+    pub sender_inbox_seq: u64,
+    pub recipient_inbox_seq: u64,
+    pub time_ms: u64,
+}
+
+/// A [`DedupRecord`] built from a borrowed conversation key; same archive, as for
+/// [`MessageRecordRef`].
+#[derive(Archive, Serialize)]
+pub(crate) struct DedupRecordRef<'a> {
+    #[rkyv(with = AsVec)]
+    pub conv: &'a [u8],
     pub conv_seq: u64,
     pub sender_inbox_seq: u64,
     pub recipient_inbox_seq: u64,
@@ -158,6 +203,10 @@ const _: () = {
     assert!(align_of::<ArchivedRelationRecord>() == 1);
     assert!(align_of::<ArchivedSchemaRecord>() == 1);
     assert!(align_of::<ArchivedNodeRecord>() == 1);
+    use std::mem::size_of;
+    assert!(size_of::<ArchivedMessageRecordRef<'static>>() == size_of::<ArchivedMessageRecord>());
+    assert!(size_of::<ArchivedInboxRecordRef<'static>>() == size_of::<ArchivedInboxRecord>());
+    assert!(size_of::<ArchivedDedupRecordRef<'static>>() == size_of::<ArchivedDedupRecord>());
 };
 
 /// Appends the archive of `value` to `out`. The archive is self-contained (relative pointers, root
@@ -257,6 +306,67 @@ mod tests {
             assert_eq!(archived.time_ms.to_native(), 1_700_000_000_123);
             assert_eq!(archived.body.as_slice(), rec.body.as_slice());
         }
+    }
+
+    #[test]
+    fn borrowed_records_archive_like_owned_ones() {
+        let owned = MessageRecord {
+            sender: "alice".into(),
+            sender_device: "a-device-name-longer-than-inline".into(),
+            client_msg_id: [3; 16],
+            time_ms: 1_700_000_000_123,
+            kind: 1,
+            flags: 2,
+            body: b"body bytes".to_vec(),
+        };
+        let borrowed = MessageRecordRef {
+            sender: &owned.sender,
+            sender_device: &owned.sender_device,
+            client_msg_id: owned.client_msg_id,
+            time_ms: owned.time_ms,
+            kind: owned.kind,
+            flags: owned.flags,
+            body: &owned.body,
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        encode(&mut a, &owned).unwrap();
+        encode(&mut b, &borrowed).unwrap();
+        assert_eq!(a, b);
+
+        let conv = [1, 1, b'a', 1, b'b'];
+        let owned = InboxRecord {
+            conv: conv.to_vec(),
+            conv_seq: 9,
+            time_ms: 10,
+        };
+        let borrowed = InboxRecordRef {
+            conv: &conv,
+            conv_seq: 9,
+            time_ms: 10,
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        encode(&mut a, &owned).unwrap();
+        encode(&mut b, &borrowed).unwrap();
+        assert_eq!(a, b);
+
+        let owned = DedupRecord {
+            conv: conv.to_vec(),
+            conv_seq: 9,
+            sender_inbox_seq: 4,
+            recipient_inbox_seq: 5,
+            time_ms: 10,
+        };
+        let borrowed = DedupRecordRef {
+            conv: &conv,
+            conv_seq: 9,
+            sender_inbox_seq: 4,
+            recipient_inbox_seq: 5,
+            time_ms: 10,
+        };
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        encode(&mut a, &owned).unwrap();
+        encode(&mut b, &borrowed).unwrap();
+        assert_eq!(a, b);
     }
 
     #[test]

@@ -25,8 +25,8 @@ use crate::records::{
 use crate::types::{
     AppendResult, CursorUpdate, DevicePosition, DevicePositionEntry, DirectMessage, GroupCursor,
     GroupInfo, GroupUpdate, HistoryDirection, InboxMessage, MarkRead, Member, MemberUpdate,
-    Membership, PositionUpdate, ReadState, Recall, RecallResult, RecentList, Relation,
-    RelationKind, StoredMessage,
+    Membership, PositionUpdate, ReadState, Recall, RecallResult, RecentCursor, RecentList,
+    RecentPage, Relation, RelationKind, StoredMessage,
 };
 
 /// Where the writer gets the time it stamps on messages and derives expiry cutoffs from. The
@@ -402,7 +402,12 @@ fn writer_loop<E: KvEngine>(w: WriterThread<E>) {
             core.seal();
             let poisoned = core.poisoned().cloned();
             let gen = core.gen();
-            let batch = core.take(spare_rx.try_recv().unwrap_or_default());
+            let mut batch = core.take(spare_rx.try_recv().unwrap_or_default());
+            if poisoned.is_none() {
+                // Sorting and encoding here rather than in the engine's write keeps them off the
+                // committer, which is the busier thread of the two.
+                engine.prepare(&mut batch);
+            }
             let must_wait = wait || poisoned.is_some() || core.over_cache_limit();
             let (done, done_rx) = if must_wait {
                 let (tx, rx) = oneshot::channel();
@@ -684,6 +689,13 @@ impl<E: KvEngine> Store<E> {
         self.query(move |e| read::inbox_page(e, &user, after, limit))
     }
 
+    /// The highest inbox seq assigned to `user` so far (zero if none): where their inbox ends, as
+    /// a node reports it when a device connects. It covers every append whose completion has been
+    /// delivered, and never goes back, also after the entries themselves expire.
+    pub fn inbox_head(&self, user: UserId) -> Result<Completion<Seq>, SubmitError> {
+        self.query(move |e| read::inbox_head(e, &user))
+    }
+
     /// Up to `limit` messages of a conversation before (newest first) or after (oldest first)
     /// `anchor`.
     pub fn history(
@@ -713,6 +725,18 @@ impl<E: KvEngine> Store<E> {
         limit: usize,
     ) -> Result<Completion<RecentList>, SubmitError> {
         self.query(move |e| read::recent(e, &user, limit))
+    }
+
+    /// Up to `limit` recent conversations after `after` (from the most recent when `None`), in
+    /// the list's order: most recently active first, then by conversation key. Continue with
+    /// [`RecentPage::next`]; conversations sharing a time are never skipped between pages.
+    pub fn recent_page(
+        &self,
+        user: UserId,
+        after: Option<RecentCursor>,
+        limit: usize,
+    ) -> Result<Completion<RecentPage>, SubmitError> {
+        self.query(move |e| read::recent_page(e, &user, after.as_ref(), limit))
     }
 
     /// One device's inbox positions.

@@ -202,6 +202,64 @@ pub struct RecentList {
     pub total_unread: u64,
 }
 
+/// A position in a user's recent-conversation list. The list is ordered by last activity, most
+/// recent first, and by conversation key among conversations with the same time, so a position
+/// needs both: paging by the time alone ("older than the last entry's time") skips the rest of a
+/// tie whenever a page ends inside one, and several conversations often share a millisecond (one
+/// batch stamps all its messages with one time).
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct RecentCursor {
+    /// Last activity of the position, ms since the Unix epoch.
+    pub time_ms: u64,
+    /// The conversation at the position; `None` stands past every conversation of `time_ms`, so
+    /// a page after it starts with those strictly older (an exclusive time, as a client that only
+    /// knows times asks).
+    pub conv: Option<ConvKey>,
+}
+
+impl RecentCursor {
+    /// The position of a listed conversation: a page after it continues right behind it. Pass
+    /// the last entry of a page to get the next page.
+    pub fn at(conversation: &RecentConversation) -> Self {
+        RecentCursor {
+            time_ms: conversation.last_time_ms,
+            conv: Some(conversation.conv.clone()),
+        }
+    }
+
+    /// The position past every conversation active at `time_ms` or later: a page after it holds
+    /// the conversations strictly older than `time_ms`.
+    pub fn before(time_ms: u64) -> Self {
+        RecentCursor {
+            time_ms,
+            conv: None,
+        }
+    }
+}
+
+/// A page of a user's recent conversations.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct RecentPage {
+    /// Conversations after the requested position, most recently active first (then by
+    /// conversation key).
+    pub conversations: Vec<RecentConversation>,
+    /// Unread over all conversations (not only the listed ones).
+    pub total_unread: u64,
+    /// Whether more conversations follow this page.
+    pub more: bool,
+}
+
+impl RecentPage {
+    /// Where the next page starts, if there is one.
+    pub fn next(&self) -> Option<RecentCursor> {
+        if self.more {
+            self.conversations.last().map(RecentCursor::at)
+        } else {
+            None
+        }
+    }
+}
+
 /// Direction of a history page relative to its anchor seq.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum HistoryDirection {

@@ -971,6 +971,138 @@ fn expiry_keeps_the_storage_timeline<H: Harness>() {
     assert_eq!(c2.conv_seq, Seq(2));
 }
 
+fn head<E: KvEngine>(store: &Store<E>, u: &str) -> u64 {
+    store.inbox_head(user(u)).unwrap().wait().unwrap().0
+}
+
+fn inbox_head_is_the_last_assigned_inbox_seq<H: Harness>() {
+    let h = H::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let config = StoreConfig {
+        inbox_max_age: 30 * DAY,
+        ..StoreConfig::default()
+    };
+    let store = open_with(&h, &clock, config.clone());
+    assert_eq!(head(&store, "alice"), 0, "nothing assigned yet");
+
+    for i in 1..=3 {
+        send(&store, msg("alice", "bob", i));
+    }
+    assert_eq!((head(&store, "alice"), head(&store, "bob")), (3, 3));
+    let note = send(&store, msg("alice", "alice", 10));
+    assert_eq!(head(&store, "alice"), note.sender_inbox_seq.0);
+    assert_eq!((head(&store, "alice"), head(&store, "bob")), (4, 3));
+    let last = send(&store, msg("bob", "alice", 1));
+    assert_eq!(head(&store, "alice"), last.recipient_inbox_seq.0);
+    assert_eq!(head(&store, "bob"), last.sender_inbox_seq.0);
+    let page = inbox(&store, "alice", 0, 100);
+    assert_eq!(
+        page.last().map(|m| m.inbox_seq.0),
+        Some(head(&store, "alice")),
+        "the head is the newest entry of a full inbox page"
+    );
+
+    // A retransmission assigns nothing; a recall event is an inbox entry for both.
+    send(&store, msg("bob", "alice", 1));
+    assert_eq!((head(&store, "alice"), head(&store, "bob")), (5, 4));
+    let recall = Recall {
+        conv: last.conv.clone(),
+        seq: last.conv_seq,
+        by: user("bob"),
+        by_device: device("phone"),
+    };
+    store.recall(recall).unwrap().wait().unwrap();
+    assert_eq!((head(&store, "alice"), head(&store, "bob")), (6, 5));
+
+    // The head outlives its entries and restarts.
+    drop(store);
+    clock.set(T0 + (40 * DAY).as_millis() as u64);
+    let store = open_with(&h, &clock, config);
+    store.expire_now().unwrap().wait().unwrap();
+    assert!(inbox(&store, "alice", 0, 100).is_empty());
+    assert_eq!((head(&store, "alice"), head(&store, "bob")), (6, 5));
+    let next = send(&store, msg("carol", "alice", 1));
+    assert_eq!(next.recipient_inbox_seq, Seq(7));
+    assert_eq!((head(&store, "alice"), head(&store, "carol")), (7, 1));
+}
+
+fn recent_pages_do_not_skip_equal_times<H: Harness>() {
+    let h = H::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let store = open(&h, &clock);
+    // Seven conversations last active in the same millisecond, two a millisecond later.
+    let senders = ["s1", "s2", "s3", "s4", "s5", "s6", "s7"];
+    for (i, s) in senders.iter().enumerate() {
+        send(&store, msg(s, "alice", i as u64));
+    }
+    clock.set(T0 + 1);
+    send(&store, msg("t2", "alice", 1));
+    send(&store, msg("alice", "t1", 1));
+
+    let page = |after: Option<RecentCursor>, limit: usize| {
+        store
+            .recent_page(user("alice"), after, limit)
+            .unwrap()
+            .wait()
+            .unwrap()
+    };
+    let mut seen = Vec::new();
+    let mut after = None;
+    loop {
+        let p = page(after.clone(), 3);
+        assert_eq!(p.total_unread, 8, "the total covers every conversation");
+        assert!(p.conversations.len() <= 3);
+        seen.extend(
+            p.conversations
+                .iter()
+                .map(|c| (c.last_time_ms, c.conv.clone())),
+        );
+        match p.next() {
+            Some(next) => after = Some(next),
+            None => {
+                assert!(!p.more);
+                break;
+            }
+        }
+    }
+    let all = recent(&store, "alice");
+    let expected: Vec<_> = all
+        .conversations
+        .iter()
+        .map(|c| (c.last_time_ms, c.conv.clone()))
+        .collect();
+    assert_eq!(expected.len(), 9);
+    assert_eq!(
+        seen, expected,
+        "every conversation once, in the list's order"
+    );
+    // Most recent first; equal times by conversation key.
+    let mut sorted = expected.clone();
+    sorted.sort_by(|a, b| b.0.cmp(&a.0).then_with(|| a.1.cmp(&b.1)));
+    assert_eq!(expected, sorted);
+    assert_eq!(expected[0].0, T0 + 1);
+    assert!(all.conversations[0].last_message.is_some());
+
+    // A page ending inside the tie continues inside it.
+    let first = page(None, 4);
+    assert!(first.more);
+    assert_eq!(first.conversations[3].last_time_ms, T0);
+    let second = page(first.next(), 100);
+    assert_eq!(second.conversations.len(), 5);
+    assert!(!second.more);
+    assert_eq!(second.next(), None);
+
+    // A time-only cursor means "strictly older than".
+    let older = page(Some(RecentCursor::before(T0 + 1)), 100);
+    assert_eq!(older.conversations.len(), 7);
+    assert!(older.conversations.iter().all(|c| c.last_time_ms == T0));
+    assert!(page(Some(RecentCursor::before(T0)), 100)
+        .conversations
+        .is_empty());
+    let everything = page(Some(RecentCursor::before(T0 + 2)), 100);
+    assert_eq!(everything.conversations.len(), 9);
+}
+
 fn newer_schema_is_refused<H: Harness>() {
     let h = H::new();
     let clock = Arc::new(ManualClock::new(T0));
@@ -1028,6 +1160,9 @@ impl<E: KvEngine> KvEngine for Gated<E> {
         visit: &mut tern_storage::Visitor<'_>,
     ) -> Result<usize, EngineError> {
         self.inner.scan(cf, range, direction, limit, visit)
+    }
+    fn prepare(&self, batch: &mut WriteBatch) {
+        self.inner.prepare(batch)
     }
     fn write(&self, batch: &WriteBatch, sync: bool) -> Result<(), EngineError> {
         let (lock, cv) = &*self.state;
@@ -1144,6 +1279,9 @@ impl<E: KvEngine> KvEngine for Flaky<E> {
         visit: &mut tern_storage::Visitor<'_>,
     ) -> Result<usize, EngineError> {
         self.inner.scan(cf, range, direction, limit, visit)
+    }
+    fn prepare(&self, batch: &mut WriteBatch) {
+        self.inner.prepare(batch)
     }
     fn write(&self, batch: &WriteBatch, sync: bool) -> Result<(), EngineError> {
         if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
@@ -1263,6 +1401,14 @@ macro_rules! conformance {
             #[test]
             fn expiry_keeps_the_storage_timeline() {
                 super::expiry_keeps_the_storage_timeline::<$harness>();
+            }
+            #[test]
+            fn inbox_head_is_the_last_assigned_inbox_seq() {
+                super::inbox_head_is_the_last_assigned_inbox_seq::<$harness>();
+            }
+            #[test]
+            fn recent_pages_do_not_skip_equal_times() {
+                super::recent_pages_do_not_skip_equal_times::<$harness>();
             }
             #[test]
             fn newer_schema_is_refused() {

@@ -379,7 +379,18 @@ fn crash_test_kills_the_writer_repeatedly() {
                 ),
             }
         }
-        std::thread::sleep(Duration::from_millis(rng.random_range(20..=200)));
+        // Kill at a random moment after the round's first completion: on a loaded machine a
+        // fixed delay after start can end a round before anything completed.
+        let log = dir.path().join("completions.log");
+        let waiting = Instant::now();
+        while !read_log(&log).iter().any(|r| r.round == round) {
+            assert!(
+                waiting.elapsed() < Duration::from_secs(30),
+                "round {round} completed nothing in 30 s"
+            );
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..=180)));
         child.kill().unwrap(); // SIGKILL
         let status = child.wait().unwrap();
         assert!(
@@ -388,7 +399,6 @@ fn crash_test_kills_the_writer_repeatedly() {
         );
 
         // The kill may tear the line being written; cut it so the next child appends cleanly.
-        let log = dir.path().join("completions.log");
         if let Ok(text) = std::fs::read(&log) {
             let keep = text.iter().rposition(|&b| b == b'\n').map_or(0, |i| i + 1);
             if keep < text.len() {
