@@ -392,7 +392,10 @@ impl Core {
                 let mut replaced = Vec::new();
                 {
                     let mut sessions = self.sessions.borrow_mut();
-                    let regs = sessions.entry(user).or_default();
+                    // Most users have one device online: room for one, not the four a first push reserves.
+                    let regs = sessions
+                        .entry(user)
+                        .or_insert_with(|| Vec::with_capacity(1));
                     //= SPEC.md#close
                     //# A new session of the same user and device replaces the old one (REPLACED).
                     regs.retain(|r| {
