@@ -1049,12 +1049,8 @@ fn up_main(
     let mut n: u64 = 0;
     // A frame that did not fit in the previous request's body.
     let mut carry: Option<Vec<u8>> = None;
-    loop {
-        let mut body = match carry.take().map(Up::Data).map_or_else(|| rx.recv(), Ok) {
-            Ok(Up::Data(b)) => b,
-            // Up::Close, or the connection dropped: end the session on the server.
-            Ok(Up::Close) | Err(_) => break,
-        };
+    // Up::Close, or the connection dropped: end the session on the server.
+    while let Ok(Up::Data(mut body)) = carry.take().map(Up::Data).map_or_else(|| rx.recv(), Ok) {
         let mut close_after = false;
         // Frames written meanwhile go along, up to the server's smallest body limit (1 MiB).
         loop {
