@@ -625,12 +625,18 @@ struct Session {
     seat: Option<Box<Seat>>,
 }
 
-/// A connection's chat-room membership and its send limit.
+/// What a session needs once it uses rooms or typing: kept out of the common session so an idle
+/// connection does not pay for it.
 #[derive(Debug, Default)]
 struct Seat {
     rooms: Vec<Arc<str>>,
     limit: RateLimit,
+    typing: RateLimit,
 }
+
+/// TYPING frames a connection may send per second, and the burst on top; more are dropped.
+const TYPING_RATE: u32 = 5;
+const TYPING_BURST: u32 = 10;
 
 enum Event {
     Readable(bool),
@@ -1291,6 +1297,18 @@ impl Connection {
                 body,
             } => Box::pin(self.room_send(rid, &info, room, msg_id, kind, body)).await,
             Plan::Typing { peer, frame } => {
+                //= SPEC.md#typing-presence-and-subscribe
+                //# The server drops TYPING beyond 5 per second per connection (burst 10).
+                let allowed = self.session.as_mut().is_some_and(|s| {
+                    s.seat.get_or_insert_with(Box::default).typing.allow(
+                        now,
+                        TYPING_RATE,
+                        TYPING_BURST,
+                    )
+                });
+                if !allowed {
+                    return true;
+                }
                 self.core.deliver(Delivery {
                     user: peer,
                     except_session: None,

@@ -495,3 +495,49 @@ fn sigterm_drains_sessions_with_close_drain_and_keeps_what_was_acknowledged() {
     assert_eq!(pulled.len(), 1);
     assert_eq!(pulled[0].conv_seq, ack.conv_seq);
 }
+
+#[test]
+fn typing_reaches_the_peer_and_a_flood_is_cut_to_the_rate_limit() {
+    let node = Node::start();
+    let mut alice = node.connect("alice", "phone");
+    let mut bob = node.connect("bob", "phone");
+    let typing = |state| {
+        Frame::new(
+            0,
+            Body::Typing(tern_protocol::Typing {
+                conv: Conv::direct("bob"),
+                user: "".into(),
+                state,
+            }),
+        )
+    };
+    for _ in 0..40 {
+        alice
+            .send(&typing(tern_protocol::TypingState::TYPING))
+            .unwrap();
+    }
+    let mut got = 0;
+    while let Ok(Some(f)) = bob.recv(Duration::from_millis(500)) {
+        if let Body::Typing(t) = f.body {
+            assert_eq!((t.user.as_ref(), t.conv), ("alice", Conv::direct("alice")));
+            got += 1;
+        }
+    }
+    // A burst of 10, plus what 5/s refilled while the flood was sent.
+    assert!(
+        (10..=13).contains(&got),
+        "{got} of 40 TYPING frames relayed"
+    );
+    // The limit refills: a later TYPING goes through.
+    std::thread::sleep(Duration::from_millis(400));
+    alice
+        .send(&typing(tern_protocol::TypingState::STOPPED))
+        .unwrap();
+    let (f, _) = recv_until(&mut bob, |f| matches!(f.body, Body::Typing(_)));
+    let Body::Typing(t) = f.body else {
+        unreachable!()
+    };
+    assert_eq!(t.state, tern_protocol::TypingState::STOPPED);
+    // Nothing was stored.
+    assert!(sync_all(&mut bob, 0).is_empty());
+}
