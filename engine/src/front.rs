@@ -271,7 +271,11 @@ async fn inside_tls(
 async fn http_front(core: Rc<Core>, wire: Wire, buf: Vec<u8>, peer: SocketAddr) -> Option<Opened> {
     match tunnel::serve_http(core, wire, buf, peer).await {
         HttpEnd::Done => None,
-        HttpEnd::WebSocket { wire, initial } => {
+        HttpEnd::WebSocket {
+            wire,
+            initial,
+            peer,
+        } => {
             inc(&METRICS.transport_ws_total);
             Some(Opened {
                 link: Link::Wire(wire),

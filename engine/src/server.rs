@@ -372,6 +372,11 @@ impl Core {
         }
     }
 
+    /// Whether `core` is one of this node's cores.
+    pub(crate) fn has_core(&self, core: u16) -> bool {
+        core == self.id || usize::from(core) < self.node.peers.len()
+    }
+
     /// Sends a message that needs its reply: `false` if the core does not exist or its queue
     /// is full (the caller answers "unavailable" instead of waiting forever).
     pub(crate) fn send_to(&self, core: u16, msg: CoreMsg) -> bool {

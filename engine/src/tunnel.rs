@@ -37,8 +37,13 @@ const REFUSAL_TAIL: Duration = Duration::from_millis(200);
 pub enum HttpEnd {
     /// Served and closed.
     Done,
-    /// Upgraded: the connection now carries frames in WebSocket messages.
-    WebSocket { wire: Box<Wire>, initial: Vec<u8> },
+    /// Upgraded: the connection now carries frames in WebSocket messages; `peer` is the client
+    /// (from `X-Forwarded-For` when a trusted proxy sent the request).
+    WebSocket {
+        wire: Box<Wire>,
+        initial: Vec<u8>,
+        peer: SocketAddr,
+    },
 }
 
 const X_TERN: (&str, &str) = ("Content-Type", "application/x-tern");
@@ -71,8 +76,9 @@ pub async fn serve_http(
             }
         };
         wait = KEEP_ALIVE;
+        let peer = forwarded_for(&core, &head, peer);
         if head.is_websocket() {
-            return upgrade(&core, wire, buf, &head).await;
+            return upgrade(&core, wire, buf, &head, peer).await;
         }
         let body_len = match head.body_len() {
             Ok(n) if n <= max_body => n,
@@ -101,7 +107,19 @@ pub async fn serve_http(
         }
         let body = Bytes::copy_from_slice(&buf[head.len..head.len + body_len]);
         buf.drain(..head.len + body_len);
-        let keep = match http::route(&head) {
+        let route = match http::route(&head) {
+            // A routing part naming no core names no session: the same 403 as any other.
+            Route::Up { sid, .. }
+            | Route::Down { sid }
+            | Route::Poll { sid, .. }
+            | Route::Close { sid }
+                if !core.has_core(sid.core) =>
+            {
+                Route::BadSession
+            }
+            r => r,
+        };
+        let keep = match route {
             Route::Open { poll } => open(&core, &mut wire, body, poll, peer).await,
             Route::Up { sid, n } => {
                 let status = up(&core, sid, n, body).await;
@@ -162,6 +180,27 @@ pub async fn serve_http(
     }
 }
 
+/// The client behind a trusted HTTP reverse proxy: the last address of `X-Forwarded-For` (the
+/// one the proxy saw; earlier entries are the client's own claims). From any other source the
+/// header is ignored, so a client cannot choose its own address.
+fn forwarded_for(core: &Core, head: &RequestHead, peer: SocketAddr) -> SocketAddr {
+    if !core
+        .node
+        .proxy_trusted
+        .iter()
+        .any(|c| c.contains(peer.ip()))
+    {
+        return peer;
+    }
+    head.headers
+        .iter()
+        .filter(|(n, _)| n == "x-forwarded-for")
+        .flat_map(|(_, v)| v.split(','))
+        .next_back()
+        .and_then(|a| a.trim().parse::<std::net::IpAddr>().ok())
+        .map_or(peer, |ip| SocketAddr::new(ip, 0))
+}
+
 /// Reads more request bytes within `timeout`; `false` when the client is gone or slow.
 async fn read_more(core: &Core, wire: &mut Wire, buf: &mut Vec<u8>, timeout: Duration) -> bool {
     matches!(
@@ -203,7 +242,13 @@ fn down_headers(sid: Option<&str>) -> Vec<(&str, &str)> {
     h
 }
 
-async fn upgrade(core: &Rc<Core>, mut wire: Wire, mut buf: Vec<u8>, head: &RequestHead) -> HttpEnd {
+async fn upgrade(
+    core: &Rc<Core>,
+    mut wire: Wire,
+    mut buf: Vec<u8>,
+    head: &RequestHead,
+    peer: SocketAddr,
+) -> HttpEnd {
     let resp = match ws::accept(head) {
         Ok(r) => r,
         Err(why) => {
@@ -222,6 +267,7 @@ async fn upgrade(core: &Rc<Core>, mut wire: Wire, mut buf: Vec<u8>, head: &Reque
         Ok(true) => HttpEnd::WebSocket {
             wire: Box::new(wire),
             initial,
+            peer,
         },
         _ => HttpEnd::Done,
     }

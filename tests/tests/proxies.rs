@@ -762,3 +762,43 @@ fn proxy_headers_from_untrusted_sources_close_the_connection() {
         started.elapsed()
     );
 }
+
+/// Opens a tunnel session with a raw HTTP request carrying `X-Forwarded-For`; the answer's status.
+fn tunnel_open_forwarded(node: &Node, forwarded: &str, token: &str, device: &str) -> String {
+    let hello = hello_bytes(token, device);
+    let mut req = format!(
+        "POST /tern/open?mode=poll HTTP/1.1\r\nHost: x\r\nX-Forwarded-For: {forwarded}\r\nContent-Length: {}\r\n\r\n",
+        hello.len()
+    )
+    .into_bytes();
+    req.extend_from_slice(&hello);
+    let mut s = TcpStream::connect(&node.http).unwrap();
+    s.set_read_timeout(Some(WAIT)).unwrap();
+    s.write_all(&req).unwrap();
+    let mut buf = [0u8; 256];
+    let n = s.read(&mut buf).unwrap();
+    String::from_utf8_lossy(&buf[..n])
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+#[test]
+fn x_forwarded_for_names_the_client_only_from_trusted_sources() {
+    // The test client is 127.0.0.1: trusted here, so the header's last address counts.
+    let trusted = Node::start_logged(&["--proxy-trusted", "127.0.0.1"], DEBUG_LOG);
+    let token = trusted.token("alice", None, 300);
+    let status = tunnel_open_forwarded(&trusted, "10.9.9.9, 198.51.100.7", &token, "xff");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(
+        session_peer(&trusted, "xff").ip().to_string(),
+        "198.51.100.7"
+    );
+    // Untrusted: the header is the client's own claim and is ignored.
+    let plain = Node::start_logged(&[], DEBUG_LOG);
+    let token = plain.token("alice", None, 300);
+    let status = tunnel_open_forwarded(&plain, "198.51.100.7", &token, "xff");
+    assert!(status.contains("200"), "{status}");
+    assert_eq!(session_peer(&plain, "xff").ip().to_string(), "127.0.0.1");
+}
