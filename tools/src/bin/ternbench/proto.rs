@@ -7,7 +7,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use anyhow::{anyhow, bail, Context, Result};
@@ -24,8 +24,10 @@ use tokio::net::{TcpSocket, TcpStream};
 use tokio::sync::mpsc;
 use tokio_rustls::TlsConnector;
 
-/// Bytes asked of the socket per read.
-const READ_CHUNK: usize = 16 * 1024;
+use crate::tls::{client_config, Suite};
+
+/// Smallest free space a read is given.
+const READ_MIN: usize = 2048;
 /// Largest WebSocket frame or HTTP body accepted from the node.
 const MAX_MESSAGE: u64 = 64 << 20;
 /// Largest `up` body: frames queued while a request is in flight go out together up to this.
@@ -117,10 +119,15 @@ pub async fn connect(source: IpAddr, target: SocketAddr) -> Result<TcpStream> {
 type Rd = Box<dyn AsyncRead + Unpin + std::marker::Send>;
 type Wr = Box<dyn AsyncWrite + Unpin + std::marker::Send>;
 
-/// Reads into the spare capacity of `buf`; 0 at the end of the stream. A TLS peer that closes
-/// without close_notify is an end of stream too: the node may just drop the socket.
+/// Reads into the spare capacity of `buf`, at least `READ_MIN` bytes of it; 0 at the end of the
+/// stream. A TLS peer that closes without close_notify is an end of stream too: the node may
+/// just drop the socket. Buffers start small because an idle run holds thousands of them (and
+/// touching fresh pages costs the client CPU that the node would otherwise get); a busy one
+/// grows as `Vec` does.
 async fn read_some(rd: &mut Rd, buf: &mut Vec<u8>) -> Result<usize> {
-    buf.reserve(READ_CHUNK);
+    if buf.capacity() - buf.len() < READ_MIN {
+        buf.reserve(READ_MIN.max(buf.len()));
+    }
     match rd.read_buf(buf).await {
         Ok(n) => Ok(n),
         Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(0),
@@ -138,6 +145,8 @@ pub struct Dialer {
     host: String,
     pub tls_full: AtomicU64,
     pub tls_resumed: AtomicU64,
+    /// The cipher suite the node chose (first TLS connection).
+    pub tls_suite: OnceLock<String>,
 }
 
 impl Dialer {
@@ -146,11 +155,12 @@ impl Dialer {
         transport: Transport,
         ca: Option<&Path>,
         tls_name: Option<&str>,
+        suite: Option<Suite>,
         resume: bool,
     ) -> Result<Dialer> {
         let tls = if transport.uses_tls() {
             let ca = ca.context("TLS needs a certificate to trust: pass --ca or --data-dir")?;
-            let config = crate::tls::client_config(ca, transport == Transport::Tls, resume)?;
+            let config = client_config(ca, transport == Transport::Tls, suite, resume)?;
             let ip = target.ip().to_string();
             let name = tern_tools::tls::server_name(tls_name.unwrap_or(&ip))?;
             Some((TlsConnector::from(Arc::new(config)), name))
@@ -164,6 +174,7 @@ impl Dialer {
             host: target.to_string(),
             tls_full: AtomicU64::new(0),
             tls_resumed: AtomicU64::new(0),
+            tls_suite: OnceLock::new(),
         })
     }
 
@@ -178,7 +189,11 @@ impl Dialer {
             .connect(name.clone(), tcp)
             .await
             .context("TLS handshake")?;
-        let counter = match s.get_ref().1.handshake_kind() {
+        let tls = s.get_ref().1;
+        if let Some(suite) = tls.negotiated_cipher_suite() {
+            let _ = self.tls_suite.set(format!("{:?}", suite.suite()));
+        }
+        let counter = match tls.handshake_kind() {
             Some(rustls::HandshakeKind::Resumed) => &self.tls_resumed,
             _ => &self.tls_full,
         };

@@ -1,30 +1,82 @@
-//! TLS client setup for the load clients: the trust and ALPN of the SDK's configurations, and
-//! session resumption through a ticket pool shared by every connection of a worker.
+//! TLS client setup for the load clients: trust from a PEM file, ALPN per transport, an
+//! optional preferred cipher suite, and session resumption through a ticket pool shared by
+//! every connection of a worker.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::Path;
 use std::sync::{Arc, Mutex};
 
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
 use rustls::client::{
     ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue,
 };
-use rustls::pki_types::ServerName;
-use rustls::NamedGroup;
-use tern_tools::tls::{TlsConfigs, Trust};
+use rustls::crypto::ring::cipher_suite;
+use rustls::pki_types::pem::PemObject;
+use rustls::pki_types::{CertificateDer, ServerName};
+use rustls::{NamedGroup, RootCertStore, SupportedCipherSuite};
+use serde::{Deserialize, Serialize};
+use tern_tools::tls::{ALPN_HTTP, ALPN_TERN};
 
 /// TLS 1.3 tickets kept per server name.
 const TICKETS: usize = 4096;
 
-/// A client configuration trusting the certificates of `ca`, offering ALPN `tern/1` (native)
-/// or `http/1.1` (WebSocket, tunnel), resuming sessions unless `resume` is false.
-pub fn client_config(ca: &Path, native: bool, resume: bool) -> Result<rustls::ClientConfig> {
-    let configs = TlsConfigs::new(&Trust::CaFile(ca.to_owned()))?;
-    let mut config = if native {
-        (*configs.native).clone()
-    } else {
-        (*configs.http).clone()
-    };
+/// A TLS 1.3 cipher suite to offer first. The node follows the client's order, and the suite
+/// decides the handshake's hash: SHA-384 (AES-256) has no accelerated path in *ring* on every
+/// CPU, SHA-256 (AES-128, ChaCha20) does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum Suite {
+    /// TLS13_AES_128_GCM_SHA256, first in browsers' lists.
+    Aes128,
+    /// TLS13_AES_256_GCM_SHA384, first in rustls' list (and so the SDK's).
+    Aes256,
+    /// TLS13_CHACHA20_POLY1305_SHA256.
+    Chacha20,
+}
+
+impl Suite {
+    fn get(self) -> SupportedCipherSuite {
+        match self {
+            Suite::Aes128 => cipher_suite::TLS13_AES_128_GCM_SHA256,
+            Suite::Aes256 => cipher_suite::TLS13_AES_256_GCM_SHA384,
+            Suite::Chacha20 => cipher_suite::TLS13_CHACHA20_POLY1305_SHA256,
+        }
+    }
+}
+
+/// A client configuration trusting the certificates of the PEM file `ca`, offering ALPN
+/// `tern/1` (native) or `http/1.1` (WebSocket, tunnel), with `first` moved to the front of
+/// rustls' default suites, resuming sessions unless `resume` is false.
+pub fn client_config(
+    ca: &Path,
+    native: bool,
+    first: Option<Suite>,
+    resume: bool,
+) -> Result<rustls::ClientConfig> {
+    let mut roots = RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(ca).with_context(|| format!("reading {}", ca.display()))?
+    {
+        let cert = cert.with_context(|| format!("{}: bad PEM", ca.display()))?;
+        roots
+            .add(cert)
+            .with_context(|| format!("{}: bad certificate", ca.display()))?;
+    }
+    if roots.is_empty() {
+        bail!("{}: no certificate", ca.display());
+    }
+    let mut provider = rustls::crypto::ring::default_provider();
+    if let Some(first) = first.map(Suite::get) {
+        provider
+            .cipher_suites
+            .retain(|s| s.suite() != first.suite());
+        provider.cipher_suites.insert(0, first);
+    }
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(provider))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![if native { ALPN_TERN } else { ALPN_HTTP }.to_vec()];
     config.resumption = if resume {
         Resumption::store(Arc::new(TicketPool::default()))
     } else {

@@ -17,6 +17,7 @@ use serde::{Deserialize, Serialize};
 use tern_protocol::*;
 
 use crate::proto::{login, token, Conn, Dialer, Transport};
+use crate::tls::Suite;
 
 /// What the parent asks a worker to do.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -28,6 +29,8 @@ pub struct Spec {
     /// PEM file of the certificates TLS trusts.
     pub ca: Option<PathBuf>,
     pub tls_name: Option<String>,
+    /// The TLS 1.3 suite offered first (default: rustls' order).
+    pub tls_suite: Option<Suite>,
     /// TLS session resumption (a session cache shared by the worker's connections).
     pub resume: bool,
     pub secret_hex: String,
@@ -78,6 +81,7 @@ pub struct Report {
     /// TLS handshakes, full and resumed.
     pub tls_full: u64,
     pub tls_resumed: u64,
+    pub tls_suite: Option<String>,
 }
 
 pub fn hist() -> Histogram<u64> {
@@ -141,6 +145,7 @@ async fn scenario(spec: &Spec) -> Result<Report> {
         spec.transport,
         spec.ca.as_deref(),
         spec.tls_name.as_deref(),
+        spec.tls_suite,
         spec.resume,
     )?);
     let mut r = match spec.scenario.clone() {
@@ -160,6 +165,7 @@ async fn scenario(spec: &Spec) -> Result<Report> {
     }?;
     r.tls_full = d.tls_full.load(Ordering::Relaxed);
     r.tls_resumed = d.tls_resumed.load(Ordering::Relaxed);
+    r.tls_suite = d.tls_suite.get().cloned();
     Ok(r)
 }
 
