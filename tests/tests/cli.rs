@@ -92,3 +92,30 @@ fn send_sync_history_contacts_watch() {
     // The watcher's SYNC hands out the stored message, the PUSH the live one.
     assert_eq!(bodies, ["hi bob", "live"]);
 }
+
+#[test]
+fn room_posts_and_shows_recent_messages() {
+    let node = Node::start();
+    let alice = node.token("alice", Some("cli"), 3600);
+    let bob = node.token("bob", Some("cli"), 3600);
+    // A room lives while it has members: bob stays in it while alice posts.
+    let mut watcher = Command::new(tern_bin())
+        .args(["--server", &node.native, "--token", &bob, "--json"])
+        .args(["room", "lobby", "--count", "2", "--seconds", "20"])
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    std::thread::sleep(std::time::Duration::from_millis(500));
+    let posted = json_lines(&tern(
+        &node,
+        &alice,
+        &["room", "lobby", "--say", "one", "--say", "two"],
+    ));
+    assert_eq!(posted[0]["type"], "posted");
+    assert_eq!(posted[1]["conv_seq"], 2);
+    let out = watcher.wait_with_output().unwrap();
+    assert!(out.status.success());
+    let seen = json_lines(&String::from_utf8(out.stdout).unwrap());
+    let bodies: Vec<&str> = seen.iter().filter_map(|m| m["body"].as_str()).collect();
+    assert_eq!(bodies, ["one", "two"]);
+}

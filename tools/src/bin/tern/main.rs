@@ -21,7 +21,8 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use tern_protocol::{
-    Body, Contacts, Conv, Direction, History, Message, MessageKind, PushAck, Read, Sync,
+    Body, Contacts, Conv, ConvKind, Direction, History, Message, MessageKind, MsgId, PushAck, Read,
+    RoomJoin, Send, Sync,
 };
 use tern_tools::{
     token_device, Client, ClientConfig, Connection, DeviceState, Endpoints, Event, Fingerprint,
@@ -107,6 +108,21 @@ enum Cmd {
     Contacts {
         #[arg(long, default_value_t = 50)]
         limit: u16,
+    },
+    /// Join a chat room: print its recent messages, post `--say` texts, then print what the room
+    /// says (for --seconds or --count; without them and with --say, exit after posting).
+    Room {
+        name: String,
+        /// Recent messages to print on joining (0: the node's default).
+        #[arg(long, default_value_t = 0)]
+        recent: u16,
+        /// Text to post (repeatable, posted in order).
+        #[arg(long)]
+        say: Vec<String>,
+        #[arg(long)]
+        seconds: Option<u64>,
+        #[arg(long)]
+        count: Option<usize>,
     },
     /// Mark the conversation with a user read up to a sequence.
     Read {
@@ -397,6 +413,74 @@ fn main() -> anyhow::Result<()> {
                     println!("{}  unread {}  {}", c.conv, c.unread, last);
                 }
                 println!("total unread: {}", page.total_unread);
+            }
+        }
+        Cmd::Room {
+            name,
+            recent,
+            say,
+            seconds,
+            count,
+        } => {
+            let mut conn = connect(&mut ladder, cli.state.as_ref(), &hello)?;
+            let f = conn.request(
+                Body::RoomJoin(RoomJoin {
+                    room: name.as_str().into(),
+                    recent: *recent,
+                }),
+                TIMEOUT,
+            )?;
+            let Body::HistoryPage(page) = f.body else {
+                bail!("unexpected answer {:?}", f.frame_type())
+            };
+            for m in &page.messages {
+                print_message(json, m);
+            }
+            for text in say {
+                let id: [u8; 16] = rand::random();
+                let f = conn.request(
+                    Body::Send(Send {
+                        to: Conv {
+                            kind: ConvKind::ROOM,
+                            id: name.as_str().into(),
+                        },
+                        msg_id: MsgId(id),
+                        kind: MessageKind::TEXT,
+                        body: text.as_bytes().into(),
+                    }),
+                    TIMEOUT,
+                )?;
+                let Body::SendAck(a) = f.body else {
+                    bail!("unexpected answer {:?}", f.frame_type())
+                };
+                if json {
+                    println!(
+                        "{}",
+                        json!({"type": "posted", "room": name, "conv_seq": a.conv_seq, "time": a.time})
+                    );
+                } else {
+                    println!("posted to {name} as #{}", a.conv_seq);
+                }
+            }
+            if !say.is_empty() && seconds.is_none() && count.is_none() {
+                return Ok(());
+            }
+            let deadline = seconds.map(|s| Instant::now() + Duration::from_secs(s));
+            let mut seen = 0;
+            while count.is_none_or(|c| seen < c) {
+                let left = match deadline {
+                    Some(d) if Instant::now() >= d => break,
+                    Some(d) => d - Instant::now(),
+                    None => Duration::from_secs(3600),
+                };
+                if let Some(f) = conn.recv(left)? {
+                    if let Body::Push(m) = &f.body {
+                        if m.conv.kind == ConvKind::ROOM && m.conv.id == name.as_str() {
+                            print_message(json, m);
+                            seen += 1;
+                        }
+                    }
+                }
             }
         }
         Cmd::Read { with, seq } => {
