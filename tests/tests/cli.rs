@@ -99,7 +99,7 @@ fn room_posts_and_shows_recent_messages() {
     let alice = node.token("alice", Some("cli"), 3600);
     let bob = node.token("bob", Some("cli"), 3600);
     // A room lives while it has members: bob stays in it while alice posts.
-    let mut watcher = Command::new(tern_bin())
+    let watcher = Command::new(tern_bin())
         .args(["--server", &node.native, "--token", &bob, "--json"])
         .args(["room", "lobby", "--count", "2", "--seconds", "20"])
         .stdout(std::process::Stdio::piped())
