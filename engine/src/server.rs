@@ -1079,6 +1079,14 @@ impl Connection {
                 conn: self.me,
             },
         );
+        //= SPEC.md#hello
+        //# inbox_head: The user's latest inbox seq; 0 = not known to the server.
+        // A read on the storage pool; a full read queue only costs the hint (0: "SYNC to find
+        // out"), not the session.
+        let inbox_head = match node.store.inbox_head(info.user.clone()) {
+            Ok(c) => c.await.map_or(0, |s| s.0),
+            Err(_) => 0,
+        };
         let cfg = &node.cfg;
         let welcome = Frame::new(
             rid,
@@ -1092,8 +1100,7 @@ impl Connection {
                 user: info.user.as_str().to_owned().into(),
                 session_id: info.session_id,
                 server_time: now,
-                // The store has no inbox-head query yet; 0 means "unknown, SYNC to find out".
-                inbox_head: 0,
+                inbox_head,
                 node: cfg.node_id.clone().into(),
             }),
         );

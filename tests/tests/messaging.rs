@@ -541,3 +541,19 @@ fn typing_reaches_the_peer_and_a_flood_is_cut_to_the_rate_limit() {
     // Nothing was stored.
     assert!(sync_all(&mut bob, 0).is_empty());
 }
+
+#[test]
+fn welcome_names_the_users_inbox_head() {
+    let node = Node::start();
+    let fresh = node.connect("bob", "tablet");
+    assert_eq!(fresh.welcome().unwrap().inbox_head, 0);
+    let mut alice = node.connect("alice", "phone");
+    for i in 1..=3 {
+        send(&mut alice, "bob", msg_id(i), "hi");
+    }
+    let bob = node.connect("bob", "phone");
+    assert_eq!(bob.welcome().unwrap().inbox_head, 3);
+    // The sender's inbox holds its own messages too (multi-device roaming).
+    let laptop = node.connect("alice", "laptop");
+    assert_eq!(laptop.welcome().unwrap().inbox_head, 3);
+}
