@@ -39,8 +39,8 @@ use tern_protocol::{
     DEFAULT_MAX_BODY, HEADER_LEN, MIN_MAX_BODY, PROTOCOL,
 };
 use tern_storage::{
-    AppendResult, Completion, DeviceId, DirectMessage, MarkRead, PositionUpdate, RocksConfig,
-    RocksEngine, Seq, Store, StoreConfig, SubmitError, SystemClock, UserId,
+    AppendResult, Completion, DeviceId, DirectMessage, MarkRead, PositionUpdate, RecentCursor,
+    RocksConfig, RocksEngine, Seq, Store, StoreConfig, SubmitError, SystemClock, UserId,
 };
 use tracing::{debug, info, warn};
 
@@ -1249,15 +1249,33 @@ impl Connection {
                 .await
             }
             Plan::Contacts { before_ms, limit } => {
-                let fetch = session::contacts_fetch(before_ms, limit);
-                let Some(list) = self
-                    .storage(rid, store.recent(info.user.clone(), fetch))
+                let first = (before_ms > 0).then(|| RecentCursor::before(before_ms));
+                let Some(mut page) = self
+                    .storage(rid, store.recent_page(info.user.clone(), first, limit + 1))
                     .await
                 else {
                     return self.conn.state() == State::Open;
                 };
+                // A page ending inside a run of equal times is completed from the store, so
+                // that the client's next page (strictly older) skips nothing.
+                while page.more && session::contacts_run_open(&page.conversations, limit) {
+                    let next = page.next();
+                    let Some(more) = self
+                        .storage(rid, store.recent_page(info.user.clone(), next, 64))
+                        .await
+                    else {
+                        return self.conn.state() == State::Open;
+                    };
+                    page.more = more.more;
+                    page.conversations.extend(more.conversations);
+                }
                 self.write_frame(&session::contacts_page(
-                    rid, &info.user, &list, before_ms, limit,
+                    rid,
+                    &info.user,
+                    &page.conversations,
+                    page.total_unread,
+                    page.more,
+                    limit,
                 ))
                 .await
             }

@@ -13,7 +13,8 @@ use tern_protocol::{
 };
 use tern_storage::{
     AppendResult, ClientMsgId, ConvKey, DeviceId, DirectMessage, HistoryDirection, InboxMessage,
-    MessageFlags, MessageKind, OpError, RecentList, Seq, StoredMessage, SubmitError, UserId,
+    MessageFlags, MessageKind, OpError, RecentConversation, Seq, StoredMessage, SubmitError,
+    UserId,
 };
 
 use crate::auth::valid_id;
@@ -499,28 +500,50 @@ fn fitting<'m>(msgs: impl Iterator<Item = &'m StoredMessage>, max_body: u32) -> 
     n
 }
 
-/// How many recent conversations to ask storage for to serve a CONTACTS page: the store pages
-/// by count only, so a `before_ms` cursor filters a larger list.
-pub fn contacts_fetch(before_ms: u64, limit: usize) -> usize {
-    if before_ms == 0 {
-        limit + 1
-    } else {
-        10_000
+/// Most entries one CONTACTS_PAGE holds when a run of conversations sharing one time is
+/// longer than the asked limit.
+pub const CONTACTS_RUN_CAP: usize = 1_000;
+
+/// How many of `convs` (most recent first) go on a page of `limit`: `limit`, extended to the end
+/// of a run of conversations with the time of the last one, so that the next page — which
+/// continues strictly before that time — skips none of them.
+//= SPEC.md#contacts
+//# A page never ends inside a run of conversations with the same `time`
+pub fn contacts_cut(convs: &[RecentConversation], limit: usize) -> usize {
+    let limit = limit.max(1);
+    if convs.len() <= limit {
+        return convs.len();
     }
+    let edge = convs[limit - 1].last_time_ms;
+    let run = convs[limit..]
+        .iter()
+        .take_while(|c| c.last_time_ms == edge)
+        .count();
+    (limit + run).min(CONTACTS_RUN_CAP.max(limit))
 }
 
-/// CONTACTS_PAGE, most recent first, from the store's recent list.
+/// Whether `convs` ends inside the run that a page of `limit` must complete (more entries of
+/// that time may follow in the store).
+pub fn contacts_run_open(convs: &[RecentConversation], limit: usize) -> bool {
+    let limit = limit.max(1);
+    convs.len() > limit
+        && convs.len() < CONTACTS_RUN_CAP
+        && convs.last().map(|c| c.last_time_ms) == Some(convs[limit - 1].last_time_ms)
+}
+
+/// CONTACTS_PAGE from the conversations fetched after the request's position (most recent
+/// first), cut by [`contacts_cut`]; `more_stored` says the store has entries past `convs`.
 pub fn contacts_page(
     request_id: u32,
     viewer: &UserId,
-    list: &RecentList,
-    before_ms: u64,
+    convs: &[RecentConversation],
+    total_unread: u64,
+    more_stored: bool,
     limit: usize,
 ) -> Frame<'static> {
-    let mut entries = list
-        .conversations
+    let cut = contacts_cut(convs, limit);
+    let entries = convs[..cut]
         .iter()
-        .filter(|c| before_ms == 0 || c.last_time_ms < before_ms)
         .map(|c| Contact {
             conv: wire_conv(&c.conv, viewer),
             unread: u64::from(c.unread),
@@ -533,13 +556,11 @@ pub fn contacts_page(
                 .map(|m| wire_message(m, viewer, Seq::ZERO)),
         })
         .collect::<Vec<_>>();
-    let more = entries.len() > limit;
-    entries.truncate(limit);
     Frame::new(
         request_id,
         Body::ContactsPage(ContactsPage {
-            total_unread: list.total_unread,
-            more,
+            total_unread,
+            more: cut < convs.len() || more_stored,
             entries,
         }),
     )
@@ -850,5 +871,43 @@ mod tests {
             (x.conv.id.as_ref(), x.user.as_ref(), x.conv_seq),
             ("alice", "alice", 5)
         );
+    }
+
+    #[test]
+    fn a_contacts_page_never_ends_inside_a_run_of_one_time() {
+        use tern_storage::{ConvKey, RecentConversation};
+        let conv = |peer: &str, t: u64| RecentConversation {
+            conv: ConvKey::direct(&me().user, &UserId::new(peer).unwrap()),
+            last_seq: Seq(1),
+            last_time_ms: t,
+            last_message: None,
+            unread: 0,
+            read_seq: Seq::ZERO,
+            mentioned: false,
+            updated_ms: t,
+        };
+        let list = [
+            conv("a", 9),
+            conv("b", 7),
+            conv("c", 7),
+            conv("d", 7),
+            conv("e", 5),
+        ];
+        assert_eq!(contacts_cut(&list, 1), 1);
+        assert_eq!(contacts_cut(&list, 2), 4, "b, c, d share a time");
+        assert_eq!(contacts_cut(&list, 4), 4);
+        assert_eq!(contacts_cut(&list, 9), 5);
+        assert!(
+            contacts_run_open(&list[..3], 2),
+            "the run may go on in the store"
+        );
+        assert!(!contacts_run_open(&list, 2), "e ends the run");
+        let f = contacts_page(3, &me().user, &list, 4, false, 2);
+        let Body::ContactsPage(p) = f.body else {
+            panic!("{f:?}")
+        };
+        assert_eq!(p.entries.len(), 3 + 1);
+        assert!(p.more);
+        assert_eq!(p.total_unread, 4);
     }
 }

@@ -557,3 +557,51 @@ fn welcome_names_the_users_inbox_head() {
     let laptop = node.connect("alice", "laptop");
     assert_eq!(laptop.welcome().unwrap().inbox_head, 3);
 }
+
+#[test]
+fn contacts_pages_cover_every_conversation_when_times_tie() {
+    let node = Node::start();
+    let mut alice = node.connect("alice", "phone");
+    // Pipelined SENDs to twelve users land in one storage batch and share its time.
+    let mut bytes = Vec::new();
+    for i in 0..12u32 {
+        send_frame(i + 1, &format!("peer{i:02}"), msg_id(u64::from(i)), "hi")
+            .encode(&mut bytes)
+            .unwrap();
+    }
+    alice.send_raw(&bytes).unwrap();
+    let mut acks = 0;
+    while acks < 12 {
+        let (f, _) = recv_until(&mut alice, |f| matches!(f.body, Body::SendAck(_)));
+        assert!(matches!(f.body, Body::SendAck(_)));
+        acks += 1;
+    }
+    let mut seen = Vec::new();
+    let mut times = Vec::new();
+    let mut before = 0;
+    for _ in 0..12 {
+        let f = alice
+            .request(
+                Body::Contacts(Contacts {
+                    before_time: before,
+                    limit: 5,
+                }),
+                WAIT,
+            )
+            .unwrap();
+        let Body::ContactsPage(p) = f.body else {
+            panic!("{f:?}")
+        };
+        seen.extend(p.entries.iter().map(|c| c.conv.id.to_string()));
+        times.extend(p.entries.iter().map(|c| c.time));
+        if !p.more {
+            break;
+        }
+        before = p.entries.last().unwrap().time;
+    }
+    let distinct: std::collections::HashSet<u64> = times.iter().copied().collect();
+    assert!(distinct.len() < times.len(), "no tie to page across: {times:?}");
+    seen.sort();
+    let expected: Vec<String> = (0..12).map(|i| format!("peer{i:02}")).collect();
+    assert_eq!(seen, expected, "every conversation exactly once");
+}
