@@ -212,11 +212,12 @@ fn pump<E: KvEngine>(
     Ok(())
 }
 
-/// On-CPU nanoseconds of each live thread, by (name, tid), from `/proc/self/task/*/schedstat`,
-/// and of the whole process (exited threads included) under the name "" (Linux; empty
-/// elsewhere). Tells how busy the writer and committer threads were, which wall time on a
-/// shared machine does not.
-fn thread_cpu() -> BTreeMap<(String, u32), u64> {
+/// Nanoseconds each live thread spent on a CPU and runnable but waiting for one, by (name,
+/// tid), from `/proc/self/task/*/schedstat`, and the whole process's CPU time (exited threads
+/// included) under the name "" (Linux; empty elsewhere). Tells how busy the writer and
+/// committer threads were, and how much other load on the machine held them up, which wall
+/// time on a shared machine does not.
+fn thread_cpu() -> BTreeMap<(String, u32), (u64, u64)> {
     let mut out = BTreeMap::new();
     // utime + stime, fields 14 and 15, in clock ticks (100 per second on Linux).
     let process = std::fs::read_to_string("/proc/self/stat")
@@ -229,7 +230,7 @@ fn thread_cpu() -> BTreeMap<(String, u32), u64> {
             Some(ticks * 10_000_000)
         });
     if let Some(ns) = process {
-        out.insert((String::new(), 0), ns);
+        out.insert((String::new(), 0), (ns, 0));
     }
     let Ok(tasks) = std::fs::read_dir("/proc/self/task") else {
         return out;
@@ -237,38 +238,48 @@ fn thread_cpu() -> BTreeMap<(String, u32), u64> {
     for task in tasks.flatten() {
         let path = task.path();
         let name = std::fs::read_to_string(path.join("comm")).unwrap_or_default();
-        let ns = std::fs::read_to_string(path.join("schedstat"))
+        let times = std::fs::read_to_string(path.join("schedstat"))
             .ok()
-            .and_then(|s| s.split_whitespace().next().and_then(|n| n.parse().ok()));
+            .and_then(|s| {
+                let mut f = s.split_whitespace().map(|n| n.parse::<u64>().ok());
+                Some((f.next()??, f.next()??))
+            });
         let tid = task.file_name().to_string_lossy().parse().unwrap_or(0);
-        if let Some(ns) = ns {
-            out.insert((name.trim().to_string(), tid), ns);
+        if let Some(times) = times {
+            out.insert((name.trim().to_string(), tid), times);
         }
     }
     out
 }
 
-/// CPU seconds each group of threads spent between two [`thread_cpu`] snapshots; "other" is
-/// the process's total minus the named groups (submitting threads, main).
+/// Seconds on a CPU and waiting for one, by thread group, between two [`thread_cpu`]
+/// snapshots (groups with neither are left out). The last group's CPU is the process's total
+/// minus the others (threads that exited before the second snapshot: the submitting threads);
+/// its waiting time is not known.
 fn cpu_by_group(
-    before: &BTreeMap<(String, u32), u64>,
-    after: &BTreeMap<(String, u32), u64>,
-) -> Vec<(&'static str, f64)> {
-    let mut groups: Vec<(&'static str, f64)> = vec![
-        ("writer", 0.0),
-        ("committer", 0.0),
-        ("rocksdb background", 0.0),
-        ("submitters + other", 0.0),
+    before: &BTreeMap<(String, u32), (u64, u64)>,
+    after: &BTreeMap<(String, u32), (u64, u64)>,
+) -> Vec<(&'static str, f64, f64)> {
+    let mut groups: Vec<(&'static str, f64, f64)> = vec![
+        ("writer", 0.0, 0.0),
+        ("committer", 0.0, 0.0),
+        ("rocksdb background", 0.0, 0.0),
+        ("main thread", 0.0, 0.0),
+        ("other (submitters)", 0.0, 0.0),
     ];
-    let spent = |key: &(String, u32), ns: u64| {
-        ns.saturating_sub(before.get(key).copied().unwrap_or(0)) as f64 / 1e9
+    let spent = |key: &(String, u32), (run, wait): (u64, u64)| {
+        let (run0, wait0) = before.get(key).copied().unwrap_or((0, 0));
+        (
+            run.saturating_sub(run0) as f64 / 1e9,
+            wait.saturating_sub(wait0) as f64 / 1e9,
+        )
     };
     let mut named = 0.0;
     let mut total = 0.0;
-    for (key, ns) in after {
+    for (key, times) in after {
         let name = key.0.as_str();
         let g = if name.is_empty() {
-            total = spent(key, *ns);
+            total = spent(key, *times).0;
             continue;
         } else if name.starts_with("tern-storage-wr") {
             0
@@ -276,20 +287,44 @@ fn cpu_by_group(
             1
         } else if name.starts_with("rocksdb") {
             2
+        } else if key.1 == std::process::id() {
+            3
         } else {
             continue;
         };
-        groups[g].1 += spent(key, *ns);
-        named += spent(key, *ns);
+        let (run, wait) = spent(key, *times);
+        groups[g].1 += run;
+        groups[g].2 += wait;
+        named += run;
     }
-    groups[3].1 = (total - named).max(0.0);
+    groups[4].1 = (total - named).max(0.0);
+    groups.retain(|g| g.1 > 0.0 || g.2 > 0.0);
     groups
+}
+
+/// "name s (µs/msg, s waiting for a CPU)" for each thread group of a run.
+fn cpu_line(r: &RunResult, messages: u64) -> String {
+    let per_msg = |secs: f64| secs * 1e6 / messages as f64;
+    let groups: Vec<String> = r
+        .cpu
+        .iter()
+        .map(|(name, run, wait)| {
+            let waited = if *wait > 0.0 {
+                format!(", {wait:.2} s waiting for a CPU")
+            } else {
+                String::new()
+            };
+            format!("{name} {run:.2} s ({:.1} µs/msg{waited})", per_msg(*run))
+        })
+        .collect();
+    groups.join("; ")
 }
 
 struct RunResult {
     secs: f64,
-    /// CPU seconds by thread group during the timed part (the store's run only).
-    cpu: Vec<(&'static str, f64)>,
+    /// Seconds on a CPU and waiting for one, by thread group, during the timed part (the
+    /// store's run only).
+    cpu: Vec<(&'static str, f64, f64)>,
     batches: u64,
     rows: u64,
 }
@@ -410,6 +445,7 @@ fn bare_run(
     } else {
         Vec::new()
     };
+    let cpu_before = thread_cpu();
     let start = Instant::now();
     let mut rows = 0;
     for (i, batch) in batches.iter().enumerate() {
@@ -436,9 +472,10 @@ fn bare_run(
         }
         db.write_opt(wb, &opts)?;
     }
+    let secs = start.elapsed().as_secs_f64();
     Ok(RunResult {
-        secs: start.elapsed().as_secs_f64(),
-        cpu: Vec::new(),
+        secs,
+        cpu: cpu_by_group(&cpu_before, &thread_cpu()),
         batches: batches.len() as u64,
         rows,
     })
@@ -565,13 +602,7 @@ fn main() -> Result<()> {
         let recorded = Arc::new(Mutex::new(Vec::new()));
         let ours = store_run(&args, &dir.join("store"), &recorded)?;
         let batches = std::mem::take(&mut *recorded.lock().map_err(|_| anyhow!("poisoned"))?);
-        let per_msg = |secs: f64| secs * 1e6 / args.messages as f64;
-        let cpu: Vec<String> = ours
-            .cpu
-            .iter()
-            .map(|(name, secs)| format!("{name} {secs:.2} s ({:.1} µs/msg)", per_msg(*secs)))
-            .collect();
-        println!("store run CPU: {}", cpu.join(", "));
+        println!("CPU, store run: {}", cpu_line(&ours, args.messages));
         if args.skip_bare {
             println!(
                 "store: {:.0} msgs/s ({} batches)",
@@ -623,6 +654,9 @@ fn main() -> Result<()> {
         }
         // The store writes each batch in (family, key) order, so the bare loop given the rows in
         // that order for free is the strict like-for-like baseline.
+        for (name, r) in &runs[1..] {
+            println!("CPU, {name}: {}", cpu_line(r, args.messages));
+        }
         let ours = &runs[0].1;
         println!(
             "ratio store/bare: {:.1}% of the bare loop in the store's order, {:.1}% of the bare loop sorting each batch",
