@@ -600,7 +600,10 @@ fn contacts_pages_cover_every_conversation_when_times_tie() {
         before = p.entries.last().unwrap().time;
     }
     let distinct: std::collections::HashSet<u64> = times.iter().copied().collect();
-    assert!(distinct.len() < times.len(), "no tie to page across: {times:?}");
+    assert!(
+        distinct.len() < times.len(),
+        "no tie to page across: {times:?}"
+    );
     seen.sort();
     let expected: Vec<String> = (0..12).map(|i| format!("peer{i:02}")).collect();
     assert_eq!(seen, expected, "every conversation exactly once");
