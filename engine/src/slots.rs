@@ -52,6 +52,12 @@ impl OwnerTable {
         }
     }
 
+    /// A table from the owner of every slot, in slot order, at `epoch` (the cluster ring builds
+    /// these). `None` unless there is exactly one owner per slot.
+    pub fn from_owners(epoch: u64, owners: Vec<Owner>) -> Option<OwnerTable> {
+        (owners.len() == usize::from(SLOTS)).then_some(OwnerTable { epoch, owners })
+    }
+
     /// Version of the table; bumped by every change of ownership.
     pub fn epoch(&self) -> u64 {
         self.epoch

@@ -1,0 +1,18 @@
+//! The cluster layer's sans-io core (issue 9; design in `engine/CLUSTER.md`): who is in the
+//! cluster ([`membership`], SWIM through the `foca` crate, authenticated with the cluster
+//! secret) and which member owns each session slot ([`ring`]). Like the rest of the engine's
+//! core, nothing here touches a socket or a clock: the node's runtime feeds datagrams, due
+//! timers and `now` in and sends what comes out, and the deterministic simulator (`sim`, tests
+//! only) does the same over a simulated network.
+
+pub mod membership;
+pub mod ring;
+#[cfg(test)]
+mod sim;
+
+pub use membership::{
+    majority, next_generation, ClientAddr, ClusterSecret, Datagram, Membership, MembershipConfig,
+    MembershipError, MembershipEvent, MembershipStats, MembershipTimer, NodeId, NodeIdentity,
+    Outputs, ScheduledTimer, SecretError, DEV_CLUSTER_SECRET,
+};
+pub use ring::{epoch_of, AssignmentCache, Ring, RingError, RingMember};
