@@ -4,8 +4,8 @@
 //! Option choices (see [`RocksConfig`] for the numbers):
 //! - No `enable_pipelined_write`: it overlaps one writer's WAL write with another's memtable
 //!   insert, but the store has a single writing thread, for which it only adds synchronisation
-//!   (measured: the commit thread spent about 5% more CPU per message with it). `unordered_write`
-//!   would let a reader see batch N+1 before batch N, so it is not used either.
+//!   (in `storage_throughput` the commit thread used slightly more CPU per message with it).
+//!   `unordered_write` would let a reader see batch N+1 before batch N, so it is not used either.
 //! - `max_open_files = -1`: every table file is opened, and its footer checked, when the database
 //!   opens, so a damaged table is reported before serving starts rather than on first read.
 //! - WAL recovery `TolerateCorruptedTailRecords`: a torn record at the very end of the WAL is the

@@ -117,6 +117,18 @@ fn read_log(path: &Path) -> Vec<Record> {
         .collect()
 }
 
+/// Whether a complete line was appended to `log` past byte `from`.
+fn completed_since(log: &Path, from: u64) -> bool {
+    use std::io::{Read, Seek, SeekFrom};
+    let Ok(mut file) = File::open(log) else {
+        return false;
+    };
+    let mut tail = Vec::new();
+    file.seek(SeekFrom::Start(from))
+        .and_then(|_| file.read_to_end(&mut tail))
+        .is_ok_and(|_| tail.contains(&b'\n'))
+}
+
 /// The child: writes until killed.
 #[test]
 #[ignore = "run by crash_test_kills_the_writer_repeatedly as a child process"]
@@ -352,7 +364,9 @@ fn crash_test_kills_the_writer_repeatedly() {
         inbox_max: [0; 4],
     };
     let (mut total, mut dups) = (0, 0);
+    let log = dir.path().join("completions.log");
     for round in 1..=ROUNDS {
+        let logged = std::fs::metadata(&log).map_or(0, |m| m.len());
         let mut child = Command::new(&exe)
             .args([
                 "--exact",
@@ -380,17 +394,19 @@ fn crash_test_kills_the_writer_repeatedly() {
             }
         }
         // Kill at a random moment after the round's first completion: on a loaded machine a
-        // fixed delay after start can end a round before anything completed.
-        let log = dir.path().join("completions.log");
+        // fixed delay after start can end a round before anything completed. Only this child
+        // appends to the log, so its first completed line is the first newline past `logged`.
         let waiting = Instant::now();
-        while !read_log(&log).iter().any(|r| r.round == round) {
+        while !completed_since(&log, logged) {
             assert!(
                 waiting.elapsed() < Duration::from_secs(30),
                 "round {round} completed nothing in 30 s"
             );
-            std::thread::sleep(Duration::from_millis(2));
+            std::thread::sleep(Duration::from_millis(5));
         }
-        std::thread::sleep(Duration::from_millis(rng.random_range(0..=180)));
+        // A child completes over a thousand writes per 10 ms; a short window keeps the history
+        // that every round re-reads (and so the test) small.
+        std::thread::sleep(Duration::from_millis(rng.random_range(0..=60)));
         child.kill().unwrap(); // SIGKILL
         let status = child.wait().unwrap();
         assert!(

@@ -3,13 +3,21 @@
 //! 1. One-to-one messages persisted through the store's group-commit writer with everything they
 //!    touch (message row, two inbox entries and heads, dedup row, two recent rows, total unread),
 //!    WAL fsynced per batch, submitted from `--threads` threads.
-//! 2. A bare RocksDB `WriteBatch` loop on a fresh database with the same options, writing exactly
+//! 2. Bare RocksDB `WriteBatch` loops on fresh databases with the same options, writing exactly
 //!    the keys and values the store wrote, batch for batch (so the same batch sizes), each batch
-//!    fsynced. The ratio of the two is the cost of the store's logic.
+//!    fsynced: one given the rows already in the (family, key) order the store writes them in
+//!    (the strict baseline: it only copies rows into a RocksDB batch and writes it), one sorting
+//!    each batch itself, and with `--naive-bare` one writing rows in queued order. The ratio is
+//!    the cost of the store's logic.
 //! 3. Inbox pages of `--page` entries (joined with their messages) read through the reader pool
 //!    from a store of `--inbox-store-messages` messages: latency percentiles (hdrhistogram).
 //!
-//! `cargo run --profile release -p tern-benches --bin storage_throughput -- --help`
+//! Each run also reports the CPU time of its threads and the time they spent runnable but
+//! waiting for a CPU: on a machine shared with other work, the store's pipeline of threads and
+//! the bare loop's single thread are held up differently, which wall time alone hides.
+//!
+//! `cargo build --release --workspace --bins`, then
+//! `$CARGO_TARGET_DIR/release/storage_throughput --help`
 
 use std::collections::{BTreeMap, VecDeque};
 use std::path::{Path, PathBuf};
