@@ -196,6 +196,9 @@ pub struct NodeIdentity {
     pub generation: u64,
     pub cluster_addr: SocketAddr,
     pub client_addrs: Vec<ClientAddr>,
+    /// The node is being drained: it stays a live member (it still counts for quorum and
+    /// serves until its slots are handed off) but the ring gives its slots to the others.
+    pub draining: bool,
 }
 
 impl NodeIdentity {
@@ -221,6 +224,7 @@ impl NodeIdentity {
             generation,
             cluster_addr,
             client_addrs,
+            draining: false,
         })
     }
 
@@ -233,6 +237,7 @@ impl NodeIdentity {
             generation: 0,
             cluster_addr,
             client_addrs: Vec::new(),
+            draining: false,
         }
     }
 
@@ -262,8 +267,8 @@ impl NodeIdentity {
 
     /// Total order among identities sharing a cluster address: generation first, then the
     /// remaining fields so that two different identities never both "win".
-    fn conflict_key(&self) -> (u64, &NodeId, &[ClientAddr]) {
-        (self.generation, &self.id, &self.client_addrs)
+    fn conflict_key(&self) -> (u64, bool, &NodeId, &[ClientAddr]) {
+        (self.generation, self.draining, &self.id, &self.client_addrs)
     }
 }
 
@@ -350,7 +355,11 @@ fn put_identity(out: &mut Vec<u8>, id: &NodeIdentity) {
         out.push(bytes.len() as u8);
         out.extend_from_slice(bytes);
     }
+    out.push(if id.draining { FLAG_DRAINING } else { 0 });
 }
+
+/// Identity flag bits.
+const FLAG_DRAINING: u8 = 0x01;
 
 fn need(buf: &impl Buf, n: usize) -> Result<(), CodecError> {
     if buf.remaining() < n {
@@ -417,6 +426,10 @@ fn get_identity(buf: &mut impl Buf) -> Result<NodeIdentity, CodecError> {
         let addr = get_string(buf, MAX_CLIENT_ADDR_LEN, "client address")?;
         client_addrs.push(ClientAddr { transport, addr });
     }
+    let flags = get_u8(buf)?;
+    if flags & !FLAG_DRAINING != 0 {
+        return Err(CodecError::BadTag("identity flags", flags));
+    }
     let id = if id.is_empty() && generation == 0 {
         NodeId(id)
     } else {
@@ -427,6 +440,7 @@ fn get_identity(buf: &mut impl Buf) -> Result<NodeIdentity, CodecError> {
         generation,
         cluster_addr: SocketAddr::new(ip, port),
         client_addrs,
+        draining: flags & FLAG_DRAINING != 0,
     })
 }
 
@@ -843,6 +857,8 @@ pub struct Membership {
     reported_epoch: u64,
     /// Arm the next Rejoin timer in this call's outputs.
     rejoin_due: bool,
+    /// Events of our own making for this call's outputs.
+    extra_events: Vec<MembershipEvent>,
     now: u64,
 }
 
@@ -893,6 +909,7 @@ impl Membership {
             stats: MembershipStats::default(),
             reported_epoch: 0,
             rejoin_due: false,
+            extra_events: Vec::new(),
             now: 0,
         };
         // Seeds enter as Down placeholders: foca's periodic announce to down members then
@@ -918,7 +935,7 @@ impl Membership {
         self.now = now;
         self.announce_everywhere();
         self.rejoin_due = true;
-        self.drain()
+        self.drain_outputs()
     }
 
     /// A datagram arrived on the cluster port from `from`.
@@ -927,7 +944,7 @@ impl Membership {
         self.stats.datagrams_in += 1;
         if datagram.len() > self.config.max_datagram {
             self.stats.dropped_oversize += 1;
-            return self.drain();
+            return self.drain_outputs();
         }
         match self.auth.open(datagram) {
             Err(AuthError::Malformed) => self.stats.dropped_malformed += 1,
@@ -939,7 +956,7 @@ impl Membership {
                 }
             }
         }
-        self.drain()
+        self.drain_outputs()
     }
 
     /// A timer this instance scheduled is due.
@@ -958,7 +975,7 @@ impl Membership {
                 self.rejoin_due = true;
             }
         }
-        self.drain()
+        self.drain_outputs()
     }
 
     /// Leaves the cluster (graceful shutdown or drain): tells a few members this node is
@@ -966,7 +983,33 @@ impl Membership {
     pub fn leave(&mut self, now: u64) -> Outputs {
         self.now = now;
         let _ = self.foca.leave_cluster(&mut self.runtime);
-        self.drain()
+        self.drain_outputs()
+    }
+
+    /// Starts draining this node (admin command before scale-in): it rejoins under the next
+    /// generation flagged `draining`, so every node's ring hands its slots to the others while
+    /// it stays live. The event [`MembershipEvent::IdentityRenewed`] carries the new identity.
+    pub fn drain(&mut self, now: u64) -> Outputs {
+        self.now = now;
+        let current = self.foca.identity().clone();
+        if !current.draining {
+            if let Some(next) = current.renew() {
+                let next = NodeIdentity {
+                    draining: true,
+                    ..next
+                };
+                if self
+                    .foca
+                    .change_identity(next.clone(), &mut self.runtime)
+                    .is_ok()
+                {
+                    self.resume_probing();
+                    self.extra_events
+                        .push(MembershipEvent::IdentityRenewed(next));
+                }
+            }
+        }
+        self.drain_outputs()
     }
 
     /// This node's identity (its generation changes when it rejoins).
@@ -987,15 +1030,19 @@ impl Membership {
         v
     }
 
-    /// The live members as the ring sees them.
+    /// The ring's input: the live members that are not draining (all live members if every
+    /// one of them is draining, so that slots always have owners).
     pub fn ring_members(&self) -> Vec<RingMember> {
-        self.live_members()
-            .iter()
-            .map(NodeIdentity::ring_member)
-            .collect()
+        let live = self.live_members();
+        let serving = live.iter().filter(|m| !m.draining);
+        if serving.clone().next().is_some() {
+            serving.map(NodeIdentity::ring_member).collect()
+        } else {
+            live.iter().map(NodeIdentity::ring_member).collect()
+        }
     }
 
-    /// The epoch of the current live view (see `ring::epoch_of`).
+    /// The epoch of the current view: of the ring's input (see `ring::epoch_of`).
     pub fn epoch(&self) -> u64 {
         epoch_of(&self.ring_members())
     }
@@ -1054,8 +1101,18 @@ impl Membership {
         }
     }
 
+    /// After an identity change foca stays "disconnected" (probing no one) until a datagram
+    /// arrives. Cut off by a partition, none does, and the node would keep its old view
+    /// forever — believing it still had quorum. Applying an empty update makes foca
+    /// re-evaluate and resume probing at once, so dead peers are detected as usual.
+    fn resume_probing(&mut self) {
+        let _ = self
+            .foca
+            .apply_many(std::iter::empty(), true, &mut self.runtime);
+    }
+
     /// Turns what foca accumulated into [`Outputs`].
-    fn drain(&mut self) -> Outputs {
+    fn drain_outputs(&mut self) -> Outputs {
         let mut out = Outputs::default();
         let mut notifications = Vec::new();
         while let Some(n) = self.runtime.to_notify() {
@@ -1065,14 +1122,7 @@ impl Membership {
             .iter()
             .any(|n| matches!(n, OwnedNotification::Rejoin(_)))
         {
-            // After renewing its identity foca stays "disconnected" (not probing anyone)
-            // until a datagram arrives. Cut off by a partition, none does, and the node would
-            // keep its pre-partition view forever — believing it still had quorum. Applying
-            // an empty update makes foca re-evaluate and resume probing at once, so dead
-            // peers are detected as usual.
-            let _ = self
-                .foca
-                .apply_many(std::iter::empty(), true, &mut self.runtime);
+            self.resume_probing();
             while let Some(n) = self.runtime.to_notify() {
                 notifications.push(n);
             }
@@ -1100,7 +1150,8 @@ impl Membership {
         }
         // The live view changes only with a notification (a member up, down or renewed, or
         // our own rejoin), so the epoch is recomputed only then.
-        let view_may_have_changed = !notifications.is_empty();
+        let view_may_have_changed = !notifications.is_empty() || !self.extra_events.is_empty();
+        out.events.append(&mut self.extra_events);
         for n in notifications {
             let event = match n {
                 OwnedNotification::MemberUp(id) if !id.is_placeholder() => {
@@ -1178,7 +1229,10 @@ mod tests {
     #[test]
     fn codec_round_trips_every_message_and_address_family() {
         let a = identity("node-a", 7, "10.1.2.3:7946");
-        let b = identity("node-b", u64::MAX, "[2001:db8::1]:7000");
+        let b = NodeIdentity {
+            draining: true,
+            ..identity("node-b", u64::MAX, "[2001:db8::1]:7000")
+        };
         let messages = vec![
             Message::Ping(1),
             Message::Ack(2),

@@ -15,4 +15,4 @@ pub use membership::{
     MembershipError, MembershipEvent, MembershipStats, MembershipTimer, NodeId, NodeIdentity,
     Outputs, ScheduledTimer, SecretError, DEV_CLUSTER_SECRET,
 };
-pub use ring::{epoch_of, AssignmentCache, Ring, RingError, RingMember};
+pub use ring::{conversation_slot, epoch_of, AssignmentCache, Ring, RingError, RingMember};

@@ -5,8 +5,8 @@
 //! One seed is one scenario. Everything random — the cluster size, the network's behaviour,
 //! which node crashes, where the partition falls, foca's own choices — derives from it, and
 //! events at the same virtual time run in the order they were scheduled, so a seed replays
-//! exactly: `TERN_SIM_SEED=123 cargo test --release --workspace --lib cluster::sim` runs seed
-//! 123 alone with a trace. `TERN_SIM_SEEDS=N` changes how many seeds the suite runs (default
+//! exactly: `TERN_SIM_SEED=123 cargo test --release --workspace --lib cluster::sim --
+//! --nocapture` runs seed 123 alone and prints its trace. `TERN_SIM_SEEDS=N` changes how many seeds the suite runs (default
 //! 10,000).
 //!
 //! Invariants checked per seed:
@@ -322,14 +322,14 @@ impl Sim {
         Ok(done(self))
     }
 
-    /// One owner per slot per epoch: nodes reporting one epoch see one view.
+    /// One owner per slot per epoch: nodes reporting one epoch have one ring input.
     fn check_epochs(&mut self) -> Result<(), String> {
         for (i, node) in self.nodes.iter().enumerate() {
             let Some(m) = &node.m else { continue };
             let view: Vec<(NodeId, u64)> = m
-                .live_members()
+                .ring_members()
                 .into_iter()
-                .map(|id| (id.id, id.generation))
+                .map(|r| (r.id, r.generation))
                 .collect();
             let epoch = m.epoch();
             match self.epochs.get(&epoch) {
@@ -659,6 +659,41 @@ mod tests {
     #[test]
     fn seeds_odd() {
         suite(1);
+    }
+
+    #[test]
+    fn a_drained_node_stays_live_and_owns_no_slot() {
+        let mut sim = Sim::new(7, 3);
+        for i in 0..3 {
+            sim.start(i);
+        }
+        assert!(sim
+            .run_until_true(10_000, |s| s.group_agrees(&[0, 1, 2]))
+            .expect("no invariant broken"));
+        let now = sim.now;
+        let out = sim.nodes[2].m.as_mut().expect("up").drain(now);
+        assert!(out
+            .events
+            .iter()
+            .any(|e| matches!(e, MembershipEvent::IdentityRenewed(id) if id.draining)));
+        sim.apply(2, out);
+        let n2 = sim.nodes[2].id.clone();
+        let settled = sim
+            .run_until_true(sim.now + 10_000, |s| {
+                s.group_agrees(&[0, 1, 2])
+                    && (0..3).all(|i| {
+                        s.nodes[i]
+                            .m
+                            .as_ref()
+                            .is_some_and(|m| m.ring_members().iter().all(|r| r.id != n2))
+                    })
+            })
+            .expect("no invariant broken");
+        assert!(settled, "{}", views(&sim));
+        let rings = sim.rings();
+        assert!(rings.iter().all(|(_, r)| r.slots_owned_by(&n2) == 0));
+        assert!(rings.windows(2).all(|w| w[0].1 == w[1].1));
+        assert!((0..3).all(|i| sim.nodes[i].m.as_ref().is_some_and(|m| m.has_quorum(3))));
     }
 
     #[test]
