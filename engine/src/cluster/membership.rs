@@ -110,12 +110,9 @@ impl ClusterSecret {
 const GOSSIP_KEY_PURPOSE: &str = "tern cluster gossip v1";
 
 fn hmac_with(key: &[u8]) -> Hmac<Sha256> {
-    // HMAC accepts keys of any length (long ones are hashed), so this cannot fail; the match
-    // keeps the impossible case from becoming a panic path.
-    match <Hmac<Sha256> as Mac>::new_from_slice(key) {
-        Ok(mac) => mac,
-        Err(_) => <Hmac<Sha256> as Mac>::new(&Default::default()),
-    }
+    // The key is ours (the secret or a key derived from it), never network input, and HMAC
+    // takes keys of any length (long ones are hashed): `new_from_slice` cannot fail here.
+    <Hmac<Sha256> as Mac>::new_from_slice(key).expect("HMAC accepts keys of any length")
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -924,6 +921,8 @@ impl Membership {
         let _ = m
             .foca
             .apply_many(placeholders.into_iter(), false, &mut m.runtime);
+        // Dropping what that produced drops the placeholders' RemoveDown timers on purpose:
+        // seeds are never forgotten, so a seed that comes up late is still found.
         m.runtime = AccumulatingRuntime::new();
         m.reported_epoch = m.epoch();
         Ok(m)
@@ -1058,7 +1057,9 @@ impl Membership {
     /// included) is live in the view *and* was heard from within `quorum_lease` of `now`.
     /// The view lags a partition by the failure-detection time; the lease bounds how long a
     /// cut-off node keeps believing it has quorum, which is what a node taking over slots
-    /// waits out before assigning sequences (see CLUSTER.md).
+    /// waits out before assigning sequences (see CLUSTER.md). Datagrams are attributed by
+    /// their source address, so the cluster socket must send from the advertised
+    /// `cluster_addr` (bind it to that address, not to 0.0.0.0 on a multi-homed host).
     pub fn heard_from_majority(&self, configured_size: usize, now: u64) -> bool {
         let lease = self.config.quorum_lease.as_millis() as u64;
         let fresh = self
