@@ -228,13 +228,9 @@ impl TunnelShared {
         }
     }
 
-    /// Whether `secret` is this session's (no early exit on the first differing byte).
+    /// Whether `secret` is this session's (compared in constant time).
     pub fn secret_matches(&self, secret: &[u8; 16]) -> bool {
-        self.secret
-            .iter()
-            .zip(secret)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        crate::transport::http::secrets_equal(&self.secret, secret)
     }
 
     /// Whether the session still takes requests.

@@ -553,3 +553,53 @@ impl Drop for Daemon {
         self.stop();
     }
 }
+
+// ---------------------------------------------------------------------------------------------
+// Messaging over any transport
+
+impl Node {
+    /// Connects `user`/`device` over the rung `url` (any transport of SPEC §12) with a fresh
+    /// token bound to the device.
+    pub fn connect_via(
+        &self,
+        url: &str,
+        options: &tern_tools::TransportOptions,
+        user: &str,
+        device: &str,
+    ) -> Connection {
+        let token = self.token(user, Some(device), 3600);
+        Connection::connect_rung(
+            &tern_tools::Rung::parse(url).unwrap_or_else(|e| panic!("{url}: {e}")),
+            options,
+            &HelloParams::new(token, device),
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("{user}/{device} over {url}: {e}"))
+    }
+}
+
+/// Sends a text message to `to` and checks the SEND_ACK names it.
+pub fn send_text(conn: &mut Connection, to: &str, id: tern_protocol::MsgId, text: &str) {
+    let body = Body::Send(tern_protocol::Send {
+        to: tern_protocol::Conv::direct(to.to_owned()),
+        msg_id: id,
+        kind: tern_protocol::MessageKind::TEXT,
+        body: text.as_bytes().to_vec().into(),
+    });
+    match conn.request(body, WAIT) {
+        Ok(Frame {
+            body: Body::SendAck(a),
+            ..
+        }) => assert_eq!(a.msg_id, id),
+        other => panic!("{text}: expected SEND_ACK, got {other:?}"),
+    }
+}
+
+/// Waits for the PUSH of message `id` and checks its text.
+pub fn expect_push(conn: &mut Connection, id: tern_protocol::MsgId, text: &str) {
+    let (f, _) = recv_until(conn, |f| matches!(&f.body, Body::Push(m) if m.msg_id == id));
+    let Body::Push(m) = f.body else {
+        unreachable!()
+    };
+    assert_eq!(m.body.as_ref(), text.as_bytes());
+}

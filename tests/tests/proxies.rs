@@ -21,12 +21,9 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 use std::time::{Duration, Instant};
 
-use tern_protocol::{
-    decode, Body, Capabilities, Conv, Frame, Hello, MessageKind, MsgId, Send, DEFAULT_MAX_BODY,
-    PROTOCOL,
-};
-use tern_tests::{find_program, free_port, log_field, recv_until, Daemon, Node, WAIT};
-use tern_tools::{Connection, HelloParams, Rung, TransportOptions};
+use tern_protocol::{decode, Body, Capabilities, Frame, Hello, MsgId, DEFAULT_MAX_BODY, PROTOCOL};
+use tern_tests::{expect_push, find_program, free_port, log_field, send_text, Daemon, Node, WAIT};
+use tern_tools::{Connection, Rung, TransportOptions};
 
 /// The address the proxies connect to the node from (`proxy_bind`, haproxy's `source`): the one
 /// the node trusts, distinct from the clients' 127.0.0.1.
@@ -80,23 +77,6 @@ fn dev_cert(node: &Node) -> (PathBuf, PathBuf) {
     (tls.join("cert.pem"), tls.join("key.pem"))
 }
 
-fn connect_via(
-    node: &Node,
-    url: &str,
-    options: &TransportOptions,
-    user: &str,
-    device: &str,
-) -> Connection {
-    let token = node.token(user, Some(device), 3600);
-    Connection::connect_rung(
-        &Rung::parse(url).unwrap(),
-        options,
-        &HelloParams::new(token, device),
-        WAIT,
-    )
-    .unwrap_or_else(|e| panic!("{user}/{device} over {url}: {e}"))
-}
-
 fn msg_id(tag: u64) -> MsgId {
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&0x7072_6f78_6965_7321u64.to_be_bytes());
@@ -104,35 +84,14 @@ fn msg_id(tag: u64) -> MsgId {
     MsgId(id)
 }
 
-fn send(conn: &mut Connection, to: &str, id: MsgId, text: &str) {
-    let body = Body::Send(Send {
-        to: Conv::direct(to.to_owned()),
-        msg_id: id,
-        kind: MessageKind::TEXT,
-        body: text.as_bytes().to_vec().into(),
-    });
-    match conn.request(body, WAIT).unwrap().body {
-        Body::SendAck(a) => assert_eq!(a.msg_id, id),
-        other => panic!("{text}: expected SEND_ACK, got {other:?}"),
-    }
-}
-
-fn expect_push(conn: &mut Connection, id: MsgId, text: &str) {
-    let (f, _) = recv_until(conn, |f| matches!(&f.body, Body::Push(m) if m.msg_id == id));
-    let Body::Push(m) = f.body else {
-        unreachable!()
-    };
-    assert_eq!(m.body.as_ref(), text.as_bytes());
-}
-
 /// `far` (through a proxy) and `near` (native) are two devices of the same user: a message sent
 /// by each reaches the other.
 fn exchange(near: &mut Connection, far: &mut Connection, tag: u64, label: &str) {
     let out = format!("{label}: from the far device");
-    send(far, "bob", msg_id(2 * tag), &out);
+    send_text(far, "bob", msg_id(2 * tag), &out);
     expect_push(near, msg_id(2 * tag), &out);
     let back = format!("{label}: from the native device");
-    send(near, "bob", msg_id(2 * tag + 1), &back);
+    send_text(near, "bob", msg_id(2 * tag + 1), &back);
     expect_push(far, msg_id(2 * tag + 1), &back);
 }
 
@@ -327,8 +286,7 @@ fn check_balancer(node: &Node, front: &str, label: &str) {
 
     let mut near = node.connect("alice", &format!("{label}-desk"));
     let far_device = format!("{label}-sdk");
-    let mut far = connect_via(
-        node,
+    let mut far = node.connect_via(
         &format!("tern://{front}"),
         &TransportOptions::new(),
         "alice",
@@ -387,7 +345,7 @@ fn squid_forward_proxy_carries_the_http_tunnel() {
     for (tag, mode) in ["stream", "poll", "auto"].into_iter().enumerate() {
         let url = format!("http://{}?mode={mode}", node.http);
         let label = format!("squid {url}");
-        let mut far = connect_via(&node, &url, &options, "alice", &format!("squid-{mode}"));
+        let mut far = node.connect_via(&url, &options, "alice", &format!("squid-{mode}"));
         let sid = far.tunnel_session().unwrap();
         exchange(&mut near, &mut far, tag as u64, &label);
         far.shutdown();
@@ -520,7 +478,7 @@ fn nginx_reverse_proxy_carries_the_tunnel_and_websocket() {
     ];
     for (tag, (url, polls)) in cases.iter().enumerate() {
         let label = format!("nginx {url}");
-        let mut far = connect_via(&node, url, &trust, "alice", &format!("nginx-{tag}"));
+        let mut far = node.connect_via(url, &trust, "alice", &format!("nginx-{tag}"));
         exchange(&mut near, &mut far, tag as u64, &label);
         let sid = far.tunnel_session();
         far.shutdown();
@@ -554,7 +512,7 @@ fn nginx_reverse_proxy_carries_the_tunnel_and_websocket() {
     // must work; which way it went is reported.
     let url = format!("http://127.0.0.1:{buffering}");
     let label = format!("buffering nginx {url}");
-    let mut far = connect_via(&node, &url, &trust, "alice", "nginx-buffered");
+    let mut far = node.connect_via(&url, &trust, "alice", "nginx-buffered");
     exchange(&mut near, &mut far, 100, &label);
     let sid = far.tunnel_session().unwrap();
     far.shutdown();
@@ -686,8 +644,7 @@ fn haproxy_sends_proxy_protocol_v2() {
     // TLS through the balancer: the address in the header stands for the client there too.
     let (cert, _) = dev_cert(&node);
     let mut near = node.connect("alice", "tls-desk");
-    let mut far = connect_via(
-        &node,
+    let mut far = node.connect_via(
         &format!("tls://127.0.0.1:{tls_port}"),
         &TransportOptions::new().with_ca_file(cert),
         "alice",

@@ -13,10 +13,10 @@ use std::process::Command;
 use std::time::{Duration, Instant};
 
 use tern_protocol::{
-    decode, Body, Capabilities, Close, CloseReason, Conv, ErrorCode, Frame, Hello, MessageKind,
-    MsgId, Ping, Send, DEFAULT_MAX_BODY, PROTOCOL,
+    decode, Body, Capabilities, Close, CloseReason, ErrorCode, Frame, Hello, MessageKind, MsgId,
+    Ping, DEFAULT_MAX_BODY, PROTOCOL,
 };
-use tern_tests::{is_push, recv_until, tern_bin, Node, WAIT};
+use tern_tests::{expect_push, is_push, recv_until, send_text, tern_bin, Node, WAIT};
 use tern_tools::{
     Client, ClientConfig, Connection, ConnectionError, DeviceState, Endpoints, Event, Fingerprint,
     HelloParams, Rung, TransportKind, TransportOptions,
@@ -63,50 +63,11 @@ fn every_url(node: &Node) -> Vec<String> {
     ]
 }
 
-fn connect_via(
-    node: &Node,
-    url: &str,
-    options: &TransportOptions,
-    user: &str,
-    device: &str,
-) -> Connection {
-    let token = node.token(user, Some(device), 3600);
-    Connection::connect_rung(
-        &Rung::parse(url).unwrap(),
-        options,
-        &HelloParams::new(token, device),
-        WAIT,
-    )
-    .unwrap_or_else(|e| panic!("{user}/{device} over {url}: {e}"))
-}
-
 fn msg_id(tag: u64) -> MsgId {
     let mut id = [0u8; 16];
     id[..8].copy_from_slice(&0x7472_616e_7370_6f72u64.to_be_bytes());
     id[8..].copy_from_slice(&tag.to_be_bytes());
     MsgId(id)
-}
-
-fn send(conn: &mut Connection, to: &str, id: MsgId, text: &str) {
-    let body = Body::Send(Send {
-        to: Conv::direct(to.to_owned()),
-        msg_id: id,
-        kind: MessageKind::TEXT,
-        body: text.as_bytes().to_vec().into(),
-    });
-    match conn.request(body, WAIT).unwrap().body {
-        Body::SendAck(a) => assert_eq!(a.msg_id, id),
-        other => panic!("expected SEND_ACK, got {other:?}"),
-    }
-}
-
-/// Waits for the PUSH of message `id` and checks its text.
-fn expect_push(conn: &mut Connection, id: MsgId, text: &str) {
-    let (f, _) = recv_until(conn, |f| matches!(&f.body, Body::Push(m) if m.msg_id == id));
-    let Body::Push(m) = f.body else {
-        unreachable!()
-    };
-    assert_eq!(m.body.as_ref(), text.as_bytes());
 }
 
 /// Sends raw bytes and reads until the server closes (or `WAIT` passes).
@@ -192,15 +153,15 @@ fn a_message_crosses_between_every_transport_and_a_native_device() {
     let options = trust_dev_cert(&node);
     for (i, url) in every_url(&node).iter().enumerate() {
         let far_device = format!("far{i}");
-        let mut far = connect_via(&node, url, &options, "alice", &far_device);
+        let mut far = node.connect_via(url, &options, "alice", &far_device);
         assert_eq!(far.welcome().unwrap().user, "alice");
         let mut near = node.connect("alice", &format!("near{i}"));
         let i = i as u64;
         // Over the transport, to the native device (the sender's other device gets a PUSH)…
-        send(&mut far, "bob", msg_id(2 * i), &format!("from {url}"));
+        send_text(&mut far, "bob", msg_id(2 * i), &format!("from {url}"));
         expect_push(&mut near, msg_id(2 * i), &format!("from {url}"));
         // …and back.
-        send(&mut near, "bob", msg_id(2 * i + 1), &format!("to {url}"));
+        send_text(&mut near, "bob", msg_id(2 * i + 1), &format!("to {url}"));
         expect_push(&mut far, msg_id(2 * i + 1), &format!("to {url}"));
         // A request/answer pair and a burst of frames written back to back.
         for k in 0..20u32 {
@@ -243,7 +204,7 @@ fn the_reliable_client_works_over_the_tunnel_and_websocket() {
         };
         assert_eq!(m.msg_id, ack.msg_id);
         let id = msg_id(500 + i as u64);
-        send(&mut bob, "alice", id, "to the client");
+        send_text(&mut bob, "alice", id, "to the client");
         let deadline = Instant::now() + WAIT;
         loop {
             assert!(Instant::now() < deadline, "{url}: no message from bob");
@@ -267,11 +228,10 @@ fn tls_trusts_the_dev_certificate_or_its_fingerprint() {
     let url = format!("tls://{tls}");
     let pin = Fingerprint::of_pem_file(&cert(&node)).unwrap();
     let pinned = TransportOptions::new().with_pin(pin);
-    connect_via(&node, &url, &pinned, "alice", "phone");
+    node.connect_via(&url, &pinned, "alice", "phone");
     // The dev certificate names localhost too.
     let port = tls.rsplit(':').next().unwrap();
-    connect_via(
-        &node,
+    node.connect_via(
         &format!("wss://localhost:{port}/tern/ws"),
         &trust_dev_cert(&node),
         "alice",
@@ -388,8 +348,7 @@ fn tunnel_requests_need_a_live_session() {
     }
 
     // A live session: its id with a wrong random part is refused; the session is not harmed.
-    let mut conn = connect_via(
-        &node,
+    let mut conn = node.connect_via(
         &format!("http://{http}"),
         &TransportOptions::new(),
         "alice",

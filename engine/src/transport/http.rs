@@ -223,14 +223,15 @@ impl Sid {
         Some(Sid { core, conn, secret })
     }
 
-    /// Compares secrets without an early exit, so timing does not reveal a matching prefix.
+    /// Whether `secret` is this id's secret (see [`secrets_equal`]).
     pub fn secret_matches(&self, secret: &[u8; 16]) -> bool {
-        self.secret
-            .iter()
-            .zip(secret)
-            .fold(0u8, |acc, (a, b)| acc | (a ^ b))
-            == 0
+        secrets_equal(&self.secret, secret)
     }
+}
+
+/// Compares session secrets without an early exit, so timing does not reveal a matching prefix.
+pub fn secrets_equal(a: &[u8; 16], b: &[u8; 16]) -> bool {
+    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Default and largest long-poll wait, seconds.
