@@ -84,15 +84,28 @@ async fn read_more(
     }
 }
 
-/// Answers a connection that sent nothing in time the way the native protocol does.
-async fn handshake_timeout(stream: &mut TcpStream, kind: ListenerKind) {
-    if kind == ListenerKind::Plain {
-        let mut out = Vec::new();
-        let _ =
-            session::error(0, ErrorCode::HANDSHAKE_TIMEOUT, "no HELLO in time").encode(&mut out);
-        let _ = stream.write_all(out).await;
+/// Writes a last answer (nothing if empty) and closes our side.
+async fn refuse(stream: &mut TcpStream, answer: Vec<u8>) {
+    if !answer.is_empty() {
+        let _ = stream.write_all(answer).await;
     }
     let _ = monoio::io::AsyncWriteRent::shutdown(stream).await;
+}
+
+/// A native ERROR frame, encoded.
+fn error_bytes(code: ErrorCode, message: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let _ = session::error(0, code, message).encode(&mut out);
+    out
+}
+
+/// Answers a connection that sent nothing in time the way the native protocol does.
+async fn handshake_timeout(stream: &mut TcpStream, kind: ListenerKind) {
+    let answer = match kind {
+        ListenerKind::Plain => error_bytes(ErrorCode::HANDSHAKE_TIMEOUT, "no HELLO in time"),
+        ListenerKind::Tls => Vec::new(),
+    };
+    refuse(stream, answer).await;
 }
 
 /// Decides what the connection is. `None` when it was refused or served here (tunnel
@@ -159,11 +172,8 @@ pub async fn open(
             }
             Detected::Native => {
                 inc(&METRICS.refused_total);
-                let mut out = Vec::new();
-                let _ = session::error(0, ErrorCode::UNSUPPORTED_VERSION, "this port requires TLS")
-                    .encode(&mut out);
-                let _ = stream.write_all(out).await;
-                let _ = monoio::io::AsyncWriteRent::shutdown(&mut stream).await;
+                let answer = error_bytes(ErrorCode::UNSUPPORTED_VERSION, "this port requires TLS");
+                refuse(&mut stream, answer).await;
                 return None;
             }
             Detected::Other => {
@@ -172,8 +182,7 @@ pub async fn open(
             }
             Detected::Tls if kind == ListenerKind::Plain => {
                 inc(&METRICS.refused_total);
-                let _ = stream.write_all(TLS_REFUSAL_ALERT.to_vec()).await;
-                let _ = monoio::io::AsyncWriteRent::shutdown(&mut stream).await;
+                refuse(&mut stream, TLS_REFUSAL_ALERT.to_vec()).await;
                 return None;
             }
             Detected::Tls => {
@@ -200,8 +209,7 @@ pub async fn open(
                     b"this port requires TLS",
                     true,
                 );
-                let _ = stream.write_all(out).await;
-                let _ = monoio::io::AsyncWriteRent::shutdown(&mut stream).await;
+                refuse(&mut stream, out).await;
                 return None;
             }
             Detected::Http => {

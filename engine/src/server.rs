@@ -585,17 +585,34 @@ impl Core {
             .count()
     }
 
-    /// Takes connection `id` out of a room's local members and tells the room's owner.
-    fn leave_room(&self, room: Arc<str>, id: u32) {
-        {
-            let mut members = self.room_members.borrow_mut();
-            if let Some(v) = members.get_mut(&room) {
-                v.retain(|c| *c != id);
-                if v.is_empty() {
-                    members.remove(&room);
-                }
+    /// Takes connection `id` out of a room's members on this core.
+    fn drop_room_member(&self, room: &Arc<str>, id: u32) {
+        let mut members = self.room_members.borrow_mut();
+        if let Some(v) = members.get_mut(room) {
+            v.retain(|c| *c != id);
+            if v.is_empty() {
+                members.remove(room);
             }
         }
+    }
+
+    /// Sends a room request to the room's owner and awaits its one answer; OVERLOADED when the
+    /// owner's queue is full.
+    async fn ask_room_owner<T>(
+        &self,
+        room: &str,
+        msg: CoreMsg,
+        rx: flume::Receiver<Result<T, ErrorCode>>,
+    ) -> Result<T, ErrorCode> {
+        if !self.send_to(self.owner_core(room), msg) {
+            return Err(ErrorCode::OVERLOADED);
+        }
+        rx.recv_async().await.unwrap_or(Err(ErrorCode::OVERLOADED))
+    }
+
+    /// Takes connection `id` out of a room's local members and tells the room's owner.
+    fn leave_room(&self, room: Arc<str>, id: u32) {
+        self.drop_room_member(&room, id);
         let owner = self.owner_core(&room);
         self.route(
             owner,
@@ -1374,20 +1391,13 @@ impl Connection {
         }
         let (tx, rx) = flume::bounded(1);
         let owner = self.core.owner_core(&room);
-        let asked = self.core.send_to(
-            owner,
-            CoreMsg::RoomJoin {
-                room: Arc::clone(&room),
-                core: self.core.id,
-                recent,
-                reply: tx,
-            },
-        );
-        let answer = if asked {
-            rx.recv_async().await.unwrap_or(Err(ErrorCode::OVERLOADED))
-        } else {
-            Err(ErrorCode::OVERLOADED)
+        let ask = CoreMsg::RoomJoin {
+            room: Arc::clone(&room),
+            core: self.core.id,
+            recent,
+            reply: tx,
         };
+        let answer = self.core.ask_room_owner(&room, ask, rx).await;
         match answer {
             Ok((msgs, more)) => {
                 if already {
@@ -1410,13 +1420,7 @@ impl Connection {
             }
             Err(code) => {
                 if !already {
-                    let mut members = self.core.room_members.borrow_mut();
-                    if let Some(v) = members.get_mut(&room) {
-                        v.retain(|c| *c != self.me.id);
-                        if v.is_empty() {
-                            members.remove(&room);
-                        }
-                    }
+                    self.core.drop_room_member(&room, self.me.id);
                 }
                 let msg = match code {
                     ErrorCode::LIMIT_EXCEEDED => "the room is full",
@@ -1462,21 +1466,13 @@ impl Connection {
             kind,
             body: Bytes::from(body),
         };
-        let owner = self.core.owner_core(&room);
-        let asked = self.core.send_to(
-            owner,
-            CoreMsg::RoomPost {
-                room,
-                post,
-                except: self.me,
-                reply: tx,
-            },
-        );
-        let answer = if asked {
-            rx.recv_async().await.unwrap_or(Err(ErrorCode::OVERLOADED))
-        } else {
-            Err(ErrorCode::OVERLOADED)
+        let ask = CoreMsg::RoomPost {
+            room: Arc::clone(&room),
+            post,
+            except: self.me,
+            reply: tx,
         };
+        let answer = self.core.ask_room_owner(&room, ask, rx).await;
         match answer {
             Ok(posted) => {
                 let ack = Frame::new(
