@@ -194,11 +194,7 @@ pub async fn open(
                         return None;
                     }
                 };
-                let wire = Wire {
-                    stream,
-                    tls: Some(layer),
-                    ws: None,
-                };
+                let wire = Wire::new(stream, Some(layer));
                 return Box::pin(inside_tls(core, buf, wire, peer)).await;
             }
             Detected::Http if kind == ListenerKind::Tls => {
@@ -253,13 +249,17 @@ async fn inside_tls(
         match detect(&app) {
             Detected::NeedMore => {
                 let step = deadline.saturating_duration_since(monoio::time::Instant::now());
-                match monoio::time::timeout(step, wire.read_into(&mut app, &core.pool)).await {
+                match monoio::time::timeout(step, wire.read_first(&mut app, &core.pool)).await {
                     Ok(Ok(true)) => {}
                     Ok(Ok(false)) | Ok(Err(_)) | Err(_) => return None,
                 }
             }
             Detected::Http => {
                 inc(&METRICS.transport_tls_total);
+                // The HTTP side waits on the socket without writing first: nothing held there.
+                if wire.flush(&core.pool).await.is_err() {
+                    return None;
+                }
                 return Box::pin(http_front(core, wire, app, peer)).await;
             }
             // Native frames, or bytes the decoder will refuse with its own ERROR.

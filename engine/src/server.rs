@@ -804,6 +804,12 @@ impl Connection {
                 return;
             };
             self.shared.deadline_ms.set(deadline);
+            let core = Rc::clone(&self.core);
+            if self.link.flush_held(&core.pool).await.is_err() {
+                self.peer_closed = true;
+                self.conn.apply(Trigger::PeerClose);
+                return;
+            }
             // No timer of our own: the core's sweeper marks the deadline due (see `sweep`).
             let shared = Rc::clone(&self.shared);
             let ev = match self.link.socket() {

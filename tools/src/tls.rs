@@ -1,4 +1,4 @@
-//! TLS for the client transports (rustls with the ring provider): which certificates to trust —
+//! TLS for the client transports (rustls with the aws-lc-rs provider): which certificates to trust —
 //! a CA/certificate PEM file, a pinned SHA-256 fingerprint of the server's certificate, or the
 //! system's CA bundle — and the ALPN protocol each transport offers.
 
@@ -126,7 +126,7 @@ pub enum Trust {
 fn provider() -> Arc<CryptoProvider> {
     static PROVIDER: std::sync::OnceLock<Arc<CryptoProvider>> = std::sync::OnceLock::new();
     PROVIDER
-        .get_or_init(|| Arc::new(rustls::crypto::ring::default_provider()))
+        .get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider()))
         .clone()
 }
 

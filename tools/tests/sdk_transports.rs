@@ -172,7 +172,7 @@ fn test_cert() -> &'static TestCert {
             rustls::pki_types::PrivatePkcs8KeyDer::from(ck.signing_key.serialize_der()),
         );
         let mut config = rustls::ServerConfig::builder_with_provider(Arc::new(
-            rustls::crypto::ring::default_provider(),
+            rustls::crypto::aws_lc_rs::default_provider(),
         ))
         .with_safe_default_protocol_versions()
         .unwrap()

@@ -178,17 +178,29 @@ impl Dialer {
         })
     }
 
-    /// TCP from `source`, then TLS if the transport needs it.
-    async fn stream(&self, source: IpAddr) -> Result<(Rd, Wr)> {
-        let tcp = connect(source, self.target).await?;
+    /// TCP from `source`, then TLS if the transport needs it; `first` is sent as the first
+    /// bytes of the stream. Over TLS they are queued before the handshake, so rustls sends them
+    /// with the client's Finished: one segment and one wakeup of the node fewer per connection
+    /// than writing them after the handshake.
+    async fn stream(&self, source: IpAddr, first: &[u8]) -> Result<(Rd, Wr)> {
+        let mut tcp = connect(source, self.target).await?;
         let Some((connector, name)) = &self.tls else {
+            if !first.is_empty() {
+                tcp.write_all(first).await?;
+            }
             let (r, w) = tcp.into_split();
             return Ok((Box::new(r), Box::new(w)));
         };
+        let mut queued = Ok(());
         let s = connector
-            .connect(name.clone(), tcp)
+            .connect_with(name.clone(), tcp, |c| {
+                if !first.is_empty() {
+                    queued = std::io::Write::write_all(&mut c.writer(), first);
+                }
+            })
             .await
             .context("TLS handshake")?;
+        queued.context("queueing the first bytes")?;
         let tls = s.get_ref().1;
         if let Some(suite) = tls.negotiated_cipher_suite() {
             let _ = self.tls_suite.set(format!("{:?}", suite.suite()));
@@ -474,13 +486,13 @@ pub async fn login(
     );
     let mut c = match d.transport {
         Transport::Native | Transport::Tls => {
-            let (rd, wr) = d.stream(source).await?;
-            let mut c = Conn {
+            let mut first = Vec::new();
+            hello.encode(&mut first).map_err(|e| anyhow!("{e}"))?;
+            let (rd, wr) = d.stream(source, &first).await?;
+            Conn {
                 reader: FrameReader::new(rd, Unwrap::None, Vec::new()),
                 writer: FrameWriter::new(Sink::Stream(wr)),
-            };
-            c.writer.send(&hello).await?;
-            c
+            }
         }
         Transport::Ws | Transport::Wss => {
             let mut c = ws_open(d, source).await?;
@@ -562,7 +574,7 @@ async fn read_body(rd: &mut Rd, buf: &mut Vec<u8>, head: &ResponseHead) -> Resul
 
 /// The WebSocket upgrade (RFC 6455 §4.1) on `WS_PATH` with the `tern.v1` subprotocol.
 async fn ws_open(d: &Dialer, source: IpAddr) -> Result<Conn> {
-    let (mut rd, mut wr) = d.stream(source).await?;
+    let (mut rd, mut wr) = d.stream(source, &[]).await?;
     let key = tungstenite::handshake::client::generate_key();
     let req = format!(
         "GET {WS_PATH} HTTP/1.1\r\nHost: {}\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
@@ -600,7 +612,7 @@ async fn ws_open(d: &Dialer, source: IpAddr) -> Result<Conn> {
 /// `POST /tern/open?mode=stream` with HELLO: the response stays open as the chunked
 /// downstream; upstream frames go through a task posting `up` requests on its own connection.
 async fn tunnel_open(d: &Arc<Dialer>, source: IpAddr, hello: &Frame<'_>) -> Result<Conn> {
-    let (mut rd, mut wr) = d.stream(source).await?;
+    let (mut rd, mut wr) = d.stream(source, &[]).await?;
     let mut body = Vec::new();
     hello.encode(&mut body).map_err(|e| anyhow!("{e}"))?;
     let mut req = format!(
@@ -745,7 +757,7 @@ async fn post_up(
     loop {
         attempt += 1;
         if conn.is_none() {
-            let (rd, wr) = d.stream(source).await?;
+            let (rd, wr) = d.stream(source, &[]).await?;
             *conn = Some(HttpConn {
                 rd,
                 wr,

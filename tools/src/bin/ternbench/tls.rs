@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use rustls::client::{
     ClientSessionStore, Resumption, Tls12ClientSessionValue, Tls13ClientSessionValue,
 };
-use rustls::crypto::ring::cipher_suite;
+use rustls::crypto::aws_lc_rs::cipher_suite;
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName};
 use rustls::{NamedGroup, RootCertStore, SupportedCipherSuite};
@@ -20,9 +20,9 @@ use tern_tools::tls::{ALPN_HTTP, ALPN_TERN};
 /// TLS 1.3 tickets kept per server name.
 const TICKETS: usize = 4096;
 
-/// A TLS 1.3 cipher suite to offer first. The node follows the client's order, and the suite
-/// decides the handshake's hash: SHA-384 (AES-256) has no accelerated path in *ring* on every
-/// CPU, SHA-256 (AES-128, ChaCha20) does.
+/// A TLS 1.3 cipher suite to offer first. The suite decides the handshake's hash: SHA-256
+/// (AES-128, ChaCha20) has CPU instructions of its own on many CPUs, SHA-384 (AES-256) not. A
+/// node that prefers its own order (tern does, AES-128 first) may choose another suite.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]
 pub enum Suite {
@@ -65,7 +65,7 @@ pub fn client_config(
     if roots.is_empty() {
         bail!("{}: no certificate", ca.display());
     }
-    let mut provider = rustls::crypto::ring::default_provider();
+    let mut provider = rustls::crypto::aws_lc_rs::default_provider();
     if let Some(first) = first.map(Suite::get) {
         provider
             .cipher_suites
