@@ -164,6 +164,17 @@ pub fn valid_frames() -> Vec<(&'static str, &'static str, Frame<'static>)> {
                 }),
             ),
         ),
+        (
+            "error_unavailable",
+            "ERROR: the recipient is owned by another node that cannot be reached; retry later",
+            f(
+                14,
+                Body::Error(Error {
+                    code: ErrorCode::UNAVAILABLE,
+                    message: s("user bob is served by node-b"),
+                }),
+            ),
+        ),
         ("ok", "OK answering request 13", f(13, Body::Ok)),
         (
             "send_text",
