@@ -347,7 +347,8 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// RELATION: follow, befriend, block…
+    /// RELATION: follow, befriend, block… (C→S); S→C, the notice of a friend request or
+    /// acceptance.
     pub struct Relation<'a> {
         pub op: RelationOp,
         pub user: Cow<'a, str>,
@@ -369,6 +370,7 @@ wire_struct! {
     pub struct RelationEntry<'a> {
         pub user: Cow<'a, str>,
         pub since: u64,
+        pub note: Cow<'a, str>,
     }
 }
 

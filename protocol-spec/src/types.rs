@@ -57,7 +57,7 @@ wire_enum! {
         AUTH_INVALID = 100, AUTH_EXPIRED = 101, HANDSHAKE_TIMEOUT = 102,
         RATE_LIMITED = 200, OVERLOADED = 201, NOT_FOUND = 202, FORBIDDEN = 203,
         INVALID_ARGUMENT = 204, BLOCKED = 205, RECALL_EXPIRED = 206, LIMIT_EXCEEDED = 207,
-        UNAVAILABLE = 208,
+        UNAVAILABLE = 208, NOT_FRIEND = 209,
         INTERNAL = 500, SHUTTING_DOWN = 503,
     }
 }
@@ -160,13 +160,15 @@ wire_enum! {
     /// RELATION operation.
     pub struct RelationOp(u8) {
         FOLLOW = 1, UNFOLLOW = 2, FRIEND_REQUEST = 3, FRIEND_ACCEPT = 4, UNFRIEND = 5, BLOCK = 6,
-        UNBLOCK = 7,
+        UNBLOCK = 7, FRIEND_DECLINE = 8, SET_FRIENDS_ONLY = 9, CLEAR_FRIENDS_ONLY = 10,
     }
 }
 
 wire_enum! {
     /// RELATION_LIST kind.
-    pub struct RelationKind(u8) { FOLLOWING = 1, FOLLOWERS = 2, FRIENDS = 3, BLOCKED = 4, PENDING = 5 }
+    pub struct RelationKind(u8) {
+        FOLLOWING = 1, FOLLOWERS = 2, FRIENDS = 3, BLOCKED = 4, PENDING = 5, REQUESTED = 6,
+    }
 }
 
 /// Client message id: 16 bytes chosen by the sending client, the key of de-duplication.

@@ -175,6 +175,17 @@ pub fn valid_frames() -> Vec<(&'static str, &'static str, Frame<'static>)> {
                 }),
             ),
         ),
+        (
+            "error_not_friend",
+            "ERROR: the recipient accepts messages from friends only",
+            f(
+                15,
+                Body::Error(Error {
+                    code: ErrorCode::NOT_FRIEND,
+                    message: s("bob accepts messages from friends only"),
+                }),
+            ),
+        ),
         ("ok", "OK answering request 13", f(13, Body::Ok)),
         (
             "send_text",
@@ -543,6 +554,42 @@ pub fn valid_frames() -> Vec<(&'static str, &'static str, Frame<'static>)> {
             ),
         ),
         (
+            "relation_decline",
+            "RELATION: decline bob's friend request",
+            f(
+                42,
+                Body::Relation(Relation {
+                    op: RelationOp::FRIEND_DECLINE,
+                    user: s("bob"),
+                    note: s(""),
+                }),
+            ),
+        ),
+        (
+            "relation_friends_only",
+            "RELATION: accept messages from friends only (no user)",
+            f(
+                43,
+                Body::Relation(Relation {
+                    op: RelationOp::SET_FRIENDS_ONLY,
+                    user: s(""),
+                    note: s(""),
+                }),
+            ),
+        ),
+        (
+            "relation_notice",
+            "RELATION from the server: alice asks to be friends",
+            f(
+                0,
+                Body::Relation(Relation {
+                    op: RelationOp::FRIEND_REQUEST,
+                    user: s("alice"),
+                    note: s("hi, it's alice"),
+                }),
+            ),
+        ),
+        (
             "relation_list",
             "RELATION_LIST of friends",
             f(
@@ -565,6 +612,23 @@ pub fn valid_frames() -> Vec<(&'static str, &'static str, Frame<'static>)> {
                     users: vec![RelationEntry {
                         user: s("bob"),
                         since: 1_767_000_000_000,
+                        note: s(""),
+                    }],
+                }),
+            ),
+        ),
+        (
+            "relation_page_pending",
+            "RELATION_PAGE of pending requests, the last page, with the request's note",
+            f(
+                44,
+                Body::RelationPage(RelationPage {
+                    kind: RelationKind::PENDING,
+                    next_cursor: s(""),
+                    users: vec![RelationEntry {
+                        user: s("carol"),
+                        since: 1_767_000_100_000,
+                        note: s("from the climbing club"),
                     }],
                 }),
             ),
