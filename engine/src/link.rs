@@ -456,6 +456,11 @@ impl Link {
         }
     }
 
+    /// Whether layer output waits for [`Link::flush_held`].
+    pub fn has_held(&self) -> bool {
+        matches!(self, Link::Wire(w) if !w.held.is_empty())
+    }
+
     /// Sends layer output held by [`Wire::read_first`]: before a connection waits for input.
     pub async fn flush_held(&mut self, pool: &BufPool) -> io::Result<()> {
         match self {

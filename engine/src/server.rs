@@ -65,7 +65,7 @@ const SERVED_CAPABILITIES: Capabilities =
     Capabilities(Capabilities::RECEIPTS.0 | Capabilities::TYPING.0 | Capabilities::ROOMS.0);
 
 /// Bytes of a pooled I/O buffer.
-const POOL_BUF: usize = 16 * 1024;
+pub const POOL_BUF: usize = 16 * 1024;
 
 /// How often a core checks its connections' deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(200);
@@ -804,8 +804,8 @@ impl Connection {
                 return;
             };
             self.shared.deadline_ms.set(deadline);
-            let core = Rc::clone(&self.core);
-            if self.link.flush_held(&core.pool).await.is_err() {
+            // Boxed: this future is part of every idle connection's state.
+            if self.link.has_held() && Box::pin(self.flush_held()).await.is_err() {
                 self.peer_closed = true;
                 self.conn.apply(Trigger::PeerClose);
                 return;
@@ -843,12 +843,21 @@ impl Connection {
         }
     }
 
+    async fn flush_held(&mut self) -> std::io::Result<()> {
+        let core = Rc::clone(&self.core);
+        self.link.flush_held(&core.pool).await
+    }
+
     /// Handles the bytes that came with the connection (read by the front door).
     async fn on_initial(&mut self) -> bool {
-        let buf = std::mem::take(&mut self.partial);
-        let keep_going = self.handle_bytes(&buf).await;
-        self.core.pool.put(buf);
-        keep_going
+        let pooled = std::mem::take(&mut self.partial);
+        // HELLO waits for the token check and the inbox head: a copy of its few hundred bytes
+        // lets the pooled buffer go back at once. In a connection storm, buffers kept over
+        // those waits are allocated past the pool and freed later between long-lived
+        // connection state, and the holes stay in the node's memory.
+        let buf = pooled.clone();
+        self.core.pool.put(pooled);
+        self.handle_bytes(&buf).await
     }
 
     /// Reads what is there, handles every complete frame; `false` once the connection ends.
