@@ -1,11 +1,14 @@
 //! The admin endpoint: a tiny blocking HTTP/1.1 server on its own thread (never on an io core)
-//! with `/healthz` and Prometheus-format `/metrics`. One request per connection, parsed with
-//! `httparse`; anything else is 404.
+//! with `/healthz`, Prometheus-format `/metrics` and, in a cluster, `/cluster/members` and
+//! `/cluster/owner?user=U` (JSON). One request per connection, parsed with `httparse`; anything
+//! else is 404.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
+use std::sync::Arc;
 use std::time::Duration;
 
+use crate::cluster::node::ClusterState;
 use crate::metrics::METRICS;
 
 /// Static facts shown on `/metrics`.
@@ -13,10 +16,62 @@ use crate::metrics::METRICS;
 pub struct AdminInfo {
     pub node_id: String,
     pub cores: usize,
+    /// The cluster's view, when the node runs in one.
+    pub cluster: Option<Arc<ClusterState>>,
 }
 
-/// Status line and body for a request path.
-pub fn route(method: &str, path: &str, info: &AdminInfo) -> (&'static str, String) {
+/// The value of `key` in a query string, percent-decoded (`+` is a space); `None` when absent
+/// or not valid UTF-8 after decoding.
+fn query_param(query: &str, key: &str) -> Option<String> {
+    let raw = query
+        .split('&')
+        .filter_map(|kv| kv.split_once('='))
+        .find(|(k, _)| *k == key)?
+        .1;
+    let bytes = raw.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => {
+                let hex = bytes.get(i + 1..i + 3)?;
+                if !hex.iter().all(u8::is_ascii_hexdigit) {
+                    return None;
+                }
+                // Two ASCII hex digits: valid UTF-8 and a valid u8.
+                let hex = std::str::from_utf8(hex).ok()?;
+                out.push(u8::from_str_radix(hex, 16).ok()?);
+                i += 2;
+            }
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8(out).ok()
+}
+
+/// Status line and body of a `/cluster/...` request.
+fn cluster_route(path: &str, query: &str, info: &AdminInfo) -> (&'static str, String) {
+    let Some(cluster) = &info.cluster else {
+        return (
+            "404 Not Found",
+            "this node is not in a cluster (start it with --cluster)\n".into(),
+        );
+    };
+    match path {
+        "/cluster/members" => ("200 OK", format!("{}\n", cluster.members_json())),
+        "/cluster/owner" => match query_param(query, "user").filter(|u| !u.is_empty()) {
+            Some(user) => ("200 OK", format!("{}\n", cluster.owner_json(&user))),
+            None => ("400 Bad Request", "missing ?user=USER\n".into()),
+        },
+        _ => ("404 Not Found", "not found\n".into()),
+    }
+}
+
+/// Status line and body for a request target (path and optional query).
+pub fn route(method: &str, target: &str, info: &AdminInfo) -> (&'static str, String) {
+    let (path, query) = target.split_once('?').unwrap_or((target, ""));
     match (method, path) {
         ("GET", "/healthz") => ("200 OK", "ok\n".into()),
         ("GET", "/metrics") => {
@@ -29,7 +84,10 @@ pub fn route(method: &str, path: &str, info: &AdminInfo) -> (&'static str, Strin
             ));
             ("200 OK", body)
         }
-        (_, "/healthz" | "/metrics") => ("405 Method Not Allowed", "method not allowed\n".into()),
+        ("GET", p) if p.starts_with("/cluster/") => cluster_route(p, query, info),
+        (_, "/healthz" | "/metrics" | "/cluster/members" | "/cluster/owner") => {
+            ("405 Method Not Allowed", "method not allowed\n".into())
+        }
         _ => ("404 Not Found", "not found\n".into()),
     }
 }
@@ -49,9 +107,7 @@ fn handle(mut stream: TcpStream, info: &AdminInfo) -> std::io::Result<()> {
         let mut req = httparse::Request::new(&mut headers);
         match req.parse(&buf[..len]) {
             Ok(httparse::Status::Complete(_)) => {
-                let path = req.path.unwrap_or("/");
-                let path = path.split('?').next().unwrap_or(path);
-                break route(req.method.unwrap_or(""), path, info);
+                break route(req.method.unwrap_or(""), req.path.unwrap_or("/"), info);
             }
             Ok(httparse::Status::Partial) if len < buf.len() => continue,
             _ => break ("400 Bad Request", "bad request\n".to_owned()),
@@ -59,6 +115,8 @@ fn handle(mut stream: TcpStream, info: &AdminInfo) -> std::io::Result<()> {
     };
     let content_type = if body.starts_with("# TYPE") {
         "text/plain; version=0.0.4"
+    } else if body.starts_with('{') {
+        "application/json"
     } else {
         "text/plain"
     };
@@ -96,6 +154,7 @@ mod tests {
         let info = AdminInfo {
             node_id: "n".into(),
             cores: 2,
+            cluster: None,
         };
         assert_eq!(route("GET", "/healthz", &info).0, "200 OK");
         let (s, body) = route("GET", "/metrics", &info);
@@ -103,5 +162,14 @@ mod tests {
         assert!(body.contains("tern_cores 2"));
         assert_eq!(route("GET", "/nope", &info).0, "404 Not Found");
         assert_eq!(route("POST", "/metrics", &info).0, "405 Method Not Allowed");
+        assert_eq!(route("GET", "/metrics?x=1", &info).0, "200 OK");
+        assert_eq!(route("GET", "/cluster/members", &info).0, "404 Not Found");
+        assert_eq!(
+            query_param("a=1&user=b%C3%B6b+x", "user").as_deref(),
+            Some("böb x")
+        );
+        assert_eq!(query_param("user=%4", "user"), None);
+        assert_eq!(query_param("user=%zz", "user"), None);
+        assert_eq!(query_param("a=1", "user"), None);
     }
 }

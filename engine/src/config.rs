@@ -79,6 +79,21 @@ pub struct NodeArgs {
     /// io driver: auto (io_uring, falling back to epoll), io_uring, or legacy (epoll).
     #[arg(long, env = "TERN_IO_DRIVER", global = true)]
     pub io_driver: Option<IoDriver>,
+    /// Join a cluster: UDP address for gossip (port 0 picks a free port; the bound address is
+    /// in ports.json as "cluster"). Without it the node serves every user itself.
+    #[arg(long, env = "TERN_CLUSTER", global = true)]
+    pub cluster: Option<SocketAddr>,
+    /// Cluster addresses of other nodes to join through, comma-separated (HOST:PORT).
+    #[arg(long, env = "TERN_JOIN", global = true)]
+    pub join: Option<String>,
+    /// File holding the cluster's shared secret (at least 16 bytes, e.g. `openssl rand -hex
+    /// 32`). Required with --cluster unless --dev (which uses a public, insecure dev secret).
+    #[arg(long, env = "TERN_CLUSTER_SECRET_FILE", global = true)]
+    pub cluster_secret_file: Option<PathBuf>,
+    /// Configured number of nodes in the cluster (its majority is the quorum). Default: the
+    /// --join list plus this node.
+    #[arg(long, env = "TERN_CLUSTER_SIZE", global = true)]
+    pub cluster_size: Option<usize>,
 }
 
 /// A listen address, or `off` for no listener.
@@ -154,6 +169,8 @@ pub struct FileConfig {
     pub node_id: Option<String>,
     pub io_driver: Option<IoDriver>,
     #[serde(default)]
+    pub cluster: ClusterFile,
+    #[serde(default)]
     pub auth: AuthFile,
     #[serde(default)]
     pub timers: TimersFile,
@@ -176,6 +193,49 @@ pub struct RoomsFile {
     /// Messages per second a member may send, and the burst on top.
     pub rate_per_sec: Option<u32>,
     pub burst: Option<u32>,
+}
+
+/// `[cluster]`: the same settings as the `--cluster*` and `--join` flags.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterFile {
+    pub bind: Option<SocketAddr>,
+    pub join: Option<Vec<String>>,
+    pub secret_file: Option<PathBuf>,
+    pub size: Option<usize>,
+}
+
+/// A node's cluster settings (present when it runs in a cluster).
+#[derive(Debug, Clone)]
+pub struct ClusterSettings {
+    /// UDP gossip address.
+    pub bind: SocketAddr,
+    /// Cluster addresses of other nodes.
+    pub join: Vec<SocketAddr>,
+    pub secret: crate::cluster::ClusterSecret,
+    /// Configured cluster size (quorum = its majority).
+    pub size: usize,
+    /// The node id asked for with --node-id or `node_id` (none: the persisted or a random one).
+    pub node_id: Option<String>,
+}
+
+/// Resolves `HOST:PORT` items (comma- or whitespace-separated) to socket addresses.
+fn parse_join<'a>(items: impl IntoIterator<Item = &'a str>) -> anyhow::Result<Vec<SocketAddr>> {
+    use std::net::ToSocketAddrs as _;
+    let mut out = Vec::new();
+    for item in items
+        .into_iter()
+        .flat_map(|s| s.split(|c: char| c == ',' || c.is_whitespace()))
+        .filter(|s| !s.is_empty())
+    {
+        let addr = item
+            .to_socket_addrs()
+            .with_context(|| format!("--join {item:?}: expected HOST:PORT"))?
+            .next()
+            .with_context(|| format!("--join {item:?}: no address"))?;
+        out.push(addr);
+    }
+    Ok(out)
 }
 
 /// `[auth]`.
@@ -250,6 +310,8 @@ pub struct Settings {
     pub storage_write_queue: usize,
     pub storage_read_queue: usize,
     pub rooms: RoomConfig,
+    /// Cluster membership; `None`: a single node serving every user.
+    pub cluster: Option<ClusterSettings>,
 }
 
 /// Name of the generated dev secret in the data dir.
@@ -334,11 +396,50 @@ impl Settings {
             bail!("cores must be between 1 and 1024, got {cores}");
         }
         let dev = args.dev || file.dev.unwrap_or(false);
-        let node_id = args
-            .node_id
-            .clone()
-            .or(file.node_id)
-            .unwrap_or_else(|| "tern-1".to_owned());
+        let asked_node_id = args.node_id.clone().or(file.node_id);
+        let node_id = asked_node_id.clone().unwrap_or_else(|| "tern-1".to_owned());
+        let cluster = match args.cluster.or(file.cluster.bind) {
+            None => None,
+            Some(bind) => {
+                let join = match &args.join {
+                    Some(list) => parse_join([list.as_str()])?,
+                    None => parse_join(file.cluster.join.iter().flatten().map(String::as_str))?,
+                };
+                let secret = match args
+                    .cluster_secret_file
+                    .clone()
+                    .or(file.cluster.secret_file)
+                {
+                    Some(path) => {
+                        let bytes = std::fs::read(&path).with_context(|| {
+                            format!("reading cluster secret {}", path.display())
+                        })?;
+                        crate::cluster::ClusterSecret::from_file_contents(&bytes)
+                            .with_context(|| format!("cluster secret {}", path.display()))?
+                    }
+                    None if dev => crate::cluster::ClusterSecret::dev(),
+                    None => bail!("--cluster needs --cluster-secret-file (or --dev for the insecure dev secret)"),
+                };
+                let mut others: Vec<SocketAddr> =
+                    join.iter().copied().filter(|a| *a != bind).collect();
+                others.sort_unstable();
+                others.dedup();
+                let size = args
+                    .cluster_size
+                    .or(file.cluster.size)
+                    .unwrap_or(others.len() + 1);
+                if size == 0 {
+                    bail!("--cluster-size must be at least 1");
+                }
+                Some(ClusterSettings {
+                    bind,
+                    join,
+                    secret,
+                    size,
+                    node_id: asked_node_id,
+                })
+            }
+        };
 
         let algorithm = args
             .jwt_algorithm
@@ -422,6 +523,7 @@ impl Settings {
                     burst: r.burst.unwrap_or(d.burst).max(1),
                 }
             },
+            cluster,
         })
     }
 }
@@ -469,6 +571,30 @@ mod tests {
         assert_eq!(s.cores, 2);
         assert_eq!(s.timers.heartbeat_ms, 5000);
         assert!(matches!(s.auth, AuthKey::Secret { dev: false, .. }));
+
+        assert!(s.cluster.is_none());
+
+        // Cluster: the dev secret only in dev mode; the size defaults to the join list + 1.
+        let mut args = NodeArgs {
+            data_dir: Some(dir.path().into()),
+            cluster: Some("127.0.0.1:7946".parse().unwrap()),
+            join: Some("127.0.0.1:7946, 127.0.0.1:7947,127.0.0.1:7948".into()),
+            ..Default::default()
+        };
+        assert!(Settings::resolve(&args, false).is_err(), "no secret");
+        args.dev = true;
+        let c = Settings::resolve(&args, false).unwrap().cluster.unwrap();
+        assert!(c.secret.is_dev());
+        assert_eq!((c.join.len(), c.size, c.node_id), (3, 3, None));
+        let secret = dir.path().join("cluster-secret");
+        std::fs::write(&secret, "0123456789abcdef0123456789abcdef\n").unwrap();
+        args.cluster_secret_file = Some(secret.clone());
+        args.cluster_size = Some(5);
+        let c = Settings::resolve(&args, false).unwrap().cluster.unwrap();
+        assert!(!c.secret.is_dev());
+        assert_eq!(c.size, 5);
+        std::fs::write(&secret, "short").unwrap();
+        assert!(Settings::resolve(&args, false).is_err(), "secret too short");
 
         std::fs::write(&cfg, "natve = \"127.0.0.1:0\"\n").unwrap();
         assert!(Settings::resolve(

@@ -68,6 +68,16 @@ counters! {
     /// Connections refused at the front door (wrong transport for the port, untrusted PROXY
     /// header, failed TLS handshake).
     refused_total: "counter",
+    /// Live cluster members in this node's view, itself included (1 without a cluster).
+    cluster_members_alive: "gauge",
+    /// Session slots this node owns (all 16,384 without a cluster).
+    cluster_slots_owned: "gauge",
+    /// The owner table's epoch: a fingerprint of the membership view, compared for equality
+    /// only; its low 53 bits, so that the value survives Prometheus' float64 exactly.
+    cluster_epoch: "gauge",
+    /// Gossip datagrams dropped for a missing or wrong authentication tag (sent without the
+    /// cluster secret).
+    cluster_gossip_unauthenticated_total: "counter",
 }
 
 /// The process's counters.
@@ -92,12 +102,22 @@ pub static METRICS: Metrics = Metrics {
     tunnel_sessions_total: AtomicU64::new(0),
     proxy_headers_total: AtomicU64::new(0),
     refused_total: AtomicU64::new(0),
+    cluster_members_alive: AtomicU64::new(0),
+    cluster_slots_owned: AtomicU64::new(0),
+    cluster_epoch: AtomicU64::new(0),
+    cluster_gossip_unauthenticated_total: AtomicU64::new(0),
 };
 
 /// Adds one to a counter.
 #[inline]
 pub fn inc(c: &AtomicU64) {
     c.fetch_add(1, Ordering::Relaxed);
+}
+
+/// Sets a gauge.
+#[inline]
+pub fn set(g: &AtomicU64, value: u64) {
+    g.store(value, Ordering::Relaxed);
 }
 
 /// Subtracts one from a gauge.

@@ -53,7 +53,7 @@ use crate::metrics::{dec, inc, METRICS};
 use crate::pool::BufPool;
 use crate::rooms::{Post, Posted, RateLimit, Room, RoomConfig, RoomMsg};
 use crate::session::{self, Delivery, Limits, Plan, SessionInfo};
-use crate::slots::{Owner, OwnerTable};
+use crate::slots::{Owner, OwnerTable, SharedOwners, SlotId};
 use crate::transport::proxy::Cidr;
 use crate::transport::tls::{self as tls, Reloadable};
 
@@ -204,7 +204,8 @@ pub struct NodeShared {
     /// Sources allowed to send PROXY protocol headers.
     pub proxy_trusted: Vec<Cidr>,
     pub auth: Authenticator,
-    pub owners: OwnerTable,
+    /// Slot owners; the cluster thread replaces the table when the membership changes.
+    pub owners: Arc<SharedOwners>,
     pub peers: Vec<flume::Sender<CoreMsg>>,
     pub cfg: ConnConfig,
 }
@@ -350,10 +351,13 @@ impl Core {
     }
 
     fn owner_core(&self, user: &str) -> u16 {
-        match self.node.owners.owner_of_user(user) {
+        match self.node.owners.load().owner_of_user(user) {
             Owner::Local(c) => c.0,
-            // No cluster yet: a table built by this version only has local owners.
-            Owner::Remote { .. } => self.id,
+            // Another node owns the slot. Sessions registered before ownership moved (there is
+            // no handoff yet) are still at the slot's home core.
+            Owner::Remote(_) => {
+                OwnerTable::home_core(SlotId::of_user(user), self.node.peers.len() as u16).0
+            }
         }
     }
 
@@ -953,7 +957,14 @@ impl Connection {
             return None;
         }
         let s = self.session.as_ref()?;
-        let Plan::Append { msg } = session::plan(&s.info, frame, &self.core.node.cfg.limits) else {
+        let plan = session::plan(&s.info, frame, &self.core.node.cfg.limits);
+        // A SEND another node must take is answered (refused) on the one-request path.
+        if crate::cluster::node::remote_refusal(&self.core.node.owners.load(), &s.info, &plan)
+            .is_some()
+        {
+            return None;
+        }
+        let Plan::Append { msg } = plan else {
             return None;
         };
         inc(&METRICS.frames_in_total);
@@ -1059,17 +1070,9 @@ impl Connection {
         };
         //= SPEC.md#redirect
         //# If the user is served by another node: REDIRECT, then CLOSE REDIRECT.
-        if let Owner::Remote { addr, .. } = node.owners.owner_of_user(user.as_str()) {
-            let redirect = Frame::new(
-                rid,
-                Body::Redirect(tern_protocol::Redirect {
-                    epoch: node.owners.epoch(),
-                    addrs: vec![tern_protocol::Addr {
-                        transport: tern_protocol::Transport::NATIVE,
-                        addr: addr.clone().into(),
-                    }],
-                }),
-            );
+        let owners = node.owners.load();
+        if let Owner::Remote(owner) = owners.owner_of_user(user.as_str()) {
+            let redirect = crate::cluster::node::redirect(rid, owners.epoch(), owner);
             if self.conn.apply(Trigger::HelloOtherNode).is_some() {
                 let _ = self.write_frame(&redirect).await;
                 let close = Close {
@@ -1188,7 +1191,15 @@ impl Connection {
         let node = Arc::clone(&self.core.node);
         let rid = frame.request_id;
         let store = &node.store;
-        match session::plan(&info, frame, &node.cfg.limits) {
+        let plan = session::plan(&info, frame, &node.cfg.limits);
+        // SPEC §8 UNAVAILABLE: a request that needs a user, conversation or room another node
+        // serves is refused before anything is stored here.
+        if let Some(why) = crate::cluster::node::remote_refusal(&node.owners.load(), &info, &plan) {
+            return self
+                .write_frame(&crate::cluster::node::unavailable(rid, why))
+                .await;
+        }
+        match plan {
             Plan::Reply(f) => self.write_frame(&f).await,
             Plan::Ignore => true,
             Plan::Unexpected => {
@@ -1726,6 +1737,20 @@ pub const PORTS_FILE: &str = "ports.json";
 pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
     std::fs::create_dir_all(&settings.data_dir)
         .with_context(|| format!("creating data dir {}", settings.data_dir.display()))?;
+    // In a cluster the node's name is its persisted cluster id (the ring places slots by it).
+    let mut named = settings.clone();
+    let cluster_identity = match &settings.cluster {
+        Some(c) => {
+            let id = crate::cluster::node::PersistedIdentity::load(
+                &settings.data_dir,
+                c.node_id.as_deref(),
+            )?;
+            named.node_id = id.id.to_string();
+            Some(id)
+        }
+        None => None,
+    };
+    let settings = &named;
     let ports_path = settings.data_dir.join(PORTS_FILE);
     let _ = std::fs::remove_file(&ports_path);
 
@@ -1784,6 +1809,15 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
     let admin_listener = std::net::TcpListener::bind(settings.admin)
         .with_context(|| format!("binding admin {}", settings.admin))?;
     let admin = admin_listener.local_addr()?;
+    let cluster = match (&settings.cluster, cluster_identity) {
+        (Some(c), Some(identity)) => {
+            let addrs = crate::cluster::node::client_addrs(native, tls_addr, http, c.bind.ip());
+            Some(crate::cluster::node::ClusterNode::bind(c, identity, addrs)?)
+        }
+        _ => None,
+    };
+    let owners = Arc::new(SharedOwners::new(OwnerTable::local(cores as u16)));
+    crate::cluster::node::publish_single_node(&owners.load());
 
     let mut senders = Vec::with_capacity(cores);
     let mut receivers = Vec::with_capacity(cores);
@@ -1797,7 +1831,7 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
         tls: tls_setup.clone(),
         proxy_trusted: settings.proxy_trusted.clone(),
         auth: build_authenticator(&settings.auth)?,
-        owners: OwnerTable::local(cores as u16),
+        owners: Arc::clone(&owners),
         peers: senders,
         cfg: ConnConfig {
             timers: settings.timers,
@@ -1819,9 +1853,15 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
             .context("spawning core thread")?;
         threads.push(t);
     }
+    let cluster_state = cluster.as_ref().map(|c| Arc::clone(&c.state));
+    let cluster_addr = cluster.as_ref().map(|c| c.state.bound());
+    if let Some(c) = cluster {
+        c.spawn(owners, cores as u16)?;
+    }
     let info = crate::admin::AdminInfo {
         node_id: settings.node_id.clone(),
         cores,
+        cluster: cluster_state,
     };
     // The admin endpoint lives as long as the process; it is not joined on drain.
     std::thread::Builder::new()
@@ -1840,6 +1880,9 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
     }
     if let Some(a) = http {
         ports["http"] = a.to_string().into();
+    }
+    if let Some(a) = cluster_addr {
+        ports["cluster"] = a.to_string().into();
     }
     let tmp = settings.data_dir.join("ports.json.tmp");
     std::fs::write(&tmp, ports.to_string()).context("writing ports.json")?;
@@ -2026,7 +2069,7 @@ mod tests {
             tls: None,
             proxy_trusted: Vec::new(),
             auth: Authenticator::hs256(b"0123456789abcdef"),
-            owners,
+            owners: Arc::new(SharedOwners::new(owners)),
             peers: Vec::new(),
             cfg: ConnConfig {
                 timers: Timers::default(),
@@ -2040,18 +2083,21 @@ mod tests {
         (dir, node)
     }
 
-    /// A user whose slot another node owns is redirected there (the cluster layer will fill
-    /// the owner table; the connection side is ready).
+    /// A user whose slot another node owns is redirected there, with every address the owner
+    /// advertises.
     #[test]
     fn hello_for_a_user_owned_elsewhere_is_redirected() {
         use crate::slots::SlotId;
         use std::io::{Read, Write};
         let owners = OwnerTable::local(1).with_owner(
             SlotId::of_user("alice"),
-            Owner::Remote {
+            Owner::Remote(Arc::new(crate::slots::RemoteOwner {
                 node: "n2".into(),
-                addr: "10.1.2.3:14000".into(),
-            },
+                addrs: vec![
+                    (tern_protocol::Transport::NATIVE, "10.1.2.3:14000".into()),
+                    (tern_protocol::Transport::TLS, "10.1.2.3:14443".into()),
+                ],
+            })),
         );
         let (_dir, node) = test_node(owners);
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
@@ -2105,6 +2151,7 @@ mod tests {
             }] => {
                 assert_eq!(r.epoch, 2);
                 assert_eq!(r.addrs[0].addr, "10.1.2.3:14000");
+                assert_eq!(r.addrs[1].transport, tern_protocol::Transport::TLS);
                 assert_eq!(c.reason, CloseReason::REDIRECT);
             }
             other => panic!("expected REDIRECT + CLOSE, got {other:?}"),
@@ -2123,7 +2170,7 @@ mod tests {
             tls: None,
             proxy_trusted: Vec::new(),
             auth: Authenticator::hs256(b"0123456789abcdef"),
-            owners: OwnerTable::local(1),
+            owners: Arc::new(SharedOwners::new(OwnerTable::local(1))),
             peers: Vec::new(),
             cfg: ConnConfig {
                 timers: Timers::default(),

@@ -2,8 +2,13 @@
 //! slot has an owner — today one of this node's cores, later possibly another node. A user's
 //! sessions are registered at the owner of its slot, and delivery to the user goes there.
 //!
-//! The table is versioned by an epoch so that a future cluster layer can hand slots to other
-//! nodes (REDIRECT carries the epoch); this version only ever builds the local table.
+//! The table is versioned by an epoch (REDIRECT carries it). A single node builds the local
+//! table; in a cluster the ring (`cluster::ring`) builds one per membership view and the cluster
+//! thread publishes it through [`SharedOwners`], which every core reads per HELLO and routing.
+
+use std::sync::{Arc, RwLock};
+
+use tern_protocol::Transport;
 
 /// Number of slots. Fixed forever: the slot of a user must not change between versions.
 pub const SLOTS: u16 = 16_384;
@@ -29,8 +34,41 @@ pub struct CoreId(pub u16);
 pub enum Owner {
     /// A core of this node.
     Local(CoreId),
-    /// Another node, by its advertised native address (reserved for the cluster layer).
-    Remote { node: String, addr: String },
+    /// Another node (shared by all the slots it owns).
+    Remote(Arc<RemoteOwner>),
+}
+
+/// Another node of the cluster as a REDIRECT names it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RemoteOwner {
+    /// Its node id.
+    pub node: String,
+    /// Its client-facing addresses, one per transport, in the order REDIRECT lists them.
+    pub addrs: Vec<(Transport, String)>,
+}
+
+/// The current owner table, replaced as a whole when the cluster's view changes. Readers take
+/// an `Arc` of the table in force, so a request sees one consistent table even if a new one is
+/// published meanwhile.
+#[derive(Debug)]
+pub struct SharedOwners(RwLock<Arc<OwnerTable>>);
+
+impl SharedOwners {
+    pub fn new(table: OwnerTable) -> SharedOwners {
+        SharedOwners(RwLock::new(Arc::new(table)))
+    }
+
+    /// The table in force.
+    pub fn load(&self) -> Arc<OwnerTable> {
+        // The lock only guards the swap of an `Arc`: a panic while holding it cannot leave a
+        // half-written table, so a poisoned lock is still good to read.
+        Arc::clone(&self.0.read().unwrap_or_else(|e| e.into_inner()))
+    }
+
+    /// Publishes a new table.
+    pub fn store(&self, table: OwnerTable) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(table);
+    }
 }
 
 /// The owner of every slot, at one epoch.
@@ -58,7 +96,7 @@ impl OwnerTable {
         (owners.len() == usize::from(SLOTS)).then_some(OwnerTable { epoch, owners })
     }
 
-    /// Version of the table; bumped by every change of ownership.
+    /// Version of the table: changes with every change of ownership (compare for equality).
     pub fn epoch(&self) -> u64 {
         self.epoch
     }
@@ -73,6 +111,21 @@ impl OwnerTable {
     /// The owner of a user's slot.
     pub fn owner_of_user(&self, user: &str) -> &Owner {
         self.owner(SlotId::of_user(user))
+    }
+
+    /// The core of this node that serves `slot` whenever the slot is (or was) local: the
+    /// same `slot % cores` rule as [`OwnerTable::local`] and the ring's tables, so a session
+    /// registered under one table is found under the next.
+    pub fn home_core(slot: SlotId, cores: u16) -> CoreId {
+        CoreId(slot.0 % cores.max(1))
+    }
+
+    /// How many slots this node owns.
+    pub fn local_slots(&self) -> usize {
+        self.owners
+            .iter()
+            .filter(|o| matches!(o, Owner::Local(_)))
+            .count()
     }
 
     /// A copy of the table with `slot` handed to `owner` at the next epoch.
@@ -108,13 +161,20 @@ mod tests {
         assert_eq!(t.owner(SlotId(4)), &Owner::Local(CoreId(1)));
         let moved = t.with_owner(
             SlotId(4),
-            Owner::Remote {
+            Owner::Remote(Arc::new(RemoteOwner {
                 node: "n2".into(),
-                addr: "10.0.0.2:14000".into(),
-            },
+                addrs: vec![(Transport::NATIVE, "10.0.0.2:14000".into())],
+            })),
         );
         assert_eq!(moved.epoch(), t.epoch() + 1);
-        assert!(matches!(moved.owner(SlotId(4)), Owner::Remote { .. }));
+        assert!(matches!(moved.owner(SlotId(4)), Owner::Remote(_)));
+        assert_eq!(moved.local_slots(), usize::from(SLOTS) - 1);
+        let shared = SharedOwners::new(t.clone());
+        let before = shared.load();
+        shared.store(moved.clone());
+        assert_eq!(*before, t, "a reader keeps the table it loaded");
+        assert_eq!(*shared.load(), moved);
+        assert_eq!(OwnerTable::home_core(SlotId(4), 3), CoreId(1));
         assert_eq!(
             OwnerTable::local(0).owner(SlotId(7)),
             &Owner::Local(CoreId(0))

@@ -87,6 +87,8 @@ pub struct Node {
     pub tls: String,
     /// Plain HTTP listener (WebSocket, tunnel).
     pub http: String,
+    /// Cluster gossip address (UDP), when started with `--cluster`.
+    pub cluster: String,
 }
 
 impl Node {
@@ -108,6 +110,7 @@ impl Node {
             admin: String::new(),
             tls: String::new(),
             http: String::new(),
+            cluster: String::new(),
         };
         node.spawn();
         node
@@ -193,6 +196,7 @@ impl Node {
                     self.admin = v["admin"].as_str().unwrap_or_default().to_owned();
                     self.tls = v["tls"].as_str().unwrap_or_default().to_owned();
                     self.http = v["http"].as_str().unwrap_or_default().to_owned();
+                    self.cluster = v["cluster"].as_str().unwrap_or_default().to_owned();
                     return;
                 }
             }
@@ -389,6 +393,7 @@ impl Node {
             admin: String::new(),
             tls: String::new(),
             http: String::new(),
+            cluster: String::new(),
         };
         node.spawn();
         node
@@ -602,4 +607,85 @@ pub fn expect_push(conn: &mut Connection, id: tern_protocol::MsgId, text: &str) 
         unreachable!()
     };
     assert_eq!(m.body.as_ref(), text.as_bytes());
+}
+
+/// The token secret every node of a test cluster shares (tokens are cluster configuration: a
+/// token minted for the cluster is accepted by every node).
+pub const CLUSTER_JWT_SECRET: &str = "tern-test-cluster-jwt-secret-0123456789";
+
+impl Node {
+    /// Starts a cluster node (dev mode, so the public dev cluster secret unless `extra` names
+    /// a secret file): gossip on a free UDP port of 127.0.0.1, joining the cluster addresses
+    /// in `join`, tokens verified with [`CLUSTER_JWT_SECRET`], one core, stderr captured at
+    /// `info` so that tests can read the membership log.
+    pub fn start_cluster(join: &[&str], extra: &[&str]) -> Node {
+        let joined = join.join(",");
+        let mut args = vec![
+            "--cluster",
+            "127.0.0.1:0",
+            "--jwt-secret",
+            CLUSTER_JWT_SECRET,
+            "--cores",
+            "1",
+        ];
+        if !join.is_empty() {
+            args.extend(["--join", joined.as_str()]);
+        }
+        args.extend_from_slice(extra);
+        Node::start_logged(&args, "info")
+    }
+
+    /// A token for `user` on `device` signed with [`CLUSTER_JWT_SECRET`].
+    pub fn cluster_token(user: &str, device: &str) -> String {
+        let out = Command::new(ternd_bin())
+            .args([
+                "token",
+                "--jwt-secret",
+                CLUSTER_JWT_SECRET,
+                "--user",
+                user,
+                "--device",
+                device,
+                "--ttl",
+                "3600",
+            ])
+            .output()
+            .unwrap_or_else(|e| panic!("ternd token: {e}"));
+        assert!(
+            out.status.success(),
+            "ternd token failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).trim().to_owned()
+    }
+
+    /// The value of an unlabelled metric on `/metrics`, if present.
+    pub fn metric(&self, name: &str) -> Option<u64> {
+        let (_, body) = self.admin_get("/metrics");
+        body.lines()
+            .filter_map(|l| l.split_once(' '))
+            .find(|(k, _)| *k == name)
+            .and_then(|(_, v)| v.trim().parse().ok())
+    }
+
+    /// A JSON document from the admin API.
+    pub fn admin_json(&self, path: &str) -> serde_json::Value {
+        let (status, body) = self.admin_get(path);
+        assert!(status.contains("200"), "GET {path}: {status}: {body}");
+        serde_json::from_str(&body).unwrap_or_else(|e| panic!("GET {path}: {e}: {body}"))
+    }
+}
+
+/// Polls `check` every 20 ms until it returns `Some`, at most `timeout`; `None` if it never did.
+pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = check() {
+            return Some(v);
+        }
+        if Instant::now() >= deadline {
+            return None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
 }

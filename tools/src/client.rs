@@ -813,8 +813,15 @@ impl Worker {
                     .iter()
                     .find(|(_, p)| p.last_rid == rid && rid != 0)
                 {
-                    // OVERLOADED and RATE_LIMITED are retried by the timer; other refusals are final.
-                    if e.code != ErrorCode::OVERLOADED && e.code != ErrorCode::RATE_LIMITED {
+                    // OVERLOADED, RATE_LIMITED and UNAVAILABLE are retried by the timer; other
+                    // refusals are final.
+                    if ![
+                        ErrorCode::OVERLOADED,
+                        ErrorCode::RATE_LIMITED,
+                        ErrorCode::UNAVAILABLE,
+                    ]
+                    .contains(&e.code)
+                    {
                         if let Some(p) = self.pending.remove(&local_seq) {
                             self.by_msg_id.remove(&p.msg_id);
                             if let Some(w) = p.waiter {

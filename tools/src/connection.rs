@@ -66,6 +66,24 @@ pub enum ConnectionError {
     Transport(String),
     #[error("no rung of the ladder worked: {}", list_failures(.0))]
     AllRungsFailed(Vec<RungFailure>),
+    /// HELLO was answered with REDIRECT: the user is served by another node, at these
+    /// addresses (in the server's order of preference). [`Endpoints`] follows it.
+    #[error("redirected to another node: {}", list_addrs(.addrs))]
+    Redirected {
+        epoch: u64,
+        addrs: Vec<(tern_protocol::Transport, String)>,
+    },
+    /// More REDIRECTs in a row than a client follows (SPEC §REDIRECT) without a WELCOME.
+    #[error("{0} redirects in a row without WELCOME")]
+    TooManyRedirects(usize),
+}
+
+fn list_addrs(addrs: &[(tern_protocol::Transport, String)]) -> String {
+    addrs
+        .iter()
+        .map(|(t, a)| format!("{} {a}", t.0))
+        .collect::<Vec<_>>()
+        .join(", ")
 }
 
 fn list_failures(f: &[RungFailure]) -> String {
@@ -167,6 +185,21 @@ impl Connection {
                 c.welcome = Some(w);
                 Ok(c)
             }
+            //= SPEC.md#redirect
+            //# It is always followed by CLOSE with reason `REDIRECT`, after which the server
+            //# closes the connection.
+            // The CLOSE adds nothing; the connection is dropped without waiting for it.
+            Frame {
+                body: Body::Redirect(r),
+                ..
+            } => Err(ConnectionError::Redirected {
+                epoch: r.epoch,
+                addrs: r
+                    .addrs
+                    .iter()
+                    .map(|a| (a.transport, a.addr.to_string()))
+                    .collect(),
+            }),
             other => Err(ConnectionError::Unexpected(format!(
                 "{:?}",
                 other.frame_type()

@@ -19,6 +19,8 @@ pub const NATIVE_PORT: u16 = 14000;
 pub const WS_PATH: &str = "/tern/ws";
 /// How long one rung may take to reach WELCOME unless told otherwise.
 pub const DEFAULT_RUNG_TIMEOUT: Duration = Duration::from_secs(5);
+/// REDIRECTs followed in a row; one more is a failure (SPEC §REDIRECT: "more than 3").
+pub const MAX_REDIRECTS: usize = 3;
 
 /// A transport of SPEC §12.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -458,6 +460,9 @@ impl Endpoints {
     /// Walks the ladder: each rung gets its timeout to reach WELCOME; the first that does is
     /// remembered and its connection returned. A refusal of the token (AUTH_INVALID,
     /// AUTH_EXPIRED) ends the walk at once: another transport would be refused the same way.
+    /// A REDIRECT is followed at once (up to [`MAX_REDIRECTS`] in a row, each hop with the
+    /// rung's timeout); the rung remembered is the one the walk entered by, since the node a
+    /// user is redirected to changes with the cluster's membership.
     pub fn connect(&mut self, hello: &HelloParams) -> Result<Connection, ConnectionError> {
         self.walk(|rung, options, timeout| Connection::connect_rung(rung, options, hello, timeout))
     }
@@ -474,7 +479,14 @@ impl Endpoints {
         let mut failures = Vec::new();
         for i in self.attempt_order() {
             let rung = &self.rungs[i];
-            match attempt(rung, &self.options, rung.timeout_or(self.rung_timeout)) {
+            let timeout = rung.timeout_or(self.rung_timeout);
+            let result = match attempt(rung, &self.options, timeout) {
+                Err(ConnectionError::Redirected { addrs, .. }) => {
+                    follow_redirects(rung, addrs, &self.options, timeout, &mut attempt)
+                }
+                other => other,
+            };
+            match result {
                 Ok(conn) => {
                     self.last_good = Some(i);
                     return Ok(conn);
@@ -494,6 +506,67 @@ impl Endpoints {
         }
         Err(ConnectionError::AllRungsFailed(failures))
     }
+}
+
+/// Follows the REDIRECT a HELLO at `from` got, and the ones after it, up to [`MAX_REDIRECTS`].
+fn follow_redirects(
+    from: &Rung,
+    mut addrs: Vec<(tern_protocol::Transport, String)>,
+    options: &TransportOptions,
+    timeout: Duration,
+    attempt: &mut impl FnMut(&Rung, &TransportOptions, Duration) -> Result<Connection, ConnectionError>,
+) -> Result<Connection, ConnectionError> {
+    let mut current = from.clone();
+    for _ in 0..MAX_REDIRECTS {
+        let Some(next) = redirect_rung(&current, &addrs) else {
+            return Err(ConnectionError::Unexpected(
+                "REDIRECT lists no transport this client speaks".into(),
+            ));
+        };
+        match attempt(&next, options, timeout) {
+            Err(ConnectionError::Redirected { addrs: more, .. }) => {
+                addrs = more;
+                current = next;
+            }
+            other => return other,
+        }
+    }
+    Err(ConnectionError::TooManyRedirects(MAX_REDIRECTS + 1))
+}
+
+/// Where to go for a REDIRECT received on `current`: the listed address of the transport in
+/// use if there is one (a client that came over TLS or HTTP because other ports are blocked
+/// would be blocked on them at the next node too; SPEC §REDIRECT allows the preference), else
+/// the first listed transport this client speaks. The rung keeps `current`'s timeout and
+/// tunnel mode.
+pub fn redirect_rung(current: &Rung, addrs: &[(tern_protocol::Transport, String)]) -> Option<Rung> {
+    use tern_protocol::Transport as T;
+    // The REDIRECT transport a kind travels on (TLS kinds all go to the TLS listener).
+    let carrier = |k: TransportKind| match k {
+        TransportKind::Native => T::NATIVE,
+        TransportKind::Tls | TransportKind::Wss | TransportKind::TunnelTls => T::TLS,
+        TransportKind::Ws => T::WEBSOCKET,
+        TransportKind::Tunnel => T::HTTP_TUNNEL,
+    };
+    let kind_of = |t: T| match t {
+        T::NATIVE => Some(TransportKind::Native),
+        T::TLS => Some(TransportKind::Tls),
+        T::WEBSOCKET => Some(TransportKind::Ws),
+        T::HTTP_TUNNEL => Some(TransportKind::Tunnel),
+        _ => None,
+    };
+    let (kind, addr) = addrs
+        .iter()
+        .find(|(t, _)| *t == carrier(current.kind))
+        .map(|(_, a)| (current.kind, a))
+        .or_else(|| addrs.iter().find_map(|(t, a)| kind_of(*t).map(|k| (k, a))))?;
+    let mut rung = Rung::parse(&format!("{}://{addr}", kind.scheme())).ok()?;
+    if kind == current.kind && (kind.is_websocket() || kind.is_tunnel()) {
+        rung.path = current.path.clone();
+    }
+    rung.tunnel_mode = current.tunnel_mode;
+    rung.timeout = current.timeout;
+    Some(rung)
 }
 
 /// Errors that no other rung can cure.
@@ -518,6 +591,65 @@ fn is_bare_host(s: &str) -> bool {
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn redirects_prefer_the_transport_in_use_and_stop_after_three() {
+        use tern_protocol::Transport as T;
+        let addrs = vec![
+            (T::NATIVE, "10.0.0.2:14000".to_owned()),
+            (T::TLS, "10.0.0.2:14443".to_owned()),
+            (T::WEBSOCKET, "10.0.0.2:8080".to_owned()),
+            (T::HTTP_TUNNEL, "10.0.0.2:8080".to_owned()),
+        ];
+        let go = |from: &str| {
+            redirect_rung(&Rung::parse(from).unwrap(), &addrs)
+                .unwrap()
+                .to_string()
+        };
+        assert_eq!(
+            go("127.0.0.1:14000"),
+            Rung::parse("tern://10.0.0.2:14000").unwrap().to_string()
+        );
+        assert_eq!(
+            go("tls://a:443"),
+            Rung::parse("tls://10.0.0.2:14443").unwrap().to_string()
+        );
+        assert_eq!(
+            go("wss://a/x/ws"),
+            Rung::parse("wss://10.0.0.2:14443/x/ws")
+                .unwrap()
+                .to_string()
+        );
+        assert_eq!(
+            go("http://a:80?mode=poll"),
+            Rung::parse("http://10.0.0.2:8080?mode=poll")
+                .unwrap()
+                .to_string()
+        );
+        // Only unknown transports and TLS listed: a native client goes to TLS.
+        let tls_only = [
+            (T(9), "x:1".to_owned()),
+            (T::TLS, "10.0.0.3:443".to_owned()),
+        ];
+        let r = redirect_rung(&Rung::parse("a:1").unwrap(), &tls_only).unwrap();
+        assert_eq!((r.kind, r.port), (TransportKind::Tls, 443));
+        assert!(redirect_rung(&Rung::parse("a:1").unwrap(), &[(T(9), "x:1".into())]).is_none());
+
+        // A cluster that keeps redirecting: the first HELLO and three followed, then failure.
+        let mut tries = 0;
+        let mut e = Endpoints::parse("127.0.0.1:1").unwrap();
+        let err = e
+            .walk(|_, _, _| {
+                tries += 1;
+                Err(ConnectionError::Redirected {
+                    epoch: 7,
+                    addrs: vec![(T::NATIVE, "127.0.0.1:2".into())],
+                })
+            })
+            .unwrap_err();
+        assert!(matches!(err, ConnectionError::TooManyRedirects(4)), "{err}");
+        assert_eq!(tries, 1 + MAX_REDIRECTS);
+    }
 
     #[test]
     fn parses_every_form() {

@@ -255,10 +255,7 @@ impl NodeIdentity {
         RingMember {
             id: self.id.clone(),
             generation: self.generation,
-            native_addr: self
-                .client_addr(Transport::NATIVE)
-                .unwrap_or_default()
-                .to_string(),
+            client_addrs: self.client_addrs.clone(),
         }
     }
 

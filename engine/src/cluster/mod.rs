@@ -1,11 +1,14 @@
-//! The cluster layer's sans-io core (issue 9; design in `engine/CLUSTER.md`): who is in the
-//! cluster ([`membership`], SWIM through the `foca` crate, authenticated with the cluster
-//! secret) and which member owns each session slot ([`ring`]). Like the rest of the engine's
-//! core, nothing here touches a socket or a clock: the node's runtime feeds datagrams, due
-//! timers and `now` in and sends what comes out, and the deterministic simulator (`sim`, tests
-//! only) does the same over a simulated network.
+//! The cluster layer (issue 9; design in `engine/CLUSTER.md`): who is in the cluster
+//! ([`membership`], SWIM through the `foca` crate, authenticated with the cluster secret) and
+//! which member owns each session slot ([`ring`]). Both are sans-io like the rest of the
+//! engine's core: the node's runtime feeds datagrams, due timers and `now` in and sends what
+//! comes out, and the deterministic simulator (`sim`, tests only) does the same over a
+//! simulated network. [`node`] is that runtime, a thin adapter: the gossip socket and its
+//! thread, the owner table it publishes to the cores, REDIRECT, and the refusal of requests
+//! that another node must serve.
 
 pub mod membership;
+pub mod node;
 pub mod ring;
 #[cfg(test)]
 mod sim;

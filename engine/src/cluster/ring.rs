@@ -51,8 +51,8 @@ use std::sync::Arc;
 use sha2::{Digest, Sha256};
 use tern_storage::ConvKey;
 
-use super::membership::NodeId;
-use crate::slots::{CoreId, Owner, OwnerTable, SlotId, SLOTS};
+use super::membership::{ClientAddr, NodeId};
+use crate::slots::{CoreId, Owner, OwnerTable, RemoteOwner, SlotId, SLOTS};
 
 /// A live member as the ring sees it.
 #[derive(Clone, Debug, PartialEq, Eq, Hash)]
@@ -61,8 +61,8 @@ pub struct RingMember {
     pub id: NodeId,
     /// Changes the epoch (a restarted node is a new view) but not the placement.
     pub generation: u64,
-    /// Native client address, for `Owner::Remote` (REDIRECT).
-    pub native_addr: String,
+    /// Client-facing addresses, one per transport, for `Owner::Remote` (REDIRECT).
+    pub client_addrs: Vec<ClientAddr>,
 }
 
 /// Why a ring could not produce an owner table.
@@ -177,6 +177,21 @@ impl Ring {
             .binary_search_by(|m| m.id.cmp(me))
             .map_err(|_| RingError::NotAMember(me.to_string()))?;
         let cores = cores.max(1);
+        // One shared description per member, not one copy per slot.
+        let remote: Vec<Arc<RemoteOwner>> = self
+            .members
+            .iter()
+            .map(|m| {
+                Arc::new(RemoteOwner {
+                    node: m.id.to_string(),
+                    addrs: m
+                        .client_addrs
+                        .iter()
+                        .map(|a| (a.transport, a.addr.clone()))
+                        .collect(),
+                })
+            })
+            .collect();
         let owners = self
             .owners
             .iter()
@@ -185,11 +200,7 @@ impl Ring {
                 if usize::from(i) == mine {
                     Owner::Local(CoreId(slot as u16 % cores))
                 } else {
-                    let m = &self.members[usize::from(i)];
-                    Owner::Remote {
-                        node: m.id.to_string(),
-                        addr: m.native_addr.clone(),
-                    }
+                    Owner::Remote(Arc::clone(&remote[usize::from(i)]))
                 }
             })
             .collect();
@@ -258,7 +269,7 @@ fn canonical(members: impl IntoIterator<Item = RingMember>) -> Vec<RingMember> {
     v.sort_by(|a, b| {
         a.id.cmp(&b.id)
             .then(b.generation.cmp(&a.generation))
-            .then(b.native_addr.cmp(&a.native_addr))
+            .then(b.client_addrs.cmp(&a.client_addrs))
     });
     v.dedup_by(|later, first| later.id == first.id);
     v
@@ -358,7 +369,10 @@ mod tests {
         RingMember {
             id: NodeId::new(id).expect("valid id"),
             generation: 1,
-            native_addr: format!("{id}:14000"),
+            client_addrs: vec![ClientAddr {
+                transport: tern_protocol::Transport::NATIVE,
+                addr: format!("{id}:14000"),
+            }],
         }
     }
 
@@ -430,7 +444,7 @@ mod tests {
         let mut members = ring_of(3);
         let mut dup = member("node-2");
         dup.generation = 9;
-        dup.native_addr = "elsewhere:1".into();
+        dup.client_addrs = Vec::new();
         members.push(dup);
         let r = Ring::new(members);
         assert_eq!(r.members().len(), 3);
@@ -500,9 +514,15 @@ mod tests {
                     assert_eq!(c.0, s % 2);
                     local += 1;
                 }
-                Owner::Remote { node, addr } => {
-                    assert_eq!(node, owner.id.as_str());
-                    assert_eq!(addr, &owner.native_addr);
+                Owner::Remote(o) => {
+                    assert_eq!(o.node, owner.id.as_str());
+                    assert_eq!(
+                        o.addrs,
+                        [(
+                            tern_protocol::Transport::NATIVE,
+                            format!("{}:14000", owner.id)
+                        )]
+                    );
                 }
             }
         }

@@ -1,0 +1,335 @@
+//! Cluster tests with real `ternd` processes on 127.0.0.1 (issue 9): three nodes form a
+//! cluster over authenticated gossip, a process with another secret cannot join, HELLO at a
+//! node that does not own the user is redirected and the SDK follows, a message to a user of
+//! another node is refused with UNAVAILABLE (node-to-node links do not exist yet), and a node
+//! killed with SIGKILL is declared down within 2 s and its slots move to the survivors.
+//!
+//! The tests run one at a time (`SERIAL`): each starts three nodes, and on a 2-CPU machine two
+//! clusters at once would measure the scheduler rather than failure detection.
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tern_protocol::{Body, Conv, ErrorCode, MessageKind, MsgId, Send, Sync};
+use tern_tests::{expect_push, poll, send_text, Node, WAIT};
+use tern_tools::{Connection, ConnectionError, HelloParams};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Membership must converge within this (a join is a few gossip rounds of 150-300 ms).
+const CONVERGE: Duration = Duration::from_secs(10);
+
+/// Issue 9: a SIGKILLed node is declared down within 2 s. The assertion allows 0.5 s more for
+/// what the measurement adds on a busy 2-CPU test machine: the 20 ms polling of `/metrics` on
+/// both survivors and scheduling delays of the node processes. The figure is printed.
+const DETECTION_LIMIT: Duration = Duration::from_millis(2_500);
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// Three nodes, B and C joining through A; returns once every node sees three live members.
+fn three_nodes() -> [Node; 3] {
+    let a = Node::start_cluster(&[], &[]);
+    let b = Node::start_cluster(&[&a.cluster], &[]);
+    let c = Node::start_cluster(&[&a.cluster, &b.cluster], &[]);
+    let nodes = [a, b, c];
+    let formed = poll(CONVERGE, || {
+        nodes
+            .iter()
+            .all(|n| n.metric("tern_cluster_members_alive") == Some(3))
+            .then_some(())
+    });
+    if formed.is_none() {
+        for n in &nodes {
+            eprintln!("--- {} ---\n{}", n.cluster, n.log_text());
+        }
+        panic!("three nodes did not see each other within {CONVERGE:?}");
+    }
+    // Gossip converged on one view: one epoch everywhere.
+    let epochs: Vec<String> = nodes
+        .iter()
+        .map(|n| n.admin_json("/cluster/members")["epoch"].to_string())
+        .collect();
+    let settled = poll(CONVERGE, || {
+        let e: Vec<String> = nodes
+            .iter()
+            .map(|n| n.admin_json("/cluster/members")["epoch"].to_string())
+            .collect();
+        e.windows(2).all(|w| w[0] == w[1]).then_some(())
+    });
+    assert!(settled.is_some(), "epochs differ: {epochs:?}");
+    nodes
+}
+
+fn node_id(n: &Node) -> String {
+    n.admin_json("/cluster/members")["node"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The first user of the form `{prefix}-{i}` that `owner` serves, asked of `at`.
+fn user_owned_by(at: &Node, owner: &str, prefix: &str) -> String {
+    (0..2_000)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|u| at.admin_json(&format!("/cluster/owner?user={u}"))["node"] == owner)
+        .unwrap_or_else(|| panic!("no user of {owner} among 2,000"))
+}
+
+fn hello(user: &str, device: &str) -> HelloParams {
+    HelloParams::new(Node::cluster_token(user, device), device)
+}
+
+#[test]
+fn three_nodes_form_a_cluster_and_a_process_without_the_secret_cannot_join() {
+    let _serial = serial();
+    let started = Instant::now();
+    let nodes = three_nodes();
+    eprintln!("three nodes formed a cluster in {:?}", started.elapsed());
+    let ids: Vec<String> = nodes.iter().map(node_id).collect();
+    for n in &nodes {
+        let view = n.admin_json("/cluster/members");
+        let mut seen: Vec<String> = view["members"]
+            .as_array()
+            .map(|m| {
+                m.iter()
+                    .map(|m| m["id"].as_str().unwrap_or_default().to_owned())
+                    .collect()
+            })
+            .unwrap_or_default();
+        seen.sort();
+        let mut want = ids.clone();
+        want.sort();
+        assert_eq!(seen, want);
+        // Every slot has one owner: the three nodes' shares add up to all of them.
+        let slots: u64 = view["members"]
+            .as_array()
+            .map(|m| m.iter().map(|m| m["slots"].as_u64().unwrap_or(0)).sum())
+            .unwrap_or(0);
+        assert_eq!(slots, 16_384);
+        // Each member advertises where clients reach it.
+        for m in view["members"].as_array().into_iter().flatten() {
+            assert!(m["client_addrs"]["native"].is_string(), "{m}");
+        }
+    }
+    let owned: u64 = nodes
+        .iter()
+        .map(|n| n.metric("tern_cluster_slots_owned").unwrap_or(0))
+        .sum();
+    assert_eq!(owned, 16_384);
+    assert!(
+        nodes[0].log_text().contains("INSECURE"),
+        "the dev secret is announced loudly"
+    );
+
+    // An outsider with a secret of its own joins through A and B.
+    let secret_dir = tempfile::tempdir().expect("tempdir");
+    let secret = secret_dir.path().join("secret");
+    std::fs::write(&secret, "not-the-cluster-secret-0123456789\n").expect("write secret");
+    let secret = secret.to_string_lossy().into_owned();
+    let outsider = Node::start_cluster(
+        &[&nodes[0].cluster, &nodes[1].cluster],
+        &["--cluster-secret-file", &secret],
+    );
+    assert!(!outsider.log_text().contains("INSECURE"));
+    // Its announces reach A (and are counted as unauthenticated) ...
+    let dropped = poll(WAIT, || {
+        nodes[0]
+            .metric("tern_cluster_gossip_unauthenticated_total")
+            .filter(|d| *d > 0)
+    });
+    assert!(dropped.is_some(), "A never heard the outsider");
+    // ... for 3 s (more than a rejoin period and a full probe round), during which nothing
+    // changes: the cluster keeps 3 members, the outsider sees no one.
+    let until = Instant::now() + Duration::from_secs(3);
+    while Instant::now() < until {
+        for n in &nodes {
+            assert_eq!(n.metric("tern_cluster_members_alive"), Some(3));
+        }
+        assert_eq!(outsider.metric("tern_cluster_members_alive"), Some(1));
+        std::thread::sleep(Duration::from_millis(200));
+    }
+    assert_eq!(
+        outsider.admin_json("/cluster/members")["members"]
+            .as_array()
+            .map(Vec::len),
+        Some(1)
+    );
+}
+
+#[test]
+fn hello_at_a_non_owner_is_redirected_and_remote_messages_are_refused() {
+    let _serial = serial();
+    let [a, b, c] = three_nodes();
+    let (id_a, id_b, id_c) = (node_id(&a), node_id(&b), node_id(&c));
+
+    // The owner table is the same on every node.
+    let bob = user_owned_by(&a, &id_b, "bob");
+    for n in [&b, &c] {
+        assert_eq!(
+            n.admin_json(&format!("/cluster/owner?user={bob}"))["node"],
+            id_b.as_str()
+        );
+    }
+
+    // A plain HELLO at A gets REDIRECT with B's addresses, per transport.
+    let raw = Connection::connect_rung(
+        &tern_tools::Rung::parse(&a.native).expect("rung"),
+        &tern_tools::TransportOptions::default(),
+        &hello(&bob, "phone"),
+        WAIT,
+    );
+    match raw {
+        Err(ConnectionError::Redirected { addrs, .. }) => {
+            let find = |t: tern_protocol::Transport| {
+                addrs.iter().find(|(x, _)| *x == t).map(|(_, a)| a.as_str())
+            };
+            assert_eq!(
+                find(tern_protocol::Transport::NATIVE),
+                Some(b.native.as_str())
+            );
+            assert_eq!(find(tern_protocol::Transport::TLS), Some(b.tls.as_str()));
+            assert_eq!(
+                find(tern_protocol::Transport::WEBSOCKET),
+                Some(b.http.as_str())
+            );
+            assert_eq!(
+                find(tern_protocol::Transport::HTTP_TUNNEL),
+                Some(b.http.as_str())
+            );
+        }
+        other => panic!("expected REDIRECT, got {other:?}"),
+    }
+
+    // The SDK follows it and ends WELCOMEd on B.
+    let mut bob_phone = Connection::connect(&a.native, &hello(&bob, "phone"), WAIT)
+        .unwrap_or_else(|e| panic!("bob via A: {e}"));
+    let welcome = bob_phone.welcome().expect("welcome").clone();
+    assert_eq!(welcome.node, id_b.as_str());
+    assert_eq!(bob_phone.rung().authority(), b.native);
+    // Over WebSocket too: the redirect keeps the client's transport.
+    let bob_ws = Connection::connect(
+        &format!("ws://{}/tern/ws", c.http),
+        &hello(&bob, "laptop"),
+        WAIT,
+    )
+    .unwrap_or_else(|e| panic!("bob via C's WebSocket: {e}"));
+    assert_eq!(bob_ws.welcome().expect("welcome").node, id_b.as_str());
+    assert_eq!(bob_ws.rung().authority(), b.http);
+    drop(bob_ws);
+
+    // Two users of B talk as on a single node.
+    let ann = user_owned_by(&a, &id_b, "ann");
+    let mut ann_phone = Connection::connect(&b.native, &hello(&ann, "phone"), WAIT)
+        .unwrap_or_else(|e| panic!("ann at B: {e}"));
+    let local = MsgId([1; 16]);
+    send_text(&mut bob_phone, &ann, local, "hello from B to B");
+    expect_push(&mut ann_phone, local, "hello from B to B");
+
+    // A message to a user another node serves: UNAVAILABLE, not stored, the connection stays.
+    let carl = user_owned_by(&a, &id_c, "carl");
+    let remote = MsgId([2; 16]);
+    let answer = bob_phone.request(
+        Body::Send(Send {
+            to: Conv::direct(carl.clone()),
+            msg_id: remote,
+            kind: MessageKind::TEXT,
+            body: b"to another node".to_vec().into(),
+        }),
+        WAIT,
+    );
+    match answer {
+        Err(ConnectionError::Server { code, message }) => {
+            assert_eq!(code, ErrorCode::UNAVAILABLE);
+            assert!(!code.closes_connection());
+            assert!(message.contains(&id_c), "{message}");
+        }
+        other => panic!("expected ERROR UNAVAILABLE, got {other:?}"),
+    }
+    let page = bob_phone
+        .request(
+            Body::Sync(Sync {
+                after_inbox_seq: 0,
+                limit: 100,
+            }),
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("SYNC after the refusal: {e}"));
+    let Body::SyncPage(p) = page.body else {
+        panic!("expected SYNC_PAGE, got {page:?}")
+    };
+    assert!(
+        p.messages.iter().all(|m| m.msg_id != remote),
+        "the refused message was stored"
+    );
+    assert!(p.messages.iter().any(|m| m.msg_id == local));
+    // Carl, at C, has nothing either.
+    let mut carl_phone = Connection::connect(&c.native, &hello(&carl, "phone"), WAIT)
+        .unwrap_or_else(|e| panic!("carl at C: {e}"));
+    let page = carl_phone
+        .request(
+            Body::Sync(Sync {
+                after_inbox_seq: 0,
+                limit: 100,
+            }),
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("carl's SYNC: {e}"));
+    let Body::SyncPage(p) = page.body else {
+        panic!("expected SYNC_PAGE, got {page:?}")
+    };
+    assert!(p.messages.is_empty(), "carl's inbox: {:?}", p.messages);
+    let _ = id_a;
+}
+
+#[test]
+fn a_sigkilled_node_is_declared_down_within_two_seconds_and_its_slots_move() {
+    let _serial = serial();
+    let [a, b, mut c] = three_nodes();
+    let id_c = node_id(&c);
+    let before = a.admin_json("/cluster/members")["epoch"].to_string();
+    let orphan = user_owned_by(&a, &id_c, "olga");
+
+    let killed = Instant::now();
+    c.kill();
+    let mut seen_a = None;
+    let mut seen_b = None;
+    let detected = poll(WAIT, || {
+        if seen_a.is_none() && a.metric("tern_cluster_members_alive") == Some(2) {
+            seen_a = Some(killed.elapsed());
+        }
+        if seen_b.is_none() && b.metric("tern_cluster_members_alive") == Some(2) {
+            seen_b = Some(killed.elapsed());
+        }
+        seen_a.zip(seen_b)
+    });
+    let Some((ta, tb)) = detected else {
+        panic!("C not declared down within {WAIT:?} (A: {seen_a:?}, B: {seen_b:?})");
+    };
+    eprintln!("SIGKILL -> declared down: A after {ta:?}, B after {tb:?}");
+    assert!(
+        ta < DETECTION_LIMIT && tb < DETECTION_LIMIT,
+        "detection took A {ta:?}, B {tb:?}"
+    );
+
+    // The survivors agree on a new epoch and share every slot; C's users now belong to them.
+    let after = poll(CONVERGE, || {
+        let ea = a.admin_json("/cluster/members")["epoch"].to_string();
+        let eb = b.admin_json("/cluster/members")["epoch"].to_string();
+        (ea == eb && ea != before).then_some(ea)
+    });
+    assert!(after.is_some(), "no common new epoch");
+    let owned = a.metric("tern_cluster_slots_owned").unwrap_or(0)
+        + b.metric("tern_cluster_slots_owned").unwrap_or(0);
+    assert_eq!(owned, 16_384);
+    let new_owner = a.admin_json(&format!("/cluster/owner?user={orphan}"))["node"].clone();
+    assert_ne!(new_owner, id_c.as_str());
+    // Olga reconnects through A and is served by her new owner.
+    let olga = Connection::connect(&a.native, &hello(&orphan, "phone"), WAIT)
+        .unwrap_or_else(|e| panic!("olga after C died: {e}"));
+    assert_eq!(
+        olga.welcome().expect("welcome").node,
+        new_owner.as_str().unwrap_or_default()
+    );
+}
