@@ -643,6 +643,13 @@ struct PendingSend {
     submitted: Result<Completion<AppendResult>, SubmitError>,
 }
 
+/// A SEND to a room whose post is with the room's owner core, or its refusal.
+struct PendingRoom {
+    rid: u32,
+    msg_id: tern_protocol::MsgId,
+    asked: Result<flume::Receiver<Result<Posted, ErrorCode>>, (ErrorCode, &'static str)>,
+}
+
 struct Session {
     info: SessionInfo,
     /// Largest body the client accepts (HELLO.max_frame, raised to the protocol minimum).
@@ -906,6 +913,9 @@ impl Connection {
         // acknowledged in order afterwards: one connection then has as many messages in one
         // batch as its client pipelined, instead of one per fsync.
         let mut pending: Vec<PendingSend> = Vec::new();
+        // Room SENDs likewise go to the room's owner together: its core then numbers and fans
+        // them out in one go, and each member gets them in one write instead of one each.
+        let mut rooms: Vec<PendingRoom> = Vec::new();
         loop {
             match decode(&buf[pos..], self.max_in()) {
                 Ok(None) => break,
@@ -915,7 +925,13 @@ impl Connection {
                         pending.push(p);
                         continue;
                     }
-                    if !self.finish_sends(&mut pending).await {
+                    if let Some(p) = self.submit_room_send(&frame) {
+                        rooms.push(p);
+                        continue;
+                    }
+                    if !self.finish_sends(&mut pending).await
+                        || !Box::pin(self.finish_room_sends(&mut rooms)).await
+                    {
                         return false;
                     }
                     if !self.on_frame(frame).await {
@@ -923,7 +939,9 @@ impl Connection {
                     }
                 }
                 Err(e) => {
-                    if !self.finish_sends(&mut pending).await {
+                    if !self.finish_sends(&mut pending).await
+                        || !Box::pin(self.finish_room_sends(&mut rooms)).await
+                    {
                         return false;
                     }
                     //= SPEC.md#decoding-order
@@ -941,7 +959,9 @@ impl Connection {
                 }
             }
         }
-        if !self.finish_sends(&mut pending).await {
+        if !self.finish_sends(&mut pending).await
+            || !Box::pin(self.finish_room_sends(&mut rooms)).await
+        {
             return false;
         }
         if pos < buf.len() {
@@ -987,8 +1007,13 @@ impl Connection {
         let Some(info) = self.session.as_ref().map(|s| s.info.clone()) else {
             return false;
         };
+        // The batch's SEND_ACKs go out in one write (responses may come in any order, §2, so
+        // an ERROR answered on the way may precede them).
+        let core = Rc::clone(&self.core);
+        let mut acks = core.pool.take();
         for p in pending.drain(..) {
             if self.conn.state() != State::Open {
+                core.pool.put(acks);
                 return false;
             }
             //= SPEC.md#send
@@ -1001,17 +1026,143 @@ impl Connection {
             } else {
                 inc(&METRICS.messages_stored_total);
             }
-            if !self
-                .write_frame(&session::send_ack(p.rid, &p.msg, &r))
-                .await
+            if session::send_ack(p.rid, &p.msg, &r)
+                .encode(&mut acks)
+                .is_ok()
             {
-                return false;
+                inc(&METRICS.frames_out_total);
             }
             for d in session::deliveries(&info, &p.msg, &r) {
                 self.core.deliver(d);
             }
         }
-        self.conn.state() == State::Open
+        self.write_encoded(acks).await && self.conn.state() == State::Open
+    }
+
+    /// Writes frames already encoded into a pooled buffer (nothing if it is empty).
+    async fn write_encoded(&mut self, buf: Vec<u8>) -> bool {
+        let core = Rc::clone(&self.core);
+        if buf.is_empty() {
+            core.pool.put(buf);
+            return true;
+        }
+        let (res, buf) = self.link.write_all(buf, &core.pool).await;
+        core.pool.put(buf);
+        res.is_ok()
+    }
+
+    /// Posts a SEND to a room without waiting for the owner core's answer, or refuses it; `None`
+    /// for any other frame.
+    fn submit_room_send(&mut self, frame: &Frame<'_>) -> Option<PendingRoom> {
+        match &frame.body {
+            Body::Send(m) if m.to.kind == tern_protocol::ConvKind::ROOM => {}
+            _ => return None,
+        }
+        if self.conn.state() != State::Open {
+            return None;
+        }
+        let s = self.session.as_ref()?;
+        let Plan::RoomSend {
+            room,
+            msg_id,
+            kind,
+            body,
+        } = session::plan(&s.info, frame, &self.core.node.cfg.limits)
+        else {
+            return None;
+        };
+        inc(&METRICS.frames_in_total);
+        self.conn.inbound(now_ms());
+        Some(self.post_room(frame.request_id, room, msg_id, kind, body))
+    }
+
+    /// Checks a room SEND against the connection's membership and rate, and posts it to the
+    /// room's owner core.
+    fn post_room(
+        &mut self,
+        rid: u32,
+        room: String,
+        msg_id: tern_protocol::MsgId,
+        kind: tern_protocol::MessageKind,
+        body: Vec<u8>,
+    ) -> PendingRoom {
+        let now = now_ms();
+        let room: Arc<str> = Arc::from(room);
+        let cfg = self.core.node.cfg.rooms;
+        let Some(info) = self.session.as_ref().map(|s| s.info.clone()) else {
+            return PendingRoom {
+                rid,
+                msg_id,
+                asked: Err((ErrorCode::FORBIDDEN, "join the room before sending to it")),
+            };
+        };
+        let verdict = match self.session.as_mut().and_then(|s| s.seat.as_mut()) {
+            Some(seat) if seat.rooms.contains(&room) => {
+                if seat.limit.allow(now, cfg.rate_per_sec, cfg.burst) {
+                    Ok(())
+                } else {
+                    Err((ErrorCode::RATE_LIMITED, "sending too fast in this room"))
+                }
+            }
+            _ => Err((ErrorCode::FORBIDDEN, "join the room before sending to it")),
+        };
+        let asked = verdict.and_then(|()| {
+            let (tx, rx) = flume::bounded(1);
+            let post = Post {
+                sender: Arc::from(info.user.as_str()),
+                sender_device: Arc::from(info.device.as_str()),
+                msg_id,
+                kind,
+                body: Bytes::from(body),
+            };
+            let ask = CoreMsg::RoomPost {
+                room: Arc::clone(&room),
+                post,
+                except: self.me,
+                reply: tx,
+            };
+            if self.core.send_to(self.core.owner_core(&room), ask) {
+                Ok(rx)
+            } else {
+                Err((ErrorCode::OVERLOADED, "the room is unavailable, retry"))
+            }
+        });
+        PendingRoom { rid, msg_id, asked }
+    }
+
+    /// Awaits the room owner's answers in order and writes every SEND_ACK (or ERROR) in one go.
+    async fn finish_room_sends(&mut self, pending: &mut Vec<PendingRoom>) -> bool {
+        if pending.is_empty() {
+            return true;
+        }
+        let core = Rc::clone(&self.core);
+        let mut out = core.pool.take();
+        for p in pending.drain(..) {
+            let answer = match p.asked {
+                Ok(rx) => rx
+                    .recv_async()
+                    .await
+                    .unwrap_or(Err(ErrorCode::OVERLOADED))
+                    .map_err(|code| (code, "the room is unavailable, retry")),
+                Err(refused) => Err(refused),
+            };
+            let frame = match answer {
+                Ok(posted) => Frame::new(
+                    p.rid,
+                    Body::SendAck(tern_protocol::SendAck {
+                        msg_id: p.msg_id,
+                        conv_seq: posted.msg.seq,
+                        inbox_seq: 0,
+                        time: posted.msg.time,
+                    }),
+                ),
+                Err((code, msg)) => session::error(p.rid, code, msg),
+            };
+            if frame.encode(&mut out).is_ok() {
+                inc(&METRICS.frames_out_total);
+            }
+        }
+        self.write_encoded(out).await
     }
 
     async fn on_frame(&mut self, frame: Frame<'_>) -> bool {
@@ -1368,7 +1519,10 @@ impl Connection {
                 msg_id,
                 kind,
                 body,
-            } => Box::pin(self.room_send(rid, &info, room, msg_id, kind, body)).await,
+            } => {
+                let mut one = vec![self.post_room(rid, room, msg_id, kind, body)];
+                Box::pin(self.finish_room_sends(&mut one)).await
+            }
             Plan::Typing { peer, frame } => {
                 //= SPEC.md#typing-presence-and-subscribe
                 //# The server drops TYPING beyond 5 per second per connection (burst 10).
@@ -1453,68 +1607,6 @@ impl Connection {
                     _ => "the room is unavailable, retry",
                 };
                 self.write_frame(&session::error(rid, code, msg)).await
-            }
-        }
-    }
-
-    /// SEND to a room the connection has joined: rate-limited, numbered by the room's owner,
-    /// answered with SEND_ACK (inbox sequence 0: rooms have no inboxes).
-    async fn room_send(
-        &mut self,
-        rid: u32,
-        info: &SessionInfo,
-        room: String,
-        msg_id: tern_protocol::MsgId,
-        kind: tern_protocol::MessageKind,
-        body: Vec<u8>,
-    ) -> bool {
-        let room: Arc<str> = Arc::from(room);
-        let cfg = self.core.node.cfg.rooms;
-        let now = now_ms();
-        let verdict = match self.session.as_mut().and_then(|s| s.seat.as_mut()) {
-            Some(seat) if seat.rooms.contains(&room) => {
-                if seat.limit.allow(now, cfg.rate_per_sec, cfg.burst) {
-                    Ok(())
-                } else {
-                    Err((ErrorCode::RATE_LIMITED, "sending too fast in this room"))
-                }
-            }
-            _ => Err((ErrorCode::FORBIDDEN, "join the room before sending to it")),
-        };
-        if let Err((code, msg)) = verdict {
-            return self.write_frame(&session::error(rid, code, msg)).await;
-        }
-        let (tx, rx) = flume::bounded(1);
-        let post = Post {
-            sender: Arc::from(info.user.as_str()),
-            sender_device: Arc::from(info.device.as_str()),
-            msg_id,
-            kind,
-            body: Bytes::from(body),
-        };
-        let ask = CoreMsg::RoomPost {
-            room: Arc::clone(&room),
-            post,
-            except: self.me,
-            reply: tx,
-        };
-        let answer = self.core.ask_room_owner(&room, ask, rx).await;
-        match answer {
-            Ok(posted) => {
-                let ack = Frame::new(
-                    rid,
-                    Body::SendAck(tern_protocol::SendAck {
-                        msg_id,
-                        conv_seq: posted.msg.seq,
-                        inbox_seq: 0,
-                        time: posted.msg.time,
-                    }),
-                );
-                self.write_frame(&ack).await
-            }
-            Err(code) => {
-                self.write_frame(&session::error(rid, code, "the room is unavailable, retry"))
-                    .await
             }
         }
     }

@@ -117,10 +117,27 @@ enum Cmd {
         #[arg(long, default_value_t = 10)]
         messages: u64,
     },
-    /// One group conversation with N members: needs group support in the node.
+    /// One chat room with N members online and one publisher: deliveries per second, SEND→PUSH
+    /// per delivery and SEND→PUSH at the last member. The node's room send rate (`[rooms]
+    /// rate_per_sec`, 20 by default) must allow the publisher's rate.
     Fanout {
         #[arg(long, default_value_t = 1000)]
         members: usize,
+        /// Messages the publisher sends.
+        #[arg(long, default_value_t = 1000)]
+        messages: u64,
+        /// Publisher rate in messages per second; 0 = as fast as the window allows.
+        #[arg(long, default_value_t = 0)]
+        rate: u64,
+        /// Unacknowledged SENDs the publisher allows.
+        #[arg(long, default_value_t = 16)]
+        window: usize,
+        /// Message body size in bytes (at least 16: a timestamp and a sequence).
+        #[arg(long, default_value_t = 100)]
+        body: usize,
+        /// Room name (default: one per run).
+        #[arg(long)]
+        room: Option<String>,
     },
     #[command(hide = true, name = "__worker")]
     Worker { spec: String },
@@ -165,6 +182,12 @@ fn main() -> Result<()> {
             .to_vec(),
         (None, None) => bail!("pass --data-dir of a --dev node or --secret"),
     };
+    let run_id = format!(
+        "b{:x}",
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)?
+            .as_millis()
+    );
     let scenario = match cli.cmd.clone() {
         Cmd::Idle {
             conns,
@@ -175,23 +198,44 @@ fn main() -> Result<()> {
             hold_secs: hold,
             inflight,
         },
-        Cmd::P2p { pairs, messages, rate, window, body } => {
-            Scenario::P2p { pairs, messages, rate, window: window.max(1), body: body.max(16) }
-        }
+        Cmd::P2p {
+            pairs,
+            messages,
+            rate,
+            window,
+            body,
+        } => Scenario::P2p {
+            pairs,
+            messages,
+            rate,
+            window: window.max(1),
+            body: body.max(16),
+        },
         Cmd::Storm { clients, messages } => Scenario::Storm { clients, messages },
-        Cmd::Fanout { members } => bail!(
-            "fanout ({members} members) needs group conversations, which this node does not serve yet (GROUP_CREATE is answered with an error)"
-        ),
+        Cmd::Fanout {
+            members,
+            messages,
+            rate,
+            window,
+            body,
+            room,
+        } => {
+            if members < 2 {
+                bail!("fanout needs at least 2 members (one publishes)");
+            }
+            Scenario::Fanout {
+                members,
+                messages,
+                rate,
+                window: window.max(1),
+                body: body.max(16),
+                room: room.unwrap_or_else(|| format!("bench-{run_id}")),
+            }
+        }
         Cmd::Worker { .. } => unreachable!(),
     };
     let sources = cli.sources.clamp(1, 250);
     let workers = cli.workers.max(1);
-    let run_id = format!(
-        "b{:x}",
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)?
-            .as_millis()
-    );
     let params = json!({
         "scenario": format!("{:?}", scenario), "target": target.to_string(), "workers": workers,
         "transport": cli.transport, "tls_resumption": cli.transport.uses_tls().then_some(!cli.no_resume),
@@ -206,6 +250,9 @@ fn main() -> Result<()> {
         Scenario::Idle { conns, .. } => (*conns as u64, "connections"),
         Scenario::P2p { messages, .. } => (*messages, "messages delivered"),
         Scenario::Storm { clients, .. } => (*clients as u64, "clients synced"),
+        Scenario::Fanout {
+            members, messages, ..
+        } => (*messages * (*members as u64 - 1), "deliveries"),
     };
     let rss_before = cli.node_pid.and_then(rss_kib);
     let (tx, rx) = mpsc::channel::<(usize, String)>();
@@ -437,6 +484,70 @@ fn summarize(
                             h.value_at_quantile(0.5),
                             h.value_at_quantile(0.99),
                             h.value_at_quantile(0.999)
+                        ),
+                    ));
+                }
+            }
+        }
+        Scenario::Fanout {
+            members, messages, ..
+        } => {
+            let delivered = sum(|r| r.delivered);
+            let expected = messages * (*members as u64 - 1);
+            let secs = max(|r| r.elapsed_secs);
+            let rate = delivered as f64 / secs.max(1e-9);
+            let ack = merge(reports, |r| &r.ack_us);
+            let push = merge(reports, |r| &r.push_us);
+            // Per message, the latest arrival over every worker's members.
+            let mut last = hist();
+            for seq in 0..*messages as usize {
+                let t = reports
+                    .iter()
+                    .filter_map(|r| r.last_us.get(seq))
+                    .max()
+                    .copied()
+                    .unwrap_or(0);
+                if t > 0 {
+                    last.saturating_record(t);
+                }
+            }
+            result["members"] = json!(members);
+            result["join_secs"] = json!(max(|r| r.connect_secs));
+            result["sent"] = json!(sum(|r| r.sent));
+            result["acked"] = json!(sum(|r| r.acked));
+            result["delivered"] = json!(delivered);
+            result["expected"] = json!(expected);
+            result["elapsed_secs"] = json!(secs);
+            result["deliveries_per_sec"] = json!(rate);
+            result["send_to_ack"] = pcts(&ack);
+            result["send_to_push"] = pcts(&push);
+            result["send_to_last_push"] = pcts(&last);
+            rows.push(("members".into(), members.to_string()));
+            rows.push((
+                "sent / acked".into(),
+                format!("{} / {}", sum(|r| r.sent), sum(|r| r.acked)),
+            ));
+            rows.push((
+                "delivered / expected".into(),
+                format!("{delivered} / {expected}"),
+            ));
+            rows.push((
+                "deliveries per second".into(),
+                format!("{rate:.0} ({secs:.2} s)"),
+            ));
+            for (name, h) in [
+                ("SEND->SEND_ACK", &ack),
+                ("SEND->PUSH", &push),
+                ("SEND->last member PUSH", &last),
+            ] {
+                if !h.is_empty() {
+                    rows.push((
+                        format!("{name} p50/p99/max"),
+                        format!(
+                            "{} / {} / {} us",
+                            h.value_at_quantile(0.5),
+                            h.value_at_quantile(0.99),
+                            h.max()
                         ),
                     ));
                 }

@@ -61,6 +61,14 @@ pub enum Scenario {
         clients: usize,
         messages: u64,
     },
+    Fanout {
+        members: usize,
+        messages: u64,
+        rate: u64,
+        window: usize,
+        body: usize,
+        room: String,
+    },
 }
 
 /// A worker's findings.
@@ -82,6 +90,10 @@ pub struct Report {
     pub tls_full: u64,
     pub tls_resumed: u64,
     pub tls_suite: Option<String>,
+    /// Fanout: per message (by its sequence), microseconds from SEND to the PUSH at the last
+    /// of this worker's members (0: no member here got it).
+    #[serde(default)]
+    pub last_us: Vec<u64>,
 }
 
 pub fn hist() -> Histogram<u64> {
@@ -162,6 +174,22 @@ async fn scenario(spec: &Spec) -> Result<Report> {
             body,
         } => p2p(spec, &d, &secret, pairs, messages, rate, window, body).await,
         Scenario::Storm { clients, messages } => storm(spec, &d, &secret, clients, messages).await,
+        Scenario::Fanout {
+            members,
+            messages,
+            rate,
+            window,
+            body,
+            room,
+        } => {
+            let load = Load {
+                messages,
+                rate,
+                window,
+                size: body,
+            };
+            fanout(spec, &d, &secret, members, load, &room).await
+        }
     }?;
     r.tls_full = d.tls_full.load(Ordering::Relaxed);
     r.tls_resumed = d.tls_resumed.load(Ordering::Relaxed);
@@ -633,4 +661,284 @@ async fn storm(
     r.elapsed_secs = start.elapsed().as_secs_f64();
     r.sync_us = encode_hist(&h);
     Ok(r)
+}
+
+/// How a publisher sends.
+struct Load {
+    messages: u64,
+    /// Messages per second; 0: as fast as the window allows.
+    rate: u64,
+    window: usize,
+    size: usize,
+}
+
+/// Wall-clock nanoseconds: room messages are stamped in one worker and received in others, so
+/// the stamp needs a clock every process shares.
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_nanos() as u64)
+        .unwrap_or(0)
+}
+
+fn wall_stamp(seq: u64, size: usize) -> Vec<u8> {
+    let mut b = Vec::with_capacity(size.max(16));
+    b.extend_from_slice(&wall_ns().to_le_bytes());
+    b.extend_from_slice(&seq.to_le_bytes());
+    b.resize(size.max(16), b'x');
+    b
+}
+
+/// One chat room: every member of this worker joins, member 0 (in worker 0) publishes after the
+/// barrier, every other member counts and checks what it receives.
+async fn fanout(
+    spec: &Spec,
+    d: &Arc<Dialer>,
+    secret: &[u8],
+    members: usize,
+    load: Load,
+    room: &str,
+) -> Result<Report> {
+    let mine = slice(spec, members);
+    let mut r = Report::default();
+    let t0 = Instant::now();
+    let mut conns = Vec::with_capacity(mine.len());
+    for i in mine.clone() {
+        let user = format!("{}-m{i}", spec.run_id);
+        let mut c = login(d, source(spec, i), &token(secret, &user, "d")?, "d", 0).await?;
+        c.writer
+            .send(&Frame::new(
+                1,
+                Body::RoomJoin(RoomJoin {
+                    room: room.into(),
+                    recent: 1,
+                }),
+            ))
+            .await?;
+        loop {
+            let answer = c
+                .reader
+                .next_with(|f| match &f.body {
+                    Body::HistoryPage(_) if f.request_id == 1 => Some(Ok(())),
+                    Body::Error(e) if f.request_id == 1 => {
+                        Some(Err(format!("ERROR {} {}", e.code, e.message)))
+                    }
+                    _ => None,
+                })
+                .await?;
+            match answer {
+                Some(Some(Ok(()))) => break,
+                Some(Some(Err(e))) => bail!("member {i} joining {room}: {e}"),
+                Some(None) => {}
+                None => bail!("member {i}: the node closed the connection before the join"),
+            }
+        }
+        conns.push((i, c));
+        r.connected += 1;
+    }
+    r.connect_secs = t0.elapsed().as_secs_f64();
+    say("ready");
+    // Barrier: the publisher starts once every worker's members are in the room.
+    tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+    })
+    .await?;
+    let start = Instant::now();
+    let count = load.messages;
+    let last: Arc<Vec<AtomicU64>> = Arc::new((0..count).map(|_| AtomicU64::new(0)).collect());
+    let delivered = Arc::new(AtomicU64::new(0));
+    let mut publisher = None;
+    let mut receivers = tokio::task::JoinSet::new();
+    for (i, c) in conns {
+        if i == 0 {
+            publisher = Some(c);
+            continue;
+        }
+        let (last, delivered) = (Arc::clone(&last), Arc::clone(&delivered));
+        let room = room.to_owned();
+        receivers.spawn(async move { receive_room(c, i, &room, count, &last, &delivered).await });
+    }
+    let progress = {
+        let delivered = Arc::clone(&delivered);
+        tokio::spawn(async move {
+            let mut shown = 0;
+            loop {
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                let d = delivered.load(Ordering::Relaxed);
+                if d > shown {
+                    say(&format!("progress {}", d - shown));
+                    shown = d;
+                }
+            }
+        })
+    };
+    let mut ack_h = hist();
+    if let Some(c) = publisher {
+        let (sent, acked, h, v) = publish_room(c, room, &load).await?;
+        r.sent = sent;
+        r.acked = acked;
+        ack_h = h;
+        r.violations.extend(v);
+    }
+    let mut push_h = hist();
+    while let Some(res) = receivers.join_next().await {
+        let (got, h, v) = res??;
+        r.delivered += got;
+        push_h.add(&h).ok();
+        r.violations.extend(v);
+    }
+    progress.abort();
+    r.elapsed_secs = start.elapsed().as_secs_f64();
+    r.ack_us = encode_hist(&ack_h);
+    r.push_us = encode_hist(&push_h);
+    r.last_us = last.iter().map(|a| a.load(Ordering::Relaxed)).collect();
+    Ok(r)
+}
+
+/// The publisher: `load.messages` SENDs to the room, at most `load.window` unacknowledged.
+async fn publish_room(
+    mut c: Conn,
+    room: &str,
+    load: &Load,
+) -> Result<(u64, u64, Histogram<u64>, Vec<String>)> {
+    let mut h = hist();
+    let mut pending: HashMap<u32, Instant> = HashMap::new();
+    let mut violations = Vec::new();
+    let (mut sent, mut acked) = (0u64, 0u64);
+    let gap = 1_000_000_000u64
+        .checked_div(load.rate)
+        .map(Duration::from_nanos);
+    let mut next_at = Instant::now();
+    while acked < load.messages {
+        while sent < load.messages
+            && pending.len() < load.window.max(1)
+            && gap.is_none_or(|_| Instant::now() >= next_at)
+        {
+            let rid = sent as u32 + 2;
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&sent.to_le_bytes());
+            id[8..].copy_from_slice(&0x726f6f6du64.to_le_bytes());
+            c.writer.queue(&Frame::new(
+                rid,
+                Body::Send(Send {
+                    to: Conv {
+                        kind: ConvKind::ROOM,
+                        id: room.into(),
+                    },
+                    msg_id: MsgId(id),
+                    kind: MessageKind::CUSTOM,
+                    body: wall_stamp(sent, load.size).into(),
+                }),
+            ))?;
+            pending.insert(rid, Instant::now());
+            sent += 1;
+            if let Some(g) = gap {
+                next_at += g;
+            }
+        }
+        c.writer.flush().await?;
+        let wait = if sent < load.messages && gap.is_some() && pending.len() < load.window {
+            next_at.saturating_duration_since(Instant::now())
+        } else {
+            Duration::from_secs(30)
+        };
+        let answer = match tokio::time::timeout(
+            wait,
+            c.reader.next_with(|f| match &f.body {
+                Body::SendAck(_) => Some(Ok(f.request_id)),
+                Body::Error(e) => Some(Err(format!("ERROR {} {}", e.code, e.message))),
+                _ => None,
+            }),
+        )
+        .await
+        {
+            Err(_) if wait < Duration::from_secs(30) => continue,
+            Err(_) => bail!("publisher: no SEND_ACK for 30 s"),
+            Ok(a) => a?,
+        };
+        match answer {
+            None => {
+                violations.push(format!(
+                    "publisher: connection closed after {acked}/{} acks",
+                    load.messages
+                ));
+                break;
+            }
+            Some(Some(Ok(rid))) => {
+                if let Some(t) = pending.remove(&rid) {
+                    h.saturating_record(t.elapsed().as_micros() as u64);
+                    acked += 1;
+                }
+            }
+            // Any refusal (RATE_LIMITED included: raise `[rooms] rate_per_sec` for a
+            // benchmark) ends the run: the report must show it rather than hide it.
+            Some(Some(Err(e))) => {
+                violations.push(format!("publisher: {e}"));
+                break;
+            }
+            Some(None) => {}
+        }
+    }
+    Ok((sent, acked, h, violations))
+}
+
+/// A member: expects `count` room messages in order, records each one's latency and the latest
+/// arrival per message.
+async fn receive_room(
+    mut c: Conn,
+    member: usize,
+    room: &str,
+    count: u64,
+    last: &[AtomicU64],
+    delivered: &AtomicU64,
+) -> Result<(u64, Histogram<u64>, Vec<String>)> {
+    let mut h = hist();
+    let mut violations = Vec::new();
+    let (mut got, mut next) = (0u64, 0u64);
+    while got < count {
+        let seen = c
+            .reader
+            .next_with(|f| match &f.body {
+                Body::Push(m) if m.conv.kind == ConvKind::ROOM && m.conv.id == room => {
+                    Some(unstamp(&m.body))
+                }
+                _ => None,
+            })
+            .await?;
+        let stamp = match seen {
+            None => {
+                violations.push(format!(
+                    "member {member}: connection closed after {got}/{count}"
+                ));
+                break;
+            }
+            Some(None) => continue,
+            Some(Some(s)) => s,
+        };
+        let Some((t, seq)) = stamp else {
+            violations.push(format!("member {member}: body without stamp"));
+            got += 1;
+            continue;
+        };
+        let us = wall_ns().saturating_sub(t) / 1000;
+        h.saturating_record(us);
+        if let Some(slot) = last.get(seq as usize) {
+            slot.fetch_max(us.max(1), Ordering::Relaxed);
+        }
+        if seq != next && violations.len() < 5 {
+            violations.push(format!(
+                "member {member}: expected #{next}, got #{seq} ({})",
+                if seq < next {
+                    "duplicate or reordered"
+                } else {
+                    "lost"
+                }
+            ));
+        }
+        next = seq + 1;
+        got += 1;
+        delivered.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok((got, h, violations))
 }
