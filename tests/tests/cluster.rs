@@ -2,7 +2,8 @@
 //! cluster over authenticated gossip, a process with another secret cannot join, HELLO at a
 //! node that does not own the user is redirected and the SDK follows, a message to a user of
 //! another node is refused with UNAVAILABLE (node-to-node links do not exist yet), and a node
-//! killed with SIGKILL is declared down within 2 s and its slots move to the survivors.
+//! killed with SIGKILL is declared down within 2 s and its slots move to the survivors, and one
+//! stopped with SIGTERM leaves at once.
 //!
 //! The tests run one at a time (`SERIAL`): each starts three nodes, and on a 2-CPU machine two
 //! clusters at once would measure the scheduler rather than failure detection.
@@ -284,7 +285,7 @@ fn hello_at_a_non_owner_is_redirected_and_remote_messages_are_refused() {
 }
 
 #[test]
-fn a_sigkilled_node_is_declared_down_within_two_seconds_and_its_slots_move() {
+fn a_sigkilled_node_is_declared_down_within_two_seconds_and_a_sigtermed_one_leaves_at_once() {
     let _serial = serial();
     let [a, b, mut c] = three_nodes();
     let id_c = node_id(&c);
@@ -332,4 +333,23 @@ fn a_sigkilled_node_is_declared_down_within_two_seconds_and_its_slots_move() {
         olga.welcome().expect("welcome").node,
         new_owner.as_str().unwrap_or_default()
     );
+    drop(olga);
+
+    // A node stopped with SIGTERM says goodbye: A does not wait for failure detection.
+    let stopping = Instant::now();
+    let status = std::process::Command::new("kill")
+        .args(["-TERM", &b.pid().to_string()])
+        .status()
+        .expect("kill -TERM");
+    assert!(status.success());
+    let left = poll(WAIT, || {
+        (a.metric("tern_cluster_members_alive") == Some(1)).then(|| stopping.elapsed())
+    })
+    .expect("B never left A's view");
+    eprintln!("SIGTERM -> left A's view after {left:?}");
+    assert!(
+        left < Duration::from_millis(700),
+        "B's leave took {left:?}: as long as failure detection"
+    );
+    assert_eq!(a.metric("tern_cluster_slots_owned"), Some(16_384));
 }

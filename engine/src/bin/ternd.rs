@@ -67,6 +67,10 @@ fn main() -> anyhow::Result<()> {
                 );
             }
             node.wait();
+            // A cluster member tells the others it leaves (sent on SIGTERM/SIGINT by the
+            // gossip thread) before the process is gone; without it they would wait for
+            // failure detection.
+            tern_engine::cluster::node::wait_for_goodbye(std::time::Duration::from_millis(500));
             println!("ternd: drained and stopped");
             Ok(())
         }

@@ -18,7 +18,8 @@ use std::collections::{BinaryHeap, HashMap};
 use std::io::ErrorKind;
 use std::net::{SocketAddr, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Condvar, Mutex, RwLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -47,6 +48,27 @@ const MAX_WAIT: Duration = Duration::from_millis(200);
 
 /// Largest datagram read (the membership drops anything above its configured maximum).
 const RECV_BUF: usize = 2048;
+
+/// Whether this process runs a gossip thread, and whether it has said goodbye. One cluster
+/// membership per process (what `ternd` runs); process-wide so that `ternd` can wait for the
+/// goodbye after draining without the node handle carrying the cluster.
+static GOSSIP_RUNNING: AtomicBool = AtomicBool::new(false);
+static GOODBYE_SENT: (Mutex<bool>, Condvar) = (Mutex::new(false), Condvar::new());
+
+/// Waits (at most `timeout`) until the gossip thread has sent its goodbye after SIGTERM or
+/// SIGINT, so that a node exiting right after its drain still leaves the cluster at once.
+/// Returns at once when the process runs no cluster.
+pub fn wait_for_goodbye(timeout: Duration) -> bool {
+    if !GOSSIP_RUNNING.load(Ordering::Relaxed) {
+        return true;
+    }
+    let (lock, cv) = &GOODBYE_SENT;
+    let sent = lock.lock().unwrap_or_else(|e| e.into_inner());
+    let (sent, _) = cv
+        .wait_timeout_while(sent, timeout, |sent| !*sent)
+        .unwrap_or_else(|e| e.into_inner());
+    *sent
+}
 
 /// Why the persisted identity could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -471,8 +493,35 @@ impl ClusterNode {
     }
 
     /// Starts the cluster thread; it publishes every new owner table to `owners` (this node's
-    /// slots spread over `cores`).
+    /// slots spread over `cores`). On SIGTERM or SIGINT (the node drains) it leaves the
+    /// cluster, so the others move this node's slots at once instead of after failure
+    /// detection.
     pub fn spawn(self, owners: Arc<SharedOwners>, cores: u16) -> anyhow::Result<JoinHandle<()>> {
+        let leaving = Arc::new(AtomicBool::new(false));
+        // A signal thread of its own (next to the node's drain handler; both see the signal):
+        // it raises the flag and wakes the gossip thread, which may be blocked on its socket,
+        // with an empty datagram.
+        let mut signals = signal_hook::iterator::Signals::new([
+            signal_hook::consts::SIGTERM,
+            signal_hook::consts::SIGINT,
+        ])
+        .context("installing the cluster's signal handler")?;
+        let flag = Arc::clone(&leaving);
+        let wake_to = self.state.bound;
+        std::thread::Builder::new()
+            .name("tern-cluster-sig".into())
+            .spawn(move || {
+                if signals.forever().next().is_some() {
+                    flag.store(true, Ordering::Relaxed);
+                    let from = SocketAddr::new(wake_to.ip(), 0);
+                    if let Err(e) = UdpSocket::bind(from).and_then(|s| s.send_to(&[], wake_to)) {
+                        // The gossip thread still sees the flag within MAX_WAIT.
+                        debug!("cluster: cannot wake the gossip thread: {e}");
+                    }
+                }
+            })
+            .context("spawning the cluster's signal thread")?;
+        GOSSIP_RUNNING.store(true, Ordering::Relaxed);
         std::thread::Builder::new()
             .name("tern-cluster".into())
             .spawn(move || {
@@ -485,6 +534,7 @@ impl ClusterNode {
                     state: self.state,
                     owners,
                     cores,
+                    leaving,
                     cache: AssignmentCache::default(),
                     timers: BinaryHeap::new(),
                     pending: HashMap::new(),
@@ -505,6 +555,8 @@ struct Runner {
     state: Arc<ClusterState>,
     owners: Arc<SharedOwners>,
     cores: u16,
+    /// Set by SIGTERM/SIGINT: leave the cluster and stop.
+    leaving: Arc<AtomicBool>,
     cache: AssignmentCache,
     /// Deadlines (ms on `clock`) and keys into `pending`: `MembershipTimer` has no order.
     timers: BinaryHeap<Reverse<(u64, u64)>>,
@@ -525,6 +577,20 @@ impl Runner {
         self.apply(out);
         let mut buf = vec![0u8; RECV_BUF];
         loop {
+            if self.leaving.load(Ordering::Relaxed) {
+                info!("cluster: leaving (the node is shutting down)");
+                let out = self.m.leave(self.now());
+                // Only the goodbye datagrams matter now: timers and events are for a member.
+                for d in out.datagrams {
+                    if let Err(e) = self.socket.send_to(&d.bytes, d.to) {
+                        debug!("cluster: send to {} failed: {e}", d.to);
+                    }
+                }
+                let (lock, cv) = &GOODBYE_SENT;
+                *lock.lock().unwrap_or_else(|e| e.into_inner()) = true;
+                cv.notify_all();
+                return;
+            }
             let now = self.now();
             while let Some(&Reverse((at, key))) = self.timers.peek() {
                 if at > now {
