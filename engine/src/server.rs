@@ -61,8 +61,12 @@ use crate::transport::tls::{self as tls, Reloadable};
 pub type NodeStore = Store<RocksEngine>;
 
 /// Capabilities this node serves.
-const SERVED_CAPABILITIES: Capabilities =
-    Capabilities(Capabilities::RECEIPTS.0 | Capabilities::TYPING.0 | Capabilities::ROOMS.0);
+const SERVED_CAPABILITIES: Capabilities = Capabilities(
+    Capabilities::RECEIPTS.0
+        | Capabilities::TYPING.0
+        | Capabilities::ROOMS.0
+        | Capabilities::RELATIONS.0,
+);
 
 /// Bytes of a pooled I/O buffer.
 pub const POOL_BUF: usize = 16 * 1024;
@@ -656,6 +660,8 @@ struct Session {
     max_out: u32,
     /// Rooms joined on this connection; allocated on the first join.
     seat: Option<Box<Seat>>,
+    /// Capabilities negotiated in HELLO/WELCOME.
+    caps: Capabilities,
 }
 
 /// What a session needs once it uses rooms or typing: kept out of the common session so an idle
@@ -1294,7 +1300,9 @@ impl Connection {
         let max_out = h.max_frame.clamp(MIN_MAX_BODY, tern_protocol::ABS_MAX_BODY);
         // The session keeps no copy of the registry's key: an idle connection pays for one
         // user id, and the Unregister at the end builds its own.
+        let caps = h.capabilities.intersect(SERVED_CAPABILITIES);
         self.session = Some(Box::new(Session {
+            caps,
             info,
             max_out,
             seat: None,
@@ -1523,6 +1531,9 @@ impl Connection {
                 let mut one = vec![self.post_room(rid, room, msg_id, kind, body)];
                 Box::pin(self.finish_room_sends(&mut one)).await
             }
+            plan @ (Plan::Relate { .. } | Plan::FriendsOnly { .. } | Plan::RelationList { .. }) => {
+                Box::pin(self.relation(frame, plan, &info, max_out)).await
+            }
             Plan::Typing { peer, frame } => {
                 //= SPEC.md#typing-presence-and-subscribe
                 //# The server drops TYPING beyond 5 per second per connection (burst 10).
@@ -1543,6 +1554,52 @@ impl Connection {
                 });
                 true
             }
+        }
+    }
+
+    /// RELATION and RELATION_LIST: the change (durable before the OK, which is what makes a
+    /// block apply to every later SEND: the store checks appends against the same rows) and its
+    /// notices, or a page of a list.
+    async fn relation(
+        &mut self,
+        frame: &Frame<'_>,
+        plan: Plan,
+        info: &SessionInfo,
+        max_out: u32,
+    ) -> bool {
+        let rid = frame.request_id;
+        let caps = self.session.as_ref().map_or(Capabilities::NONE, |s| s.caps);
+        if let Some(refusal) = session::not_negotiated(caps, frame) {
+            return self.write_frame(&refusal).await;
+        }
+        let store = Arc::clone(&self.core.node.store);
+        match plan {
+            Plan::Relate { change } => {
+                let Some(outcome) = self.storage(rid, store.relate(change.clone())).await else {
+                    return self.conn.state() == State::Open;
+                };
+                let ok = self.write_frame(&Frame::new(rid, Body::Ok)).await;
+                for d in session::relation_notices(&change, &outcome) {
+                    self.core.deliver(d);
+                }
+                ok
+            }
+            Plan::FriendsOnly { on } => {
+                let submitted = store.set_friends_only(info.user.clone(), on);
+                if self.storage(rid, submitted).await.is_none() {
+                    return self.conn.state() == State::Open;
+                }
+                self.write_frame(&Frame::new(rid, Body::Ok)).await
+            }
+            Plan::RelationList { kind, after, limit } => {
+                let submitted = store.relation_page(info.user.clone(), kind, after, limit + 1);
+                let Some(rows) = self.storage(rid, submitted).await else {
+                    return self.conn.state() == State::Open;
+                };
+                self.write_frame(&session::relation_page(rid, kind, rows, limit, max_out))
+                    .await
+            }
+            _ => true,
         }
     }
 
@@ -1656,11 +1713,19 @@ impl Connection {
     /// Writes queued pushes, coalesced into pooled buffers.
     async fn flush_queue(&mut self) -> bool {
         let core = Rc::clone(&self.core);
+        let caps = self.session.as_ref().map_or(Capabilities::NONE, |s| s.caps);
         loop {
             let mut buf = core.pool.take();
             {
                 let mut q = self.shared.queue.borrow_mut();
                 while let Some(f) = q.front() {
+                    // Pushes go to every session of a user; a session that did not negotiate
+                    // a frame's family does not get it.
+                    let kind = tern_protocol::FrameType(f.get(3).copied().unwrap_or(0));
+                    if !session::outbound_allowed(caps, kind) {
+                        q.pop_front();
+                        continue;
+                    }
                     if !buf.is_empty() && buf.len() + f.len() > core.pool.buf_size() {
                         break;
                     }

@@ -7,14 +7,16 @@
 use std::borrow::Cow;
 
 use tern_protocol::{
-    Body, Contact, ContactsPage, Conv, ConvKind, Direction, Error as ErrorBody, ErrorCode, Frame,
-    HistoryPage, Message, MessageFlags as WireFlags, MessageKind as WireKind, Ping, Receipt,
-    ReceiptKind, SendAck, SyncPage, Typing,
+    Body, Capabilities, Contact, ContactsPage, Conv, ConvKind, Direction, Error as ErrorBody,
+    ErrorCode, Frame, FrameType, HistoryPage, Message, MessageFlags as WireFlags,
+    MessageKind as WireKind, Ping, Receipt, ReceiptKind, Relation as WireRelation, RelationEntry,
+    RelationKind as WireRelationKind, RelationOp as WireRelationOp, RelationPage, SendAck,
+    SyncPage, Typing,
 };
 use tern_storage::{
     AppendResult, ClientMsgId, ConvKey, DeviceId, DirectMessage, HistoryDirection, InboxMessage,
-    MessageFlags, MessageKind, OpError, RecentConversation, Seq, StoredMessage, SubmitError,
-    UserId,
+    MessageFlags, MessageKind, OpError, RecentConversation, Relation, RelationChange, RelationKind,
+    RelationOp, RelationOutcome, Seq, StoredMessage, SubmitError, UserId,
 };
 
 use crate::auth::valid_id;
@@ -40,6 +42,7 @@ pub struct Limits {
     pub sync: PageLimits,
     pub history: PageLimits,
     pub contacts: PageLimits,
+    pub relations: PageLimits,
 }
 
 impl Default for Limits {
@@ -56,6 +59,12 @@ impl Default for Limits {
             contacts: PageLimits {
                 default: 50,
                 max: 200,
+            },
+            //= SPEC.md#relations
+            //# 0 = the server's default, 100; the server caps it at 500
+            relations: PageLimits {
+                default: 100,
+                max: 500,
             },
         }
     }
@@ -114,6 +123,48 @@ pub enum Plan {
         kind: WireKind,
         body: Vec<u8>,
     },
+    /// Change a relation, answer OK, and route [`relation_notices`].
+    Relate { change: RelationChange },
+    /// Set or clear the session user's "friends only" setting, answer OK.
+    FriendsOnly { on: bool },
+    /// Page one of the session user's relation lists; answer with [`relation_page`].
+    RelationList {
+        kind: RelationKind,
+        after: Option<UserId>,
+        limit: usize,
+    },
+}
+
+/// Longest note a friend request may carry, in bytes.
+pub const MAX_RELATION_NOTE: usize = 256;
+
+/// The capability a frame the server sends needs, when it needs one the session must have
+/// negotiated (SPEC.md §6): frames of other families are always sent.
+pub fn outbound_allowed(caps: Capabilities, frame_type: FrameType) -> bool {
+    match frame_type {
+        //= SPEC.md#hello
+        //# The server MUST NOT send a frame (or a RECEIPT kind) whose capability is not negotiated.
+        FrameType::RELATION | FrameType::RELATION_PAGE => caps.contains(Capabilities::RELATIONS),
+        _ => true,
+    }
+}
+
+/// The ERROR for a request whose family the session did not negotiate, if it is one.
+pub fn not_negotiated(caps: Capabilities, frame: &Frame<'_>) -> Option<Frame<'static>> {
+    let needed = match frame.body {
+        Body::Relation(_) | Body::RelationList(_) => Capabilities::RELATIONS,
+        _ => return None,
+    };
+    (!caps.contains(needed)).then(|| {
+        error(
+            frame.request_id,
+            ErrorCode::INVALID_ARGUMENT,
+            format!(
+                "{} is not supported: capability not negotiated",
+                frame.frame_type()
+            ),
+        )
+    })
 }
 
 /// An ERROR frame.
@@ -258,6 +309,28 @@ pub fn plan(s: &SessionInfo, frame: &Frame<'_>, limits: &Limits) -> Plan {
             },
             Err(plan) => *plan,
         },
+        Body::Relation(r) => relation_plan(s, rid, r),
+        Body::RelationList(l) => {
+            //= SPEC.md#relations
+            //# An unknown `kind` or a cursor the server did not issue: `INVALID_ARGUMENT`.
+            let kind = match l.kind.0 {
+                1..=6 => RelationKind(l.kind.0),
+                _ => return invalid(rid, "unknown relation list kind"),
+            };
+            let after = if l.cursor.is_empty() {
+                None
+            } else {
+                match UserId::new(l.cursor.as_ref()) {
+                    Ok(u) if valid_id(&l.cursor) => Some(u),
+                    _ => return invalid(rid, "cursor was not issued by this server"),
+                }
+            };
+            Plan::RelationList {
+                kind,
+                after,
+                limit: limits.relations.apply(l.limit),
+            }
+        }
         // Frames only a server sends, and a second HELLO.
         Body::Hello(_)
         | Body::Welcome(_)
@@ -300,6 +373,8 @@ pub fn submit_error(request_id: u32, e: SubmitError) -> Frame<'static> {
 /// The ERROR for a storage operation that failed.
 pub fn op_error(request_id: u32, e: &OpError) -> Frame<'static> {
     let code = match e {
+        OpError::Blocked => ErrorCode::BLOCKED,
+        OpError::NotFriend => ErrorCode::NOT_FRIEND,
         OpError::NotFound(_) => ErrorCode::NOT_FOUND,
         OpError::NotAllowed(_) => ErrorCode::FORBIDDEN,
         OpError::Invalid(_) | OpError::AlreadyRecalled => ErrorCode::INVALID_ARGUMENT,
@@ -307,6 +382,138 @@ pub fn op_error(request_id: u32, e: &OpError) -> Frame<'static> {
         OpError::Engine(_) => ErrorCode::INTERNAL,
     };
     error(request_id, code, e.to_string())
+}
+
+/// The plan for a RELATION request.
+fn relation_plan(s: &SessionInfo, rid: u32, r: &WireRelation<'_>) -> Plan {
+    match r.op {
+        WireRelationOp::SET_FRIENDS_ONLY | WireRelationOp::CLEAR_FRIENDS_ONLY => {
+            //= SPEC.md#relations
+            //# `user` MUST be empty.
+            if !r.user.is_empty() {
+                return invalid(rid, "the friends-only setting names no user");
+            }
+            return Plan::FriendsOnly {
+                on: r.op == WireRelationOp::SET_FRIENDS_ONLY,
+            };
+        }
+        _ => {}
+    }
+    let op = match r.op {
+        WireRelationOp::FOLLOW => RelationOp::Follow,
+        WireRelationOp::UNFOLLOW => RelationOp::Unfollow,
+        WireRelationOp::FRIEND_REQUEST => {
+            if r.note.len() > MAX_RELATION_NOTE {
+                return invalid(rid, "friend request note longer than 256 bytes");
+            }
+            RelationOp::FriendRequest {
+                note: r.note.to_string(),
+            }
+        }
+        WireRelationOp::FRIEND_ACCEPT => RelationOp::FriendAccept,
+        WireRelationOp::FRIEND_DECLINE => RelationOp::FriendDecline,
+        WireRelationOp::UNFRIEND => RelationOp::Unfriend,
+        WireRelationOp::BLOCK => RelationOp::Block,
+        WireRelationOp::UNBLOCK => RelationOp::Unblock,
+        _ => return invalid(rid, "unknown relation operation"),
+    };
+    let other = match UserId::new(r.user.as_ref()) {
+        Ok(u) if valid_id(&r.user) => u,
+        _ => return invalid(rid, "relation user is not a valid user id"),
+    };
+    //= SPEC.md#relations
+    //# `user` equal to the sender's own id, or an invalid user id: `INVALID_ARGUMENT`.
+    if other == s.user {
+        return invalid(rid, "a relation needs another user");
+    }
+    Plan::Relate {
+        change: RelationChange {
+            user: s.user.clone(),
+            other,
+            op,
+        },
+    }
+}
+
+/// RELATION_PAGE from relations fetched with `limit + 1` rows (the extra one only tells whether
+/// there is more), cut to fit a body of `max_body` bytes. The cursor is the last user listed.
+pub fn relation_page(
+    request_id: u32,
+    kind: RelationKind,
+    mut rows: Vec<Relation>,
+    limit: usize,
+    max_body: u32,
+) -> Frame<'static> {
+    // Page fields besides the entries: kind, cursor (one id) and the list count.
+    const PAGE_OVERHEAD: usize = 16 + tern_storage::MAX_ID_LEN;
+    // Per entry besides the id and the note: their length prefixes and `since`.
+    const ENTRY_OVERHEAD: usize = 16;
+    let mut more = rows.len() > limit;
+    rows.truncate(limit);
+    let budget = (max_body as usize).saturating_sub(PAGE_OVERHEAD);
+    let mut used = 0;
+    let mut fit = 0;
+    for r in &rows {
+        used += ENTRY_OVERHEAD + r.other.as_str().len() + r.note.len();
+        if used > budget && fit > 0 {
+            break;
+        }
+        fit += 1;
+    }
+    if fit < rows.len() {
+        rows.truncate(fit);
+        more = true;
+    }
+    let next_cursor = match rows.last() {
+        Some(last) if more => last.other.as_str().to_owned(),
+        _ => String::new(),
+    };
+    Frame::new(
+        request_id,
+        Body::RelationPage(RelationPage {
+            kind: WireRelationKind(kind.0),
+            next_cursor: Cow::Owned(next_cursor),
+            users: rows
+                .into_iter()
+                .map(|r| RelationEntry {
+                    user: Cow::Owned(r.other.as_str().to_owned()),
+                    since: r.since_ms,
+                    note: Cow::Owned(r.note),
+                })
+                .collect(),
+        }),
+    )
+}
+
+/// The RELATION notices a change sends the other user's devices: a new friend request, or a
+/// friendship that began.
+//= SPEC.md#relations
+//# The server sends RELATION (request id 0, S→C) to every online device of a user when
+//# another user asks them to be friends
+pub fn relation_notices(change: &RelationChange, outcome: &RelationOutcome) -> Vec<Delivery> {
+    let notice = |op, note: &str| Delivery {
+        user: change.other.clone(),
+        except_session: None,
+        frame: Frame::new(
+            0,
+            Body::Relation(WireRelation {
+                op,
+                user: Cow::Owned(change.user.as_str().to_owned()),
+                note: Cow::Owned(note.to_owned()),
+            }),
+        ),
+    };
+    if outcome.befriended {
+        vec![notice(WireRelationOp::FRIEND_ACCEPT, "")]
+    } else if outcome.requested {
+        let note = match &change.op {
+            RelationOp::FriendRequest { note } => note.as_str(),
+            _ => "",
+        };
+        vec![notice(WireRelationOp::FRIEND_REQUEST, note)]
+    } else {
+        Vec::new()
+    }
 }
 
 /// SEND_ACK for a stored (or de-duplicated) message.
@@ -803,6 +1010,167 @@ mod tests {
             plan(&me(), &f, &l),
             Plan::Read { up_to: Seq(3), .. }
         ));
+    }
+
+    #[test]
+    fn relation_requests_are_validated_and_planned() {
+        use tern_protocol::{Relation as R, RelationList};
+        let l = Limits::default();
+        let rel = |op, user: &str, note: &str| {
+            Frame::new(
+                4,
+                Body::Relation(R {
+                    op,
+                    user: Cow::Owned(user.to_owned()),
+                    note: Cow::Owned(note.to_owned()),
+                }),
+            )
+        };
+        let Plan::Relate { change } = plan(&me(), &rel(WireRelationOp::BLOCK, "bob", ""), &l)
+        else {
+            panic!()
+        };
+        assert_eq!(
+            (change.user.as_str(), change.other.as_str()),
+            ("alice", "bob")
+        );
+        assert_eq!(change.op, RelationOp::Block);
+        let Plan::Relate { change } = plan(
+            &me(),
+            &rel(WireRelationOp::FRIEND_REQUEST, "bob", "hey"),
+            &l,
+        ) else {
+            panic!()
+        };
+        assert_eq!(change.op, RelationOp::FriendRequest { note: "hey".into() });
+        assert_eq!(
+            plan(&me(), &rel(WireRelationOp::SET_FRIENDS_ONLY, "", ""), &l),
+            Plan::FriendsOnly { on: true }
+        );
+        assert_eq!(
+            plan(&me(), &rel(WireRelationOp::CLEAR_FRIENDS_ONLY, "", ""), &l),
+            Plan::FriendsOnly { on: false }
+        );
+        for bad in [
+            rel(WireRelationOp::FOLLOW, "alice", ""),
+            rel(WireRelationOp::FOLLOW, "", ""),
+            rel(WireRelationOp(99), "bob", ""),
+            rel(WireRelationOp::SET_FRIENDS_ONLY, "bob", ""),
+            rel(WireRelationOp::FRIEND_REQUEST, "bob", &"n".repeat(257)),
+        ] {
+            let Plan::Reply(f) = plan(&me(), &bad, &l) else {
+                panic!("{bad:?}")
+            };
+            let Body::Error(e) = f.body else { panic!() };
+            assert_eq!(e.code, ErrorCode::INVALID_ARGUMENT);
+        }
+        let list = |kind, cursor: &str, limit| {
+            Frame::new(
+                5,
+                Body::RelationList(RelationList {
+                    kind: WireRelationKind(kind),
+                    cursor: Cow::Owned(cursor.to_owned()),
+                    limit,
+                }),
+            )
+        };
+        assert_eq!(
+            plan(&me(), &list(2, "", 0), &l),
+            Plan::RelationList {
+                kind: RelationKind::FOLLOWER,
+                after: None,
+                limit: 100
+            }
+        );
+        assert_eq!(
+            plan(&me(), &list(6, "carol", 9_999), &l),
+            Plan::RelationList {
+                kind: RelationKind::REQUESTED,
+                after: Some(UserId::new("carol").unwrap()),
+                limit: 500
+            }
+        );
+        assert!(matches!(plan(&me(), &list(7, "", 0), &l), Plan::Reply(_)));
+        // Without the capability the family is refused; with it, it is not.
+        let f = list(3, "", 0);
+        assert!(not_negotiated(Capabilities::RECEIPTS, &f).is_some());
+        assert!(not_negotiated(Capabilities::RELATIONS, &f).is_none());
+        assert!(!outbound_allowed(Capabilities::NONE, FrameType::RELATION));
+        assert!(outbound_allowed(Capabilities::NONE, FrameType::PUSH));
+    }
+
+    #[test]
+    fn relation_pages_carry_a_cursor_only_when_more_follow() {
+        let row = |u: &str| Relation {
+            other: UserId::new(u).unwrap(),
+            kind: RelationKind::FRIEND,
+            since_ms: 7,
+            note: String::new(),
+        };
+        let f = relation_page(
+            1,
+            RelationKind::FRIEND,
+            vec![row("a"), row("b"), row("c")],
+            2,
+            65_536,
+        );
+        let Body::RelationPage(p) = f.body else {
+            panic!()
+        };
+        assert_eq!(p.users.len(), 2);
+        assert_eq!(p.next_cursor, "b");
+        let f = relation_page(1, RelationKind::FRIEND, vec![row("a")], 2, 65_536);
+        let Body::RelationPage(p) = f.body else {
+            panic!()
+        };
+        assert_eq!((p.users.len(), p.next_cursor.as_ref()), (1, ""));
+        // Long notes are cut to the client's frame size, and the page says there is more.
+        let long = |u: &str| Relation {
+            note: "x".repeat(256),
+            kind: RelationKind::PENDING,
+            ..row(u)
+        };
+        let rows: Vec<_> = (0..40).map(|i| long(&format!("u{i}"))).collect();
+        let f = relation_page(1, RelationKind::PENDING, rows, 100, 4096);
+        assert!(f.to_bytes().unwrap().len() <= 4096 + tern_protocol::HEADER_LEN);
+        let Body::RelationPage(p) = f.body else {
+            panic!()
+        };
+        assert!(p.users.len() < 40 && !p.next_cursor.is_empty());
+    }
+
+    #[test]
+    fn friend_notices_go_to_the_other_user() {
+        let change = RelationChange {
+            user: UserId::new("alice").unwrap(),
+            other: UserId::new("bob").unwrap(),
+            op: RelationOp::FriendRequest { note: "hi".into() },
+        };
+        let asked = RelationOutcome {
+            changed: true,
+            requested: true,
+            befriended: false,
+        };
+        let d = relation_notices(&change, &asked);
+        assert_eq!(d.len(), 1);
+        assert_eq!(d[0].user.as_str(), "bob");
+        let Body::Relation(r) = &d[0].frame.body else {
+            panic!()
+        };
+        assert_eq!(
+            (r.op, r.user.as_ref(), r.note.as_ref()),
+            (WireRelationOp::FRIEND_REQUEST, "alice", "hi")
+        );
+        let friends = RelationOutcome {
+            changed: true,
+            requested: false,
+            befriended: true,
+        };
+        let Body::Relation(r) = &relation_notices(&change, &friends)[0].frame.body else {
+            panic!()
+        };
+        assert_eq!(r.op, WireRelationOp::FRIEND_ACCEPT);
+        assert!(relation_notices(&change, &RelationOutcome::default()).is_empty());
     }
 
     #[test]

@@ -30,6 +30,8 @@
 //! reloaded from what is durable. A failed write fails its batch and every batch built after it
 //! on the same caches; the writer then drops its caches before building more.
 
+mod relations;
+
 use std::collections::HashMap;
 use std::mem;
 use std::sync::Arc;
@@ -42,15 +44,14 @@ use crate::read::{self, group_from, last_seq_in};
 use crate::records::{
     access, bad, dedup_time_of, encode, inbox_time_of, ArchivedCursorRecord, ArchivedDedupRecord,
     ArchivedGroupRecord, ArchivedMemberRecord, ArchivedMessageRecord, ArchivedPositionRecord,
-    ArchivedRecentRecord, ArchivedRelationRecord, ArchivedTotalUnreadRecord, CursorRecord,
-    DedupRecordRef, GroupRecord, InboxHeadRecord, InboxRecordRef, MemberOfRecord, MemberRecord,
-    MessageRecord, MessageRecordRef, PositionRecord, RecentRecord, RelationRecord,
-    TotalUnreadRecord,
+    ArchivedRecentRecord, ArchivedTotalUnreadRecord, CursorRecord, DedupRecordRef, GroupRecord,
+    InboxHeadRecord, InboxRecordRef, MemberOfRecord, MemberRecord, MessageRecord, MessageRecordRef,
+    PositionRecord, RecentRecord, TotalUnreadRecord,
 };
 use crate::types::{
     AppendResult, CursorUpdate, DevicePosition, DirectMessage, GroupCursor, GroupInfo, GroupUpdate,
-    MarkRead, Member, MemberUpdate, PositionUpdate, ReadState, Recall, RecallResult, Relation,
-    RelationKind,
+    MarkRead, Member, MemberUpdate, PositionUpdate, ReadState, Recall, RecallResult,
+    RelationChange, RelationOutcome,
 };
 
 /// Where a write operation's result goes.
@@ -67,8 +68,8 @@ pub(crate) enum WriteCmd {
     PutMember(MemberUpdate, Reply<Member>),
     RemoveMember(GroupId, UserId, Reply<bool>),
     PutCursor(CursorUpdate, Reply<GroupCursor>),
-    PutRelation(UserId, RelationKind, UserId, Reply<Relation>),
-    RemoveRelation(UserId, RelationKind, UserId, Reply<bool>),
+    Relate(RelationChange, Reply<RelationOutcome>),
+    SetFriendsOnly(UserId, bool, Reply<bool>),
 }
 
 /// A result waiting for its batch to be committed.
@@ -141,6 +142,8 @@ struct UserState {
     /// Generations of the batches that last changed `head` and `total`.
     head_gen: u64,
     total_gen: u64,
+    /// What a one-to-one message to the user must be checked against (`relations` module).
+    gate: Option<relations::Gate>,
 }
 
 /// A cached recent-conversation row (`None`: no row yet).
@@ -451,6 +454,9 @@ impl<E: KvEngine> WriterCore<E> {
         }
         Applied::Queued(match cmd {
             WriteCmd::AppendDirect(msg, tx) => {
+                if self.append_gate_in_flight(&msg) {
+                    return Applied::Barrier(WriteCmd::AppendDirect(msg, tx));
+                }
                 let r = self.append_direct(msg);
                 done(tx, r)
             }
@@ -507,20 +513,15 @@ impl<E: KvEngine> WriterCore<E> {
                 let r = self.put_cursor(update);
                 done(tx, r)
             }
-            WriteCmd::PutRelation(user, kind, other, tx) => {
-                keys::relation_key(&mut self.k1, &user, kind.0, &other);
-                if self.is_touched(Cf::Relations, 1) {
-                    return Applied::Barrier(WriteCmd::PutRelation(user, kind, other, tx));
+            WriteCmd::Relate(change, tx) => {
+                if self.pair_in_flight(&change.user, &change.other) {
+                    return Applied::Barrier(WriteCmd::Relate(change, tx));
                 }
-                let r = self.put_relation(other, kind);
+                let r = self.relate(change);
                 done(tx, r)
             }
-            WriteCmd::RemoveRelation(user, kind, other, tx) => {
-                keys::relation_key(&mut self.k1, &user, kind.0, &other);
-                if self.is_touched(Cf::Relations, 1) {
-                    return Applied::Barrier(WriteCmd::RemoveRelation(user, kind, other, tx));
-                }
-                let r = self.remove_relation();
+            WriteCmd::SetFriendsOnly(user, on, tx) => {
+                let r = self.set_friends_only(&user, on);
                 done(tx, r)
             }
         })
@@ -819,6 +820,14 @@ impl<E: KvEngine> WriterCore<E> {
         if let Some(original) = stored {
             self.k3 = dedup_key;
             return Ok(original);
+        }
+        //= SPEC.md#relations
+        //# A SEND of a one-to-one message from S to R (R ≠ S) is refused, and nothing is stored
+        if sender_u != recipient_u {
+            if let Err(e) = self.check_gate(recipient_u, &msg.recipient, &msg.sender) {
+                self.k3 = dedup_key;
+                return Err(e);
+            }
         }
         let r = self.append_new_direct(
             msg,
@@ -1331,40 +1340,6 @@ impl<E: KvEngine> WriterCore<E> {
         self.put(Cf::Cursors, &key, &rec)?;
         self.touch(Cf::Cursors, &key);
         Ok(cursor)
-    }
-
-    fn put_relation(&mut self, other: UserId, kind: RelationKind) -> Result<Relation, OpError> {
-        let key = self.k1.clone();
-        let since = self
-            .engine
-            .get_with(Cf::Relations, &key, |v| {
-                access::<ArchivedRelationRecord>(Cf::Relations, v).map(|r| r.since_ms.to_native())
-            })?
-            .transpose()?;
-        let since_ms = match since {
-            Some(since) => since,
-            None => {
-                let since = self.now;
-                self.put(Cf::Relations, &key, &RelationRecord { since_ms: since })?;
-                self.touch(Cf::Relations, &key);
-                since
-            }
-        };
-        Ok(Relation {
-            other,
-            kind,
-            since_ms,
-        })
-    }
-
-    fn remove_relation(&mut self) -> Result<bool, OpError> {
-        let key = self.k1.clone();
-        let existed = self.engine.get_with(Cf::Relations, &key, |_| ())?.is_some();
-        if existed {
-            self.batch.delete(Cf::Relations, &key);
-            self.touch(Cf::Relations, &key);
-        }
-        Ok(existed)
     }
 }
 

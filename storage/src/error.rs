@@ -80,6 +80,12 @@ pub enum OpError {
     /// The arguments are inconsistent.
     #[error("invalid request: {0}")]
     Invalid(&'static str),
+    /// The recipient blocks the sender (or the user acted toward blocks the one acting).
+    #[error("blocked by the recipient")]
+    Blocked,
+    /// The recipient accepts messages from friends only, and the sender is not one.
+    #[error("the recipient accepts messages from friends only")]
+    NotFriend,
     /// The store shut down before completing the operation.
     #[error("storage shut down before completing the operation")]
     Closed,

@@ -36,11 +36,21 @@
 //! | `members`   | `id(group) ‖ id(user)`             | role u8, muted until ms, joined ms                                 |
 //! | `member_of` | `id(user) ‖ id(group)`             | role u8, joined ms (reverse index of `members`)                    |
 //! | `cursors`   | `id(group) ‖ id(user)`             | last acked seq, last read seq (read-diffusion groups), updated ms  |
-//! | `relations` | `id(user) ‖ kind u8 ‖ id(other)`   | since ms (kind: 1 follow, 2 friend, 3 block)                       |
+//! | `relations` | `id(user) ‖ kind u8 ‖ id(other)`   | since ms, note (kind: 1 following, 2 follower, 3 friend, 4 blocked, 5 pending request from `other`, 6 request sent to `other`) |
+//! | `relations` | `id(user)`                         | relation settings: friends only, updated ms                        |
 //!
 //! A user's rows in `inbox`, `positions`, `recent`, `member_of` and `relations` all start with
 //! `id(user)`, so each is one prefix scan; a bare `id(user)` key (inbox head, total unread) sorts
 //! before every row of that user.
+//!
+//! # Relations
+//! A relation change writes every row it affects, on both users' sides, in one batch (a friend
+//! accept removes `pending`/`requested` and adds two `friend` rows), so each list is a prefix
+//! scan and no reader sees half a change. The writer checks one-to-one appends against the
+//! recipient's rows before anything is written: a block or "friends only" refuses the message
+//! with [`OpError::Blocked`] or [`OpError::NotFriend`]. Because the writer itself applies every
+//! relation change, its per-user cache of "friends only" and "may have blocks" is exact, and most
+//! appends (recipients without blocks or that setting) read no relation row at all.
 //!
 //! # Values
 //! Values are rkyv 0.8 archives built with the `unaligned` format feature: archived types have
@@ -117,8 +127,8 @@ pub use types::{
     AppendResult, CursorUpdate, DevicePosition, DevicePositionEntry, Diffusion, DirectMessage,
     GroupCursor, GroupInfo, GroupUpdate, HistoryDirection, InboxMessage, MarkRead, Member,
     MemberRole, MemberUpdate, Membership, PositionUpdate, ReadState, Recall, RecallResult,
-    RecentConversation, RecentCursor, RecentList, RecentPage, Relation, RelationKind,
-    StoredMessage,
+    RecentConversation, RecentCursor, RecentList, RecentPage, Relation, RelationChange,
+    RelationKind, RelationOp, RelationOutcome, StoredMessage,
 };
 
 /// Test and benchmark support: writes raw records the way an older or newer version would.

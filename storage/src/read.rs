@@ -8,7 +8,7 @@ use crate::records::{
     access, bad, stored_message, ArchivedCursorRecord, ArchivedGroupRecord,
     ArchivedInboxHeadRecord, ArchivedInboxRecord, ArchivedMemberOfRecord, ArchivedMemberRecord,
     ArchivedMessageRecord, ArchivedPositionRecord, ArchivedRecentRecord, ArchivedRelationRecord,
-    ArchivedTotalUnreadRecord,
+    ArchivedRelationSettingsRecord, ArchivedTotalUnreadRecord,
 };
 use crate::types::{
     DevicePosition, DevicePositionEntry, Diffusion, GroupCursor, GroupInfo, HistoryDirection,
@@ -486,20 +486,40 @@ pub(crate) fn cursor(
         .unwrap_or_default())
 }
 
-/// A user's relations of one kind.
-pub(crate) fn relations(
+/// Up to `limit` of a user's relations of one kind, in key order, starting after `after`
+/// (`None`: from the first).
+pub(crate) fn relation_page(
     engine: &impl KvEngine,
     user: &UserId,
     kind: RelationKind,
+    after: Option<&UserId>,
+    limit: usize,
 ) -> Result<Vec<Relation>, EngineError> {
     let mut prefix = Vec::new();
     keys::relation_prefix(&mut prefix, user, kind.0);
+    let end = prefix_end(&prefix);
+    let mut start = Vec::new();
+    match after {
+        // Ids are length-prefixed, so no key of the family extends `after`'s key: the first key
+        // past it is the key followed by a zero byte.
+        Some(after) => {
+            keys::relation_key(&mut start, user, kind.0, after);
+            start.push(0);
+        }
+        None => {
+            start.extend_from_slice(&prefix);
+            start.push(0);
+        }
+    }
     let mut out = Vec::new();
-    scan_prefix(
-        engine,
+    engine.scan(
         Cf::Relations,
-        &prefix,
-        usize::MAX,
+        ScanRange {
+            start: &start,
+            end: end.as_deref(),
+        },
+        Direction::Forward,
+        limit,
         &mut |key, value| {
             let mut r = KeyReader::new(key);
             r.id().map_err(bad_key(Cf::Relations))?;
@@ -510,9 +530,45 @@ pub(crate) fn relations(
                 other,
                 kind,
                 since_ms: rec.since_ms.to_native(),
+                note: rec.note.as_str().to_owned(),
             });
             Ok(())
         },
     )?;
     Ok(out)
+}
+
+/// One relation row at `key`: since ms and note.
+pub(crate) fn relation_at(
+    engine: &impl KvEngine,
+    key: &[u8],
+) -> Result<Option<(u64, String)>, EngineError> {
+    engine
+        .get_with(Cf::Relations, key, |v| {
+            access::<ArchivedRelationRecord>(Cf::Relations, v)
+                .map(|r| (r.since_ms.to_native(), r.note.as_str().to_owned()))
+        })?
+        .transpose()
+}
+
+/// Whether the user whose bare key is `user_key` accepts one-to-one messages from friends only.
+pub(crate) fn friends_only_at(
+    engine: &impl KvEngine,
+    user_key: &[u8],
+) -> Result<bool, EngineError> {
+    Ok(engine
+        .get_with(Cf::Relations, user_key, |v| {
+            access::<ArchivedRelationSettingsRecord>(Cf::Relations, v).map(|r| r.friends_only)
+        })?
+        .transpose()?
+        .unwrap_or(false))
+}
+
+/// Whether any key of `cf` starts with `prefix`.
+pub(crate) fn any_with_prefix(
+    engine: &impl KvEngine,
+    cf: Cf,
+    prefix: &[u8],
+) -> Result<bool, EngineError> {
+    Ok(scan_prefix(engine, cf, prefix, 1, &mut |_, _| Ok(()))? > 0)
 }

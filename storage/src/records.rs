@@ -171,6 +171,16 @@ pub(crate) struct CursorRecord {
 #[derive(Archive, Serialize, Debug, Clone, PartialEq)]
 pub(crate) struct RelationRecord {
     pub since_ms: u64,
+    /// The friend request's note on `PENDING` and `REQUESTED` rows; empty otherwise.
+    pub note: String,
+}
+
+/// `relations` value under the bare `id(user)` key: the user's relation settings.
+#[derive(Archive, Serialize, Debug, Clone, PartialEq)]
+pub(crate) struct RelationSettingsRecord {
+    /// Only friends may send the user one-to-one messages.
+    pub friends_only: bool,
+    pub updated_ms: u64,
 }
 
 /// `meta` value under `schema_version`.
@@ -201,6 +211,7 @@ const _: () = {
     assert!(align_of::<ArchivedMemberOfRecord>() == 1);
     assert!(align_of::<ArchivedCursorRecord>() == 1);
     assert!(align_of::<ArchivedRelationRecord>() == 1);
+    assert!(align_of::<ArchivedRelationSettingsRecord>() == 1);
     assert!(align_of::<ArchivedSchemaRecord>() == 1);
     assert!(align_of::<ArchivedNodeRecord>() == 1);
     use std::mem::size_of;

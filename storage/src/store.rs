@@ -26,7 +26,7 @@ use crate::types::{
     AppendResult, CursorUpdate, DevicePosition, DevicePositionEntry, DirectMessage, GroupCursor,
     GroupInfo, GroupUpdate, HistoryDirection, InboxMessage, MarkRead, Member, MemberUpdate,
     Membership, PositionUpdate, ReadState, Recall, RecallResult, RecentCursor, RecentList,
-    RecentPage, Relation, RelationKind, StoredMessage,
+    RecentPage, Relation, RelationChange, RelationKind, RelationOutcome, StoredMessage,
 };
 
 /// Where the writer gets the time it stamps on messages and derives expiry cutoffs from. The
@@ -657,24 +657,26 @@ impl<E: KvEngine> Store<E> {
         self.submit(|tx| WriteCmd::PutCursor(update, tx))
     }
 
-    /// Records a relation from `user` to `other` (keeps the original `since` if it exists).
-    pub fn put_relation(
+    /// Applies a relation change to both users' rows atomically; completes once durable. Fails
+    /// with [`OpError::Blocked`] (FOLLOW or a friend request toward a user who blocks `user`),
+    /// [`OpError::NotAllowed`] (a friend request toward a user `user` blocks),
+    /// [`OpError::NotFound`] (accepting a request that does not exist) or [`OpError::Invalid`]
+    /// (`user` = `other`). From its completion on, every append obeys it.
+    pub fn relate(
         &self,
-        user: UserId,
-        kind: RelationKind,
-        other: UserId,
-    ) -> Result<Completion<Relation>, SubmitError> {
-        self.submit(|tx| WriteCmd::PutRelation(user, kind, other, tx))
+        change: RelationChange,
+    ) -> Result<Completion<RelationOutcome>, SubmitError> {
+        self.submit(|tx| WriteCmd::Relate(change, tx))
     }
 
-    /// Removes a relation; completes with whether it existed.
-    pub fn remove_relation(
+    /// Sets whether only friends may send `user` one-to-one messages; completes with whether the
+    /// setting changed, once durable.
+    pub fn set_friends_only(
         &self,
         user: UserId,
-        kind: RelationKind,
-        other: UserId,
+        on: bool,
     ) -> Result<Completion<bool>, SubmitError> {
-        self.submit(|tx| WriteCmd::RemoveRelation(user, kind, other, tx))
+        self.submit(|tx| WriteCmd::SetFriendsOnly(user, on, tx))
     }
 
     // ---- reads (reader pool) ---------------------------------------------------------------
@@ -780,13 +782,25 @@ impl<E: KvEngine> Store<E> {
         self.query(move |e| read::cursor(e, &group, &user))
     }
 
-    /// A user's relations of one kind.
-    pub fn relations(
+    /// Up to `limit` of a user's relations of one kind, in key order, after the relation with
+    /// `after` (`None`: from the first). Page by passing the last entry's `other` as `after`.
+    pub fn relation_page(
         &self,
         user: UserId,
         kind: RelationKind,
+        after: Option<UserId>,
+        limit: usize,
     ) -> Result<Completion<Vec<Relation>>, SubmitError> {
-        self.query(move |e| read::relations(e, &user, kind))
+        self.query(move |e| read::relation_page(e, &user, kind, after.as_ref(), limit))
+    }
+
+    /// Whether only friends may send `user` one-to-one messages.
+    pub fn friends_only(&self, user: UserId) -> Result<Completion<bool>, SubmitError> {
+        self.query(move |e| {
+            let mut key = Vec::new();
+            crate::keys::user_key(&mut key, &user);
+            read::friends_only_at(e, &key)
+        })
     }
 
     /// Removes expired inbox and dedup entries now, on a reader thread (RocksDB also does it in

@@ -292,14 +292,22 @@ named_u8! {
 }
 
 named_u8! {
-    /// Kind of a relationship from one user to another.
+    /// Kind of a relation row, as seen from the user who owns it. A two-way relation is stored
+    /// on both sides, so every list is one prefix scan; the values are the wire's RELATION_LIST
+    /// kinds.
     pub struct RelationKind {
-        /// One-way follow.
-        FOLLOW = 1,
-        /// Two-way friendship (stored on both sides by the caller).
-        FRIEND = 2,
-        /// Block.
-        BLOCK = 3,
+        /// The user follows the other.
+        FOLLOWING = 1,
+        /// The other follows the user (reverse row of `FOLLOWING`).
+        FOLLOWER = 2,
+        /// Friends (both sides hold the row).
+        FRIEND = 3,
+        /// The user blocks the other.
+        BLOCKED = 4,
+        /// The other asked the user to be friends.
+        PENDING = 5,
+        /// The user asked the other to be friends (reverse row of `PENDING`).
+        REQUESTED = 6,
     }
 }
 
@@ -408,7 +416,7 @@ pub struct GroupCursor {
     pub updated_ms: u64,
 }
 
-/// A relationship from one user to another.
+/// A relation row of one user toward another.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Relation {
     /// The other user.
@@ -417,4 +425,53 @@ pub struct Relation {
     pub kind: RelationKind,
     /// Since when.
     pub since_ms: u64,
+    /// The friend request's note (`PENDING` and `REQUESTED` rows); empty otherwise.
+    pub note: String,
+}
+
+/// A change of relations, made by `user` toward `other` and applied atomically to both users'
+/// rows.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RelationChange {
+    /// Who makes the change.
+    pub user: UserId,
+    /// Toward whom (must differ from `user`).
+    pub other: UserId,
+    /// What.
+    pub op: RelationOp,
+}
+
+/// What a [`RelationChange`] does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum RelationOp {
+    /// Start following (refused when `other` blocks `user`).
+    Follow,
+    /// Stop following.
+    Unfollow,
+    /// Ask to be friends; becomes friendship at once if `other` had asked `user`.
+    FriendRequest {
+        /// Shown to `other` with the request.
+        note: String,
+    },
+    /// Accept `other`'s pending request.
+    FriendAccept,
+    /// Decline `other`'s request, or withdraw `user`'s own request to `other`.
+    FriendDecline,
+    /// End the friendship on both sides.
+    Unfriend,
+    /// Block `other`; also ends `other`'s follow of `user` and pending requests between them.
+    Block,
+    /// End the block.
+    Unblock,
+}
+
+/// What a [`RelationChange`] did.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct RelationOutcome {
+    /// Some row was written or removed (false: it was already so).
+    pub changed: bool,
+    /// A new friend request now waits for `other`.
+    pub requested: bool,
+    /// The two users became friends (an accept, or crossing requests).
+    pub befriended: bool,
 }

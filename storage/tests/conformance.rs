@@ -807,70 +807,76 @@ fn groups_members_cursors_relations<H: Harness>() {
     );
     assert_eq!(store.group(group("nope")).unwrap().wait().unwrap(), None);
 
-    let rel = store
-        .put_relation(user("alice"), RelationKind::FOLLOW, user("bob"))
-        .unwrap()
-        .wait()
-        .unwrap();
-    assert_eq!(rel.since_ms, T0 + 100);
-    clock.set(T0 + 200);
-    let again = store
-        .put_relation(user("alice"), RelationKind::FOLLOW, user("bob"))
-        .unwrap()
-        .wait()
-        .unwrap();
-    assert_eq!(again.since_ms, T0 + 100, "since is kept");
-    store
-        .put_relation(user("alice"), RelationKind::FOLLOW, user("carol"))
-        .unwrap()
-        .wait()
-        .unwrap();
-    store
-        .put_relation(user("alice"), RelationKind::BLOCK, user("mallory"))
-        .unwrap()
-        .wait()
-        .unwrap();
-    let follows = store
-        .relations(user("alice"), RelationKind::FOLLOW)
-        .unwrap()
-        .wait()
-        .unwrap();
-    assert_eq!(
-        follows.iter().map(|r| r.other.as_str()).collect::<Vec<_>>(),
-        vec!["bob", "carol"]
-    );
-    let blocks = store
-        .relations(user("alice"), RelationKind::BLOCK)
-        .unwrap()
-        .wait()
-        .unwrap();
-    assert_eq!(
-        blocks,
-        vec![Relation {
-            other: user("mallory"),
-            kind: RelationKind::BLOCK,
-            since_ms: T0 + 200
-        }]
-    );
-    assert!(store
-        .remove_relation(user("alice"), RelationKind::FOLLOW, user("bob"))
-        .unwrap()
-        .wait()
-        .unwrap());
-    assert!(!store
-        .remove_relation(user("alice"), RelationKind::FOLLOW, user("bob"))
-        .unwrap()
-        .wait()
-        .unwrap());
-    assert_eq!(
+    let relate = |u: &str, op: RelationOp, other: &str| {
         store
-            .relations(user("alice"), RelationKind::FOLLOW)
+            .relate(RelationChange {
+                user: user(u),
+                other: user(other),
+                op,
+            })
+            .unwrap()
+            .wait()
+    };
+    let list = |u: &str, kind: RelationKind| -> Vec<String> {
+        store
+            .relation_page(user(u), kind, None, 100)
             .unwrap()
             .wait()
             .unwrap()
-            .len(),
-        1
+            .into_iter()
+            .map(|r| r.other.as_str().to_owned())
+            .collect()
+    };
+    assert!(relate("alice", RelationOp::Follow, "bob").unwrap().changed);
+    clock.set(T0 + 200);
+    assert!(!relate("alice", RelationOp::Follow, "bob").unwrap().changed);
+    let following = store
+        .relation_page(user("alice"), RelationKind::FOLLOWING, None, 10)
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(following[0].since_ms, T0 + 100, "since is kept");
+    assert_eq!(list("bob", RelationKind::FOLLOWER), vec!["alice"]);
+    let asked = RelationOp::FriendRequest {
+        note: "hello".into(),
+    };
+    assert!(relate("alice", asked, "carol").unwrap().requested);
+    let pending = store
+        .relation_page(user("carol"), RelationKind::PENDING, None, 10)
+        .unwrap()
+        .wait()
+        .unwrap();
+    assert_eq!(pending[0].note, "hello");
+    assert!(
+        relate("carol", RelationOp::FriendAccept, "alice")
+            .unwrap()
+            .befriended
     );
+    assert_eq!(list("alice", RelationKind::FRIEND), vec!["carol"]);
+    assert_eq!(list("carol", RelationKind::FRIEND), vec!["alice"]);
+    assert!(list("carol", RelationKind::PENDING).is_empty());
+    assert!(relate("bob", RelationOp::Block, "alice").unwrap().changed);
+    assert!(
+        list("bob", RelationKind::FOLLOWER).is_empty(),
+        "a block ends the follow"
+    );
+    assert_eq!(
+        relate("alice", RelationOp::Follow, "bob"),
+        Err(OpError::Blocked)
+    );
+    let refused = store
+        .append_direct(DirectMessage {
+            sender: user("alice"),
+            sender_device: DeviceId::new("phone").unwrap(),
+            recipient: user("bob"),
+            client_msg_id: ClientMsgId([42; 16]),
+            kind: MessageKind::TEXT,
+            body: b"hi".to_vec(),
+        })
+        .unwrap()
+        .wait();
+    assert_eq!(refused, Err(OpError::Blocked));
+    assert!(inbox(&store, "bob", 0, 10).is_empty(), "nothing stored");
 }
 
 // ---- restarts, expiry, open checks, back-pressure --------------------------------------------
