@@ -321,6 +321,11 @@ impl Connection {
     pub fn shutdown(&self) {
         self.transport.shutdown();
     }
+
+    /// As [`Connection::shutdown`], after a WebSocket close message and TLS close_notify.
+    pub fn close(&mut self) {
+        self.transport.close();
+    }
 }
 
 /// The `dev`/`device` claim of a JWT, read without verifying it (the node verifies), so a

@@ -94,6 +94,14 @@ impl std::fmt::Debug for Stream {
 }
 
 impl Stream {
+    /// Sends TLS close_notify (nothing for plain TCP).
+    fn close_notify(&mut self) {
+        if let Stream::Tls(s) = self {
+            s.conn.send_close_notify();
+            let _ = s.conn.write_tls(&mut s.sock);
+        }
+    }
+
     pub(crate) fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Tcp(s) => s,
@@ -419,6 +427,22 @@ impl Transport {
             }
             Transport::Tunnel(t) => t.read_some(buf, timeout),
         }
+    }
+
+    /// Ends the transport in the layers' own way first: a WebSocket close message and a TLS
+    /// close_notify, so a peer or proxy in between sees a clean end rather than a reset;
+    /// then as [`Transport::shutdown`]. Best effort: the connection is going away either way.
+    pub(crate) fn close(&mut self) {
+        match self {
+            Transport::Stream(s) => s.close_notify(),
+            Transport::Ws(ws) => {
+                let _ = ws.close(None);
+                let _ = ws.flush();
+                ws.get_mut().close_notify();
+            }
+            Transport::Tunnel(_) => {}
+        }
+        self.shutdown();
     }
 
     /// Ends the transport without waiting for the peer (the tunnel sends `/tern/close`).
