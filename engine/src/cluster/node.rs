@@ -258,51 +258,74 @@ pub fn redirect(request_id: u32, epoch: u64, owner: &RemoteOwner) -> Frame<'stat
 /// links this node cannot reach the owner, and storing the data here would put it on a node
 /// that does not own it (a second sequence authority, an inbox nobody reads).
 pub fn remote_refusal(table: &OwnerTable, session: &SessionInfo, plan: &Plan) -> Option<String> {
-    let remote = |user: &str| match table.owner_of_user(user) {
+    let user_owner = |user: &str| match table.owner_of_user(user) {
         Owner::Remote(o) => Some(o.node.clone()),
         Owner::Local(_) => None,
     };
+    // Whether the request reads or writes the session user's own data, and what else it
+    // needs (kind, name, the node that serves it when that is another node). Exhaustive on
+    // purpose: every new kind of request has to say which slots it touches.
+    let (own, other): (bool, Option<(&str, String, Option<String>)>) = match plan {
+        Plan::Reply(_) | Plan::Unexpected | Plan::Ignore => (false, None),
+        Plan::PushAck { .. }
+        | Plan::Sync { .. }
+        | Plan::Contacts { .. }
+        | Plan::FriendsOnly { .. }
+        | Plan::RelationList { .. } => (true, None),
+        Plan::Append { msg } => (
+            true,
+            Some((
+                "user",
+                msg.recipient.as_str().to_owned(),
+                user_owner(msg.recipient.as_str()),
+            )),
+        ),
+        Plan::Read { peer, .. } => (
+            true,
+            Some(("user", peer.as_str().to_owned(), user_owner(peer.as_str()))),
+        ),
+        // A relation is one atomic batch over both users' rows.
+        Plan::Relate { change } => (
+            true,
+            Some((
+                "user",
+                change.other.as_str().to_owned(),
+                user_owner(change.other.as_str()),
+            )),
+        ),
+        Plan::History { conv, .. } => (
+            true,
+            Some((
+                "conversation",
+                conv_name(conv),
+                match table.owner(conversation_slot(conv)) {
+                    Owner::Remote(o) => Some(o.node.clone()),
+                    Owner::Local(_) => None,
+                },
+            )),
+        ),
+        // The server places a room at the slot of its name (like a user).
+        Plan::RoomJoin { room, .. } | Plan::RoomSend { room, .. } => {
+            (false, Some(("room", room.clone(), user_owner(room))))
+        }
+        // Leaving a room this connection joined here stays here.
+        Plan::RoomLeave { .. } => (false, None),
+        // Ephemeral: reaches the peer's sessions on this node, if any, and is dropped
+        // otherwise (nothing is stored).
+        Plan::Typing { .. } => (false, None),
+    };
     // The session's own user: its slot moved away since HELLO (a membership change; handing
     // the session over is not implemented yet).
-    let needs_own = matches!(
-        plan,
-        Plan::Append { .. }
-            | Plan::PushAck { .. }
-            | Plan::Sync { .. }
-            | Plan::History { .. }
-            | Plan::Contacts { .. }
-            | Plan::Read { .. }
-    );
-    if needs_own {
-        if let Some(node) = remote(session.user.as_str()) {
+    if own {
+        if let Some(node) = user_owner(session.user.as_str()) {
             return Some(format!(
                 "user {} is now served by node {node}; reconnect",
                 session.user
             ));
         }
     }
-    let (what, node) = match plan {
-        Plan::Append { msg } => ("user", remote(msg.recipient.as_str())),
-        Plan::Read { peer, .. } => ("user", remote(peer.as_str())),
-        Plan::History { conv, .. } => (
-            "conversation",
-            match table.owner(conversation_slot(conv)) {
-                Owner::Remote(o) => Some(o.node.clone()),
-                Owner::Local(_) => None,
-            },
-        ),
-        // The server places a room at the slot of its name (like a user).
-        Plan::RoomJoin { room, .. } | Plan::RoomSend { room, .. } => ("room", remote(room)),
-        _ => ("", None),
-    };
+    let (what, name, node) = other?;
     let node = node?;
-    let name = match plan {
-        Plan::Append { msg } => msg.recipient.as_str().to_owned(),
-        Plan::Read { peer, .. } => peer.as_str().to_owned(),
-        Plan::History { conv, .. } => conv_name(conv),
-        Plan::RoomJoin { room, .. } | Plan::RoomSend { room, .. } => room.clone(),
-        _ => String::new(),
-    };
     Some(format!(
         "{what} {name} is served by node {node}; messages between nodes are not supported yet, retry later"
     ))
@@ -818,6 +841,16 @@ mod tests {
         assert!(remote_refusal(&moved, &info, &plan)
             .unwrap()
             .contains("node-c"));
+        let relate = |other: &str| Plan::Relate {
+            change: tern_storage::RelationChange {
+                user: info.user.clone(),
+                other: UserId::new(other).unwrap(),
+                op: tern_storage::RelationOp::Follow,
+            },
+        };
+        assert!(remote_refusal(&table, &info, &relate("bob")).is_some());
+        assert_eq!(remote_refusal(&table, &info, &relate("carol")), None);
+        assert_eq!(remote_refusal(&table, &info, &Plan::Ignore), None);
         assert_eq!(epoch_gauge(u64::MAX), (1 << 53) - 1);
     }
 }
