@@ -265,7 +265,7 @@ pub fn remote_refusal(table: &OwnerTable, session: &SessionInfo, plan: &Plan) ->
     // Whether the request reads or writes the session user's own data, and what else it
     // needs (kind, name, the node that serves it when that is another node). Exhaustive on
     // purpose: every new kind of request has to say which slots it touches.
-    let (own, other): (bool, Option<(&str, String, Option<String>)>) = match plan {
+    let (own, other): (bool, Option<Needed>) = match plan {
         Plan::Reply(_) | Plan::Unexpected | Plan::Ignore => (false, None),
         Plan::PushAck { .. }
         | Plan::Sync { .. }
@@ -274,7 +274,7 @@ pub fn remote_refusal(table: &OwnerTable, session: &SessionInfo, plan: &Plan) ->
         | Plan::RelationList { .. } => (true, None),
         Plan::Append { msg } => (
             true,
-            Some((
+            Some(Needed::new(
                 "user",
                 msg.recipient.as_str().to_owned(),
                 user_owner(msg.recipient.as_str()),
@@ -282,12 +282,16 @@ pub fn remote_refusal(table: &OwnerTable, session: &SessionInfo, plan: &Plan) ->
         ),
         Plan::Read { peer, .. } => (
             true,
-            Some(("user", peer.as_str().to_owned(), user_owner(peer.as_str()))),
+            Some(Needed::new(
+                "user",
+                peer.as_str().to_owned(),
+                user_owner(peer.as_str()),
+            )),
         ),
         // A relation is one atomic batch over both users' rows.
         Plan::Relate { change } => (
             true,
-            Some((
+            Some(Needed::new(
                 "user",
                 change.other.as_str().to_owned(),
                 user_owner(change.other.as_str()),
@@ -295,7 +299,7 @@ pub fn remote_refusal(table: &OwnerTable, session: &SessionInfo, plan: &Plan) ->
         ),
         Plan::History { conv, .. } => (
             true,
-            Some((
+            Some(Needed::new(
                 "conversation",
                 conv_name(conv),
                 match table.owner(conversation_slot(conv)) {
@@ -305,9 +309,10 @@ pub fn remote_refusal(table: &OwnerTable, session: &SessionInfo, plan: &Plan) ->
             )),
         ),
         // The server places a room at the slot of its name (like a user).
-        Plan::RoomJoin { room, .. } | Plan::RoomSend { room, .. } => {
-            (false, Some(("room", room.clone(), user_owner(room))))
-        }
+        Plan::RoomJoin { room, .. } | Plan::RoomSend { room, .. } => (
+            false,
+            Some(Needed::new("room", room.clone(), user_owner(room))),
+        ),
         // Leaving a room this connection joined here stays here.
         Plan::RoomLeave { .. } => (false, None),
         // Ephemeral: reaches the peer's sessions on this node, if any, and is dropped
@@ -324,11 +329,25 @@ pub fn remote_refusal(table: &OwnerTable, session: &SessionInfo, plan: &Plan) ->
             ));
         }
     }
-    let (what, name, node) = other?;
+    let Needed { what, name, node } = other?;
     let node = node?;
     Some(format!(
         "{what} {name} is served by node {node}; messages between nodes are not supported yet, retry later"
     ))
+}
+
+/// What a request needs besides the session's own user.
+struct Needed {
+    what: &'static str,
+    name: String,
+    /// The node that serves it, when that is another node.
+    node: Option<String>,
+}
+
+impl Needed {
+    fn new(what: &'static str, name: String, node: Option<String>) -> Needed {
+        Needed { what, name, node }
+    }
 }
 
 fn conv_name(conv: &ConvKey) -> String {
