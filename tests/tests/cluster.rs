@@ -353,3 +353,31 @@ fn a_sigkilled_node_is_declared_down_within_two_seconds_and_a_sigtermed_one_leav
     );
     assert_eq!(a.metric("tern_cluster_slots_owned"), Some(16_384));
 }
+
+#[test]
+fn a_node_without_cluster_serves_every_slot() {
+    let _serial = serial();
+    let node = Node::start();
+    assert!(node.cluster.is_empty(), "no cluster address in ports.json");
+    assert_eq!(node.metric("tern_cluster_members_alive"), Some(1));
+    assert_eq!(node.metric("tern_cluster_slots_owned"), Some(16_384));
+    assert_eq!(node.metric("tern_cluster_epoch"), Some(1));
+    let (status, body) = node.admin_get("/cluster/members");
+    assert!(status.contains("404"), "{status}: {body}");
+    assert!(body.contains("--cluster"), "{body}");
+    // Any user is served here, as before clusters existed.
+    let mut c = node.connect("zoe", "phone");
+    assert_eq!(
+        c.welcome().map(|w| w.user.to_string()),
+        Some("zoe".to_owned())
+    );
+    let _ = c
+        .request(
+            Body::Sync(Sync {
+                after_inbox_seq: 0,
+                limit: 1,
+            }),
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("SYNC: {e}"));
+}
