@@ -1334,7 +1334,15 @@ impl Connection {
         match completion.await {
             Ok(v) => Some(v),
             Err(e) => {
-                warn!(conn = ?self.me, "storage operation failed: {e}");
+                // Relation refusals are answers the request asked for, not failures.
+                if matches!(
+                    e,
+                    tern_storage::OpError::Blocked | tern_storage::OpError::NotFriend
+                ) {
+                    debug!(conn = ?self.me, "refused: {e}");
+                } else {
+                    warn!(conn = ?self.me, "storage operation failed: {e}");
+                }
                 let _ = self.write_frame(&session::op_error(rid, &e)).await;
                 None
             }

@@ -27,8 +27,9 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use tern_protocol::{
-    Body, Close, CloseReason, Conv, ErrorCode, Flags, Frame, Message, MessageKind, MsgId, Ping,
-    Presence, PushAck, Receipt, Send, SendAck, Sync, Typing,
+    Body, Close, CloseReason, Conv, ErrorCode, Flags, Frame, FrameType, Message, MessageKind,
+    MsgId, Ping, Presence, PushAck, Receipt, Relation, RelationEntry, RelationKind, RelationList,
+    RelationOp, RelationPage, Send, SendAck, Sync, Typing,
 };
 
 use crate::connection::{Connection, ConnectionError, HelloParams};
@@ -126,6 +127,9 @@ pub enum Event {
     Receipt(Receipt<'static>),
     Typing(Typing<'static>),
     Presence(Presence<'static>),
+    /// A relation notice from the node: someone asked to be friends (`FRIEND_REQUEST`, with
+    /// the request's note) or accepted our request (`FRIEND_ACCEPT`).
+    Relation(Relation<'static>),
     /// A SYNC finished: everything up to `inbox_seq` has been received.
     Synced {
         inbox_seq: u64,
@@ -150,6 +154,8 @@ pub enum SendError {
     NotConnected,
     #[error("server error {code}: {message}")]
     Server { code: ErrorCode, message: String },
+    #[error("the node answered with an unexpected {0}")]
+    Unexpected(FrameType),
 }
 
 type Waiter<T> = mpsc::Sender<Result<T, SendError>>;
@@ -294,6 +300,120 @@ impl Client {
             .send(Cmd::Request { body, reply: tx })
             .map_err(|_| SendError::Stopped)?;
         rx.recv_timeout(timeout).map_err(|_| SendError::Timeout)?
+    }
+
+    /// Changes a relation with `user` (SPEC.md §7, Relations) and waits for the node's OK, which
+    /// comes once the change is durable: from then on every SEND obeys it. `note` goes with
+    /// `FRIEND_REQUEST` only.
+    pub fn relate(
+        &self,
+        op: RelationOp,
+        user: &str,
+        note: &str,
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        let body = Body::Relation(Relation {
+            op,
+            user: user.to_owned().into(),
+            note: note.to_owned().into(),
+        });
+        match self.request(body, timeout)?.body {
+            Body::Ok => Ok(()),
+            other => Err(SendError::Unexpected(other.frame_type())),
+        }
+    }
+
+    /// Follows `user` (one-way).
+    pub fn follow(&self, user: &str, timeout: Duration) -> Result<(), SendError> {
+        self.relate(RelationOp::FOLLOW, user, "", timeout)
+    }
+
+    /// Stops following `user`.
+    pub fn unfollow(&self, user: &str, timeout: Duration) -> Result<(), SendError> {
+        self.relate(RelationOp::UNFOLLOW, user, "", timeout)
+    }
+
+    /// Asks `user` to be friends; their devices get a notice with `note`.
+    pub fn friend_request(
+        &self,
+        user: &str,
+        note: &str,
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        self.relate(RelationOp::FRIEND_REQUEST, user, note, timeout)
+    }
+
+    /// Accepts `user`'s friend request.
+    pub fn friend_accept(&self, user: &str, timeout: Duration) -> Result<(), SendError> {
+        self.relate(RelationOp::FRIEND_ACCEPT, user, "", timeout)
+    }
+
+    /// Declines `user`'s friend request, or withdraws ours to `user`.
+    pub fn friend_decline(&self, user: &str, timeout: Duration) -> Result<(), SendError> {
+        self.relate(RelationOp::FRIEND_DECLINE, user, "", timeout)
+    }
+
+    /// Ends the friendship with `user`, for both.
+    pub fn unfriend(&self, user: &str, timeout: Duration) -> Result<(), SendError> {
+        self.relate(RelationOp::UNFRIEND, user, "", timeout)
+    }
+
+    /// Blocks `user`: their messages, follows and friend requests are refused.
+    pub fn block(&self, user: &str, timeout: Duration) -> Result<(), SendError> {
+        self.relate(RelationOp::BLOCK, user, "", timeout)
+    }
+
+    /// Ends the block of `user`.
+    pub fn unblock(&self, user: &str, timeout: Duration) -> Result<(), SendError> {
+        self.relate(RelationOp::UNBLOCK, user, "", timeout)
+    }
+
+    /// Accepts one-to-one messages from friends only (`true`) or from everyone not blocked.
+    pub fn set_friends_only(&self, on: bool, timeout: Duration) -> Result<(), SendError> {
+        let op = if on {
+            RelationOp::SET_FRIENDS_ONLY
+        } else {
+            RelationOp::CLEAR_FRIENDS_ONLY
+        };
+        self.relate(op, "", "", timeout)
+    }
+
+    /// One page of a relation list; continue with the page's `next_cursor` until it is empty.
+    pub fn relation_page(
+        &self,
+        kind: RelationKind,
+        cursor: &str,
+        limit: u16,
+        timeout: Duration,
+    ) -> Result<RelationPage<'static>, SendError> {
+        let body = Body::RelationList(RelationList {
+            kind,
+            cursor: cursor.to_owned().into(),
+            limit,
+        });
+        match self.request(body, timeout)?.body {
+            Body::RelationPage(page) => Ok(page),
+            other => Err(SendError::Unexpected(other.frame_type())),
+        }
+    }
+
+    /// A whole relation list, paged with the node's default page size (at most 10,000 pages).
+    pub fn relations(
+        &self,
+        kind: RelationKind,
+        timeout: Duration,
+    ) -> Result<Vec<RelationEntry<'static>>, SendError> {
+        let mut out = Vec::new();
+        let mut cursor = String::new();
+        for _ in 0..10_000 {
+            let page = self.relation_page(kind, &cursor, 0, timeout)?;
+            out.extend(page.users);
+            if page.next_cursor.is_empty() {
+                break;
+            }
+            cursor = page.next_cursor.into_owned();
+        }
+        Ok(out)
     }
 
     /// The next event, waiting at most `timeout`.
@@ -784,6 +904,7 @@ impl Worker {
             Body::Receipt(r) => self.emit(Event::Receipt(r)),
             Body::Typing(t) => self.emit(Event::Typing(t)),
             Body::Presence(p) => self.emit(Event::Presence(p)),
+            Body::Relation(r) if rid == 0 => self.emit(Event::Relation(r)),
             Body::Ping(p) => {
                 conn.send(&Frame::new(rid, Body::Pong(Ping { time: p.time })))
                     .map_err(|e| e.to_string())?;

@@ -6,6 +6,10 @@
 //! tern --token $T sync             # pull the inbox from the saved position
 //! tern --token $T history --with bob
 //! tern --token $T contacts
+//! tern --token $T friend request bob --note "from the meetup"
+//! tern --token $T relations --kind pending
+//! tern --token $T block mallory
+//! tern --token $T friends-only on
 //! tern --server tls://chat.example.com:443 --ca cert.pem --token $T watch
 //! tern --server 10.0.0.5:14000,https://chat.example.com --proxy squid:3128 --token $T watch
 //! ```
@@ -22,7 +26,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use tern_protocol::{
     Body, Contacts, Conv, ConvKind, Direction, History, Message, MessageKind, MsgId, PushAck, Read,
-    RoomJoin, Send, Sync,
+    Relation, RelationKind, RelationList, RelationOp, RoomJoin, Send, Sync,
 };
 use tern_tools::{
     token_device, Client, ClientConfig, Connection, DeviceState, Endpoints, Event, Fingerprint,
@@ -131,6 +135,122 @@ enum Cmd {
         #[arg(long)]
         seq: u64,
     },
+    /// Follow a user (one-way).
+    Follow { user: String },
+    /// Stop following a user.
+    Unfollow { user: String },
+    /// Friend requests and friendships (two-way).
+    Friend {
+        #[command(subcommand)]
+        action: FriendCmd,
+    },
+    /// Block a user: their messages, follows and friend requests are refused.
+    Block { user: String },
+    /// End the block of a user.
+    Unblock { user: String },
+    /// List relations, every page from --cursor on (or one page with --one-page).
+    Relations {
+        #[arg(long, value_enum)]
+        kind: ListKind,
+        /// Entries per page (0: the node's default).
+        #[arg(long, default_value_t = 0)]
+        limit: u16,
+        /// Start after this cursor (a previous page's next_cursor).
+        #[arg(long, default_value = "")]
+        cursor: String,
+        /// Print only the first page and its next cursor.
+        #[arg(long)]
+        one_page: bool,
+    },
+    /// Accept one-to-one messages from friends only (on) or from everyone not blocked (off).
+    FriendsOnly {
+        #[arg(value_enum, value_name = "on|off")]
+        setting: OnOff,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum FriendCmd {
+    /// Ask a user to be friends.
+    Request {
+        user: String,
+        /// Shown to the user with the request.
+        #[arg(long, default_value = "")]
+        note: String,
+    },
+    /// Accept a user's friend request.
+    Accept { user: String },
+    /// Decline a user's friend request (or withdraw yours).
+    Decline { user: String },
+    /// End a friendship.
+    Remove { user: String },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum ListKind {
+    Following,
+    Followers,
+    Friends,
+    Blocked,
+    /// Friend requests to you awaiting an answer.
+    Pending,
+    /// Your friend requests awaiting an answer.
+    Requested,
+}
+
+impl ListKind {
+    fn wire(self) -> RelationKind {
+        match self {
+            ListKind::Following => RelationKind::FOLLOWING,
+            ListKind::Followers => RelationKind::FOLLOWERS,
+            ListKind::Friends => RelationKind::FRIENDS,
+            ListKind::Blocked => RelationKind::BLOCKED,
+            ListKind::Pending => RelationKind::PENDING,
+            ListKind::Requested => RelationKind::REQUESTED,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            ListKind::Following => "following",
+            ListKind::Followers => "followers",
+            ListKind::Friends => "friends",
+            ListKind::Blocked => "blocked",
+            ListKind::Pending => "pending",
+            ListKind::Requested => "requested",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum OnOff {
+    On,
+    Off,
+}
+
+/// A relation operation's wire op, name for output, user and note.
+fn relation_op(cmd: &Cmd) -> Option<(RelationOp, &'static str, &str, &str)> {
+    Some(match cmd {
+        Cmd::Follow { user } => (RelationOp::FOLLOW, "follow", user, ""),
+        Cmd::Unfollow { user } => (RelationOp::UNFOLLOW, "unfollow", user, ""),
+        Cmd::Block { user } => (RelationOp::BLOCK, "block", user, ""),
+        Cmd::Unblock { user } => (RelationOp::UNBLOCK, "unblock", user, ""),
+        Cmd::Friend { action } => match action {
+            FriendCmd::Request { user, note } => {
+                (RelationOp::FRIEND_REQUEST, "friend_request", user, note)
+            }
+            FriendCmd::Accept { user } => (RelationOp::FRIEND_ACCEPT, "friend_accept", user, ""),
+            FriendCmd::Decline { user } => (RelationOp::FRIEND_DECLINE, "friend_decline", user, ""),
+            FriendCmd::Remove { user } => (RelationOp::UNFRIEND, "unfriend", user, ""),
+        },
+        Cmd::FriendsOnly { setting: OnOff::On } => {
+            (RelationOp::SET_FRIENDS_ONLY, "friends_only_on", "", "")
+        }
+        Cmd::FriendsOnly {
+            setting: OnOff::Off,
+        } => (RelationOp::CLEAR_FRIENDS_ONLY, "friends_only_off", "", ""),
+        _ => return None,
+    })
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
@@ -233,6 +353,33 @@ fn main() -> anyhow::Result<()> {
         .unwrap_or_else(|| "cli".into());
     let hello = HelloParams::new(token.clone(), device.clone());
     let json = cli.json;
+    if let Some((op, name, user, note)) = relation_op(&cli.command) {
+        let mut conn = connect(&mut ladder, cli.state.as_ref(), &hello)?;
+        let f = conn
+            .request(
+                Body::Relation(Relation {
+                    op,
+                    user: user.into(),
+                    note: note.into(),
+                }),
+                TIMEOUT,
+            )
+            .with_context(|| format!("{name} {user}"))?;
+        let Body::Ok = f.body else {
+            bail!("unexpected answer {:?}", f.frame_type())
+        };
+        if json {
+            println!(
+                "{}",
+                json!({"type": "relation", "op": name, "user": user, "ok": true})
+            );
+        } else if user.is_empty() {
+            println!("ok: {}", name.replace('_', " "));
+        } else {
+            println!("ok: {} {user}", name.replace('_', " "));
+        }
+        return Ok(());
+    }
     match &cli.command {
         Cmd::Send { to, text } => {
             let mut cfg =
@@ -288,6 +435,11 @@ fn main() -> anyhow::Result<()> {
                         json!({"type": "presence", "user": p.user, "status": p.status.0, "last_seen": p.last_seen, "text": p.text})
                     ),
                     Event::Presence(p) => println!("{} is {} {}", p.user, p.status, p.text),
+                    Event::Relation(r) if json => println!(
+                        "{}",
+                        json!({"type": "relation_notice", "op": r.op.0, "user": r.user, "note": r.note})
+                    ),
+                    Event::Relation(r) => println!("{} from {}: {}", r.op, r.user, r.note),
                     Event::Connected {
                         user,
                         session_id,
@@ -497,6 +649,65 @@ fn main() -> anyhow::Result<()> {
             } else {
                 println!("read {with} up to #{seq}");
             }
+        }
+        Cmd::Relations {
+            kind,
+            limit,
+            cursor,
+            one_page,
+        } => {
+            let mut conn = connect(&mut ladder, cli.state.as_ref(), &hello)?;
+            let mut cursor = cursor.clone();
+            let mut count = 0usize;
+            // Bounded: at most 10,000 pages.
+            for _ in 0..10_000 {
+                let f = conn.request(
+                    Body::RelationList(RelationList {
+                        kind: kind.wire(),
+                        cursor: cursor.as_str().into(),
+                        limit: *limit,
+                    }),
+                    TIMEOUT,
+                )?;
+                let Body::RelationPage(page) = f.body else {
+                    bail!("unexpected answer {:?}", f.frame_type())
+                };
+                for e in &page.users {
+                    count += 1;
+                    if json {
+                        println!(
+                            "{}",
+                            json!({"type": "relation", "kind": kind.name(), "user": e.user, "since": e.since, "note": e.note})
+                        );
+                    } else if e.note.is_empty() {
+                        println!("{}  since {}", e.user, e.since);
+                    } else {
+                        println!("{}  since {}  \"{}\"", e.user, e.since, e.note);
+                    }
+                }
+                cursor = page.next_cursor.into_owned();
+                if cursor.is_empty() || *one_page {
+                    break;
+                }
+            }
+            if json {
+                println!(
+                    "{}",
+                    json!({"type": "relations_end", "kind": kind.name(), "count": count, "next_cursor": cursor})
+                );
+            } else if !cursor.is_empty() {
+                println!("{count} {}; more after --cursor {cursor}", kind.name());
+            } else {
+                println!("{count} {}", kind.name());
+            }
+        }
+        Cmd::Follow { .. }
+        | Cmd::Unfollow { .. }
+        | Cmd::Friend { .. }
+        | Cmd::Block { .. }
+        | Cmd::Unblock { .. }
+        | Cmd::FriendsOnly { .. } => {
+            // Answered by the relation operation above.
         }
     }
     Ok(())
