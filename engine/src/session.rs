@@ -386,18 +386,18 @@ pub fn op_error(request_id: u32, e: &OpError) -> Frame<'static> {
 
 /// The plan for a RELATION request.
 fn relation_plan(s: &SessionInfo, rid: u32, r: &WireRelation<'_>) -> Plan {
-    match r.op {
-        WireRelationOp::SET_FRIENDS_ONLY | WireRelationOp::CLEAR_FRIENDS_ONLY => {
-            //= SPEC.md#relations
-            //# `user` MUST be empty.
-            if !r.user.is_empty() {
-                return invalid(rid, "the friends-only setting names no user");
-            }
-            return Plan::FriendsOnly {
-                on: r.op == WireRelationOp::SET_FRIENDS_ONLY,
-            };
+    if matches!(
+        r.op,
+        WireRelationOp::SET_FRIENDS_ONLY | WireRelationOp::CLEAR_FRIENDS_ONLY
+    ) {
+        //= SPEC.md#relations
+        //# `user` MUST be empty.
+        if !r.user.is_empty() {
+            return invalid(rid, "the friends-only setting names no user");
         }
-        _ => {}
+        return Plan::FriendsOnly {
+            on: r.op == WireRelationOp::SET_FRIENDS_ONLY,
+        };
     }
     let op = match r.op {
         WireRelationOp::FOLLOW => RelationOp::Follow,
