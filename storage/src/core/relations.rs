@@ -435,6 +435,23 @@ mod tests {
     }
 
     #[test]
+    fn a_retransmission_of_a_message_stored_before_the_block_gets_its_original_result() {
+        let s = store(MemEngine::new());
+        let first = send(&s, "alice", "bob", 1).unwrap();
+        relate(&s, "bob", RelationOp::Block, "alice").unwrap();
+        let again = send(&s, "alice", "bob", 1).unwrap();
+        assert!(again.duplicate);
+        assert_eq!(again.conv_seq, first.conv_seq);
+        assert_eq!(send(&s, "alice", "bob", 2), Err(OpError::Blocked));
+        let inbox = s
+            .inbox_page(user("bob"), Seq::ZERO, 10)
+            .unwrap()
+            .wait()
+            .unwrap();
+        assert_eq!(inbox.len(), 1, "only the message from before the block");
+    }
+
+    #[test]
     fn friends_only_admits_friends_and_refuses_everyone_else() {
         let s = store(MemEngine::new());
         assert!(s
