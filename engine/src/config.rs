@@ -268,6 +268,8 @@ pub struct LimitsFile {
     pub storage_write_queue: Option<usize>,
     /// Storage read requests waiting before reads get OVERLOADED.
     pub storage_read_queue: Option<usize>,
+    /// How old (seconds) a message may be and still be recalled; default 120.
+    pub recall_window_secs: Option<u64>,
 }
 
 /// How tokens are verified.
@@ -305,6 +307,8 @@ pub struct Settings {
     pub auth: AuthKey,
     pub timers: Timers,
     pub outbound_queue: usize,
+    /// Recall window, ms.
+    pub recall_window_ms: u64,
     pub max_frame: u32,
     pub io_driver: IoDriver,
     pub storage_write_queue: usize,
@@ -508,6 +512,12 @@ impl Settings {
             auth,
             timers,
             outbound_queue: file.limits.outbound_queue.unwrap_or(1024).max(1),
+            recall_window_ms: file
+                .limits
+                .recall_window_secs
+                .map_or(crate::session::DEFAULT_RECALL_WINDOW_MS, |s| {
+                    s.saturating_mul(1000)
+                }),
             max_frame,
             io_driver: args.io_driver.or(file.io_driver).unwrap_or_default(),
             storage_write_queue: file.limits.storage_write_queue.unwrap_or(65_536).max(1),

@@ -39,8 +39,9 @@ use tern_protocol::{
     DEFAULT_MAX_BODY, HEADER_LEN, MIN_MAX_BODY, PROTOCOL,
 };
 use tern_storage::{
-    AppendResult, Completion, DeviceId, DirectMessage, MarkRead, PositionUpdate, RecentCursor,
-    RocksConfig, RocksEngine, Seq, Store, StoreConfig, SubmitError, SystemClock, UserId,
+    AppendResult, Completion, DeviceId, DirectMessage, MarkRead, PositionUpdate, Recall,
+    RecentCursor, RocksConfig, RocksEngine, Seq, Store, StoreConfig, SubmitError, SystemClock,
+    UserId,
 };
 use tracing::{debug, info, warn};
 
@@ -1341,7 +1342,13 @@ impl Connection {
                 ) {
                     debug!(conn = ?self.me, "refused: {e}");
                 } else {
-                    warn!(conn = ?self.me, "storage operation failed: {e}");
+                    // A refusal (not found, not allowed, blocked...) is the client's business; a
+                    // failing engine is the operator's.
+                    if matches!(e, tern_storage::OpError::Engine(_)) {
+                        warn!(conn = ?self.me, "storage operation failed: {e}");
+                    } else {
+                        debug!(conn = ?self.me, "storage refused: {e}");
+                    }
                 }
                 let _ = self.write_frame(&session::op_error(rid, &e)).await;
                 None
@@ -1500,6 +1507,31 @@ impl Connection {
                 };
                 let ok = self.write_frame(&Frame::new(rid, Body::Ok)).await;
                 for d in session::read_receipts(&info, &peer, state.read_seq, now) {
+                    self.core.deliver(d);
+                }
+                ok
+            }
+            Plan::Recall {
+                conv,
+                peer,
+                seq,
+                msg_id,
+            } => {
+                let req = Recall {
+                    conv: conv.clone(),
+                    seq,
+                    by: info.user.clone(),
+                    by_device: info.device.clone(),
+                    client_msg_id: tern_storage::ClientMsgId(msg_id.0),
+                    window_ms: self.core.node.cfg.limits.recall_window_ms,
+                };
+                let Some(r) = self.storage(rid, store.recall(req)).await else {
+                    return self.conn.state() == State::Open;
+                };
+                let ok = self
+                    .write_frame(&session::recall_ack(rid, msg_id, &r))
+                    .await;
+                for d in session::recall_deliveries(&info, &peer, &conv, seq, msg_id, &r) {
                     self.core.deliver(d);
                 }
                 ok
@@ -2003,7 +2035,10 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
             outbound_queue: settings.outbound_queue,
             max_frame: settings.max_frame,
             node_id: settings.node_id.clone(),
-            limits: Limits::default(),
+            limits: Limits {
+                recall_window_ms: settings.recall_window_ms,
+                ..Limits::default()
+            },
             rooms: settings.rooms,
         },
     });

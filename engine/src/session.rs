@@ -15,8 +15,8 @@ use tern_protocol::{
 };
 use tern_storage::{
     AppendResult, ClientMsgId, ConvKey, DeviceId, DirectMessage, HistoryDirection, InboxMessage,
-    MessageFlags, MessageKind, OpError, RecentConversation, Relation, RelationChange, RelationKind,
-    RelationOp, RelationOutcome, Seq, StoredMessage, SubmitError, UserId,
+    MessageFlags, MessageKind, OpError, RecallResult, RecentConversation, Relation, RelationChange,
+    RelationKind, RelationOp, RelationOutcome, Seq, StoredMessage, SubmitError, UserId,
 };
 
 use crate::auth::valid_id;
@@ -43,11 +43,17 @@ pub struct Limits {
     pub history: PageLimits,
     pub contacts: PageLimits,
     pub relations: PageLimits,
+    /// How old a message may be and still be recalled by its sender (ms).
+    pub recall_window_ms: u64,
 }
+
+/// The recall window when none is configured (SPEC.md §RECALL).
+pub const DEFAULT_RECALL_WINDOW_MS: u64 = 120_000;
 
 impl Default for Limits {
     fn default() -> Self {
         Limits {
+            recall_window_ms: DEFAULT_RECALL_WINDOW_MS,
             sync: PageLimits {
                 default: 100,
                 max: 500,
@@ -109,6 +115,14 @@ pub enum Plan {
         conv: ConvKey,
         peer: UserId,
         up_to: Seq,
+    },
+    /// Recall message `seq` of a one-to-one conversation; answer SEND_ACK for the recall event
+    /// and route [`recall_deliveries`].
+    Recall {
+        conv: ConvKey,
+        peer: UserId,
+        seq: Seq,
+        msg_id: tern_protocol::MsgId,
     },
     /// Forward a typing indicator to the peer's devices.
     Typing { peer: UserId, frame: Frame<'static> },
@@ -309,6 +323,15 @@ pub fn plan(s: &SessionInfo, frame: &Frame<'_>, limits: &Limits) -> Plan {
             },
             Err(plan) => *plan,
         },
+        Body::Recall(r) => match direct_peer(rid, &r.conv) {
+            Ok(peer) => Plan::Recall {
+                conv: ConvKey::direct(&s.user, &peer),
+                peer,
+                seq: Seq(r.conv_seq),
+                msg_id: r.msg_id,
+            },
+            Err(plan) => *plan,
+        },
         Body::Relation(r) => relation_plan(s, rid, r),
         Body::RelationList(l) => {
             //= SPEC.md#relations
@@ -378,6 +401,7 @@ pub fn op_error(request_id: u32, e: &OpError) -> Frame<'static> {
         OpError::NotFound(_) => ErrorCode::NOT_FOUND,
         OpError::NotAllowed(_) => ErrorCode::FORBIDDEN,
         OpError::Invalid(_) | OpError::AlreadyRecalled => ErrorCode::INVALID_ARGUMENT,
+        OpError::RecallExpired => ErrorCode::RECALL_EXPIRED,
         OpError::Closed => ErrorCode::SHUTTING_DOWN,
         OpError::Engine(_) => ErrorCode::INTERNAL,
     };
@@ -560,8 +584,75 @@ pub fn wire_message(m: &StoredMessage, viewer: &UserId, inbox_seq: Seq) -> Messa
         time: m.time_ms,
         kind: WireKind(m.kind.0),
         flags: WireFlags(m.flags.0),
-        body: Cow::Owned(m.body.clone()),
+        //= SPEC.md#recall
+        //# the recalled message is delivered with flag RECALLED and an empty body
+        body: if m.flags.contains(MessageFlags::RECALLED) {
+            Cow::Borrowed(&[])
+        } else {
+            Cow::Owned(m.body.clone())
+        },
     }
+}
+
+/// The SEND_ACK of a recall: for the recall event, which is what the client's msg_id names.
+pub fn recall_ack(
+    request_id: u32,
+    msg_id: tern_protocol::MsgId,
+    r: &RecallResult,
+) -> Frame<'static> {
+    Frame::new(
+        request_id,
+        Body::SendAck(SendAck {
+            msg_id,
+            conv_seq: r.event_seq.0,
+            inbox_seq: r.by_inbox_seq.0,
+            time: r.time_ms,
+        }),
+    )
+}
+
+/// Who is told about a recall: the event goes like a message to every device of the other
+/// participant and to the recaller's other devices. A retransmission goes to nobody.
+pub fn recall_deliveries(
+    s: &SessionInfo,
+    peer: &UserId,
+    conv: &ConvKey,
+    recalled: Seq,
+    msg_id: tern_protocol::MsgId,
+    r: &RecallResult,
+) -> Vec<Delivery> {
+    if r.duplicate {
+        return Vec::new();
+    }
+    let mut body = Vec::with_capacity(10);
+    tern_protocol::wire::put_varint(&mut body, recalled.0);
+    let event = StoredMessage {
+        conv: conv.clone(),
+        seq: r.event_seq,
+        sender: s.user.clone(),
+        sender_device: s.device.clone(),
+        client_msg_id: ClientMsgId(msg_id.0),
+        time_ms: r.time_ms,
+        kind: MessageKind::RECALL_EVENT,
+        flags: MessageFlags::NONE,
+        body,
+    };
+    let push =
+        |viewer: &UserId, seq: Seq| Frame::new(0, Body::Push(wire_message(&event, viewer, seq)));
+    let mut out = Vec::with_capacity(2);
+    if peer != &s.user {
+        out.push(Delivery {
+            user: peer.clone(),
+            except_session: None,
+            frame: push(peer, r.peer_inbox_seq),
+        });
+    }
+    out.push(Delivery {
+        user: s.user.clone(),
+        except_session: Some(s.session_id),
+        frame: push(&s.user, r.by_inbox_seq),
+    });
+    out
 }
 
 /// A PUSH for one user.

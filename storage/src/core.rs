@@ -1079,6 +1079,30 @@ impl<E: KvEngine> WriterCore<E> {
     }
 
     fn recall_inner(&mut self, req: &Recall, conv_bytes: &[u8]) -> Result<RecallResult, OpError> {
+        // A recall is a barrier (applied after every earlier batch is durable), so the dedup
+        // row of an earlier recall with this id is readable here.
+        let mut dedup_key = Vec::new();
+        keys::dedup_key(&mut dedup_key, &req.by, req.client_msg_id);
+        let stored = self
+            .engine
+            .get_with(
+                Cf::Dedup,
+                &dedup_key,
+                |v| -> Result<RecallResult, EngineError> {
+                    let r = access::<ArchivedDedupRecord>(Cf::Dedup, v)?;
+                    Ok(RecallResult {
+                        event_seq: Seq(r.conv_seq.to_native()),
+                        time_ms: r.time_ms.to_native(),
+                        by_inbox_seq: Seq(r.sender_inbox_seq.to_native()),
+                        peer_inbox_seq: Seq(r.recipient_inbox_seq.to_native()),
+                        duplicate: true,
+                    })
+                },
+            )?
+            .transpose()?;
+        if let Some(original) = stored {
+            return Ok(original);
+        }
         let mut key = conv_bytes.to_vec();
         keys::put_seq(&mut key, req.seq);
         let original = self
@@ -1109,6 +1133,9 @@ impl<E: KvEngine> WriterCore<E> {
         }
         if MessageFlags(original.flags).contains(MessageFlags::RECALLED) {
             return Err(OpError::AlreadyRecalled);
+        }
+        if req.window_ms > 0 && self.now.saturating_sub(original.time_ms) > req.window_ms {
+            return Err(OpError::RecallExpired);
         }
 
         // Loads first. Only one-to-one conversations have per-user inbox and recent rows today;
@@ -1152,13 +1179,15 @@ impl<E: KvEngine> WriterCore<E> {
         let event = MessageRecord {
             sender: req.by.as_str().to_owned(),
             sender_device: req.by_device.as_str().to_owned(),
-            client_msg_id: [0; 16],
+            client_msg_id: req.client_msg_id.0,
             time_ms: now,
             kind: MessageKind::RECALL_EVENT.0,
             flags: 0,
-            body: req.seq.0.to_be_bytes().to_vec(),
+            // The wire's body of a RECALL event: the recalled message's conv_seq as a varint.
+            body: varint(req.seq.0),
         };
         self.put(Cf::Messages, &key, &event)?;
+        let (mut by_inbox_seq, mut peer_inbox_seq) = (Seq(0), Seq(0));
         for Peer {
             is_recaller,
             user,
@@ -1167,7 +1196,12 @@ impl<E: KvEngine> WriterCore<E> {
             total,
         } in peers
         {
-            self.push_inbox(user, last, conv_bytes, event_seq)?;
+            let inbox_seq = self.push_inbox(user, last, conv_bytes, event_seq)?;
+            if is_recaller {
+                by_inbox_seq = inbox_seq;
+            } else {
+                peer_inbox_seq = inbox_seq;
+            }
             let mut state = self.recent(recent).unwrap_or_default();
             state.last_seq = event_seq;
             state.last_time_ms = now;
@@ -1179,9 +1213,23 @@ impl<E: KvEngine> WriterCore<E> {
             }
             self.set_recent(recent, state);
         }
+        if peer_inbox_seq == Seq(0) {
+            peer_inbox_seq = by_inbox_seq;
+        }
+        let dedup = DedupRecordRef {
+            conv: conv_bytes,
+            conv_seq: event_seq.0,
+            sender_inbox_seq: by_inbox_seq.0,
+            recipient_inbox_seq: peer_inbox_seq.0,
+            time_ms: now,
+        };
+        self.put(Cf::Dedup, &dedup_key, &dedup)?;
         Ok(RecallResult {
             event_seq,
             time_ms: now,
+            by_inbox_seq,
+            peer_inbox_seq,
+            duplicate: false,
         })
     }
 
@@ -1343,6 +1391,20 @@ impl<E: KvEngine> WriterCore<E> {
     }
 }
 
+/// Unsigned LEB128, minimal (the wire's varint).
+fn varint(mut v: u64) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10);
+    loop {
+        let byte = (v & 0x7f) as u8;
+        v >>= 7;
+        if v == 0 {
+            out.push(byte);
+            return out;
+        }
+        out.push(byte | 0x80);
+    }
+}
+
 #[cfg(test)]
 mod tests {
     #![allow(clippy::unwrap_used)]
@@ -1457,6 +1519,8 @@ mod tests {
             seq: Seq(1),
             by: user("a"),
             by_device: DeviceId::new("d").unwrap(),
+            client_msg_id: ClientMsgId([9; 16]),
+            window_ms: 0,
         };
         assert!(matches!(
             core.apply(WriteCmd::Recall(recall, tx)),

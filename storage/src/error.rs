@@ -77,6 +77,9 @@ pub enum OpError {
     /// The message was already recalled.
     #[error("message already recalled")]
     AlreadyRecalled,
+    /// The message is older than the recall window.
+    #[error("the message is too old to be recalled")]
+    RecallExpired,
     /// The arguments are inconsistent.
     #[error("invalid request: {0}")]
     Invalid(&'static str),

@@ -161,6 +161,11 @@ pub struct Recall {
     pub by: UserId,
     /// From which device.
     pub by_device: DeviceId,
+    /// The client's id for the recall event: a retransmission with the same id gets the first
+    /// result back and changes nothing.
+    pub client_msg_id: ClientMsgId,
+    /// How old (ms) a message may be and still be recalled; 0: no limit.
+    pub window_ms: u64,
 }
 
 /// What a recall wrote.
@@ -170,6 +175,13 @@ pub struct RecallResult {
     pub event_seq: Seq,
     /// Server time of the event.
     pub time_ms: u64,
+    /// Where the event went in the recaller's inbox.
+    pub by_inbox_seq: Seq,
+    /// Where it went in the other participant's inbox (equal to `by_inbox_seq` for a note to
+    /// self).
+    pub peer_inbox_seq: Seq,
+    /// A retransmission of a recall already done (nothing was written).
+    pub duplicate: bool,
 }
 
 /// One entry of a user's recent-conversation list.

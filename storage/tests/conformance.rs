@@ -512,16 +512,23 @@ fn recall_flags_and_appends_an_event<H: Harness>() {
     let conv = ConvKey::direct(&user("alice"), &user("bob"));
     send(&store, msg("alice", "bob", 1));
     send(&store, msg("alice", "bob", 2));
-    let recall = |by: &str, seq: u64| {
+    let recall_with = |by: &str, seq: u64, id: u64, window_ms: u64| {
         store
             .recall(Recall {
                 conv: conv.clone(),
                 seq: Seq(seq),
                 by: user(by),
                 by_device: device("phone"),
+                client_msg_id: cmid(1_000 + id),
+                window_ms,
             })
             .unwrap()
             .wait()
+    };
+    let next_id = std::cell::Cell::new(0);
+    let recall = |by: &str, seq: u64| {
+        next_id.set(next_id.get() + 1);
+        recall_with(by, seq, next_id.get(), 0)
     };
     assert_eq!(
         recall("bob", 1),
@@ -529,13 +536,30 @@ fn recall_flags_and_appends_an_event<H: Harness>() {
     );
     assert_eq!(recall("alice", 9), Err(OpError::NotFound("message")));
     clock.set(T0 + 50);
-    let r = recall("alice", 1).unwrap();
+    // Message 2 was sent at T0: past a 40 ms window, within a 60 ms one.
+    assert_eq!(
+        recall_with("alice", 2, 500, 40),
+        Err(OpError::RecallExpired)
+    );
+    let r = recall_with("alice", 1, 501, 60).unwrap();
     assert_eq!(
         r,
         RecallResult {
             event_seq: Seq(3),
-            time_ms: T0 + 50
+            time_ms: T0 + 50,
+            by_inbox_seq: Seq(3),
+            peer_inbox_seq: Seq(3),
+            duplicate: false,
         }
+    );
+    // The same recall again (a retransmission): the first result, nothing written.
+    clock.set(T0 + 70);
+    assert_eq!(
+        recall_with("alice", 1, 501, 60),
+        Ok(RecallResult {
+            duplicate: true,
+            ..r
+        })
     );
     assert_eq!(recall("alice", 1), Err(OpError::AlreadyRecalled));
     assert_eq!(
@@ -556,7 +580,8 @@ fn recall_flags_and_appends_an_event<H: Harness>() {
     );
     assert!(!history[1].flags.contains(MessageFlags::RECALLED));
     assert_eq!(history[2].kind, MessageKind::RECALL_EVENT);
-    assert_eq!(history[2].body, 1u64.to_be_bytes());
+    assert_eq!(history[2].body, [1u8], "the recalled conv_seq as a varint");
+    assert_eq!(history[2].client_msg_id, cmid(1_501));
     // Both inboxes get the event; bob's unread drops by the recalled message.
     assert_eq!(
         inbox(&store, "bob", 0, 10).last().unwrap().message.kind,
@@ -1016,6 +1041,8 @@ fn inbox_head_is_the_last_assigned_inbox_seq<H: Harness>() {
         seq: last.conv_seq,
         by: user("bob"),
         by_device: device("phone"),
+        client_msg_id: cmid(900),
+        window_ms: 0,
     };
     store.recall(recall).unwrap().wait().unwrap();
     assert_eq!((head(&store, "alice"), head(&store, "bob")), (6, 5));

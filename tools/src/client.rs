@@ -731,7 +731,7 @@ impl Worker {
                             message: "bye".into(),
                         };
                         let _ = conn.send(&Frame::new(0, Body::Close(close)));
-                        conn.shutdown();
+                        conn.close();
                         self.stopped = true;
                         return "stopped".into();
                     }

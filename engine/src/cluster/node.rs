@@ -280,7 +280,8 @@ pub fn remote_refusal(table: &OwnerTable, session: &SessionInfo, plan: &Plan) ->
                 user_owner(msg.recipient.as_str()),
             )),
         ),
-        Plan::Read { peer, .. } => (
+        // A recall changes the timeline and both users' inboxes, as a SEND does.
+        Plan::Read { peer, .. } | Plan::Recall { peer, .. } => (
             true,
             Some(Needed::new(
                 "user",
