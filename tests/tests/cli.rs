@@ -119,3 +119,20 @@ fn room_posts_and_shows_recent_messages() {
     let bodies: Vec<&str> = seen.iter().filter_map(|m| m["body"].as_str()).collect();
     assert_eq!(bodies, ["one", "two"]);
 }
+
+#[test]
+fn recall_takes_a_message_back() {
+    let node = Node::start();
+    let alice = node.token("alice", Some("cli"), 3600);
+    let bob = node.token("bob", Some("cli"), 3600);
+    tern(&node, &alice, &["send", "--to", "bob", "oops"]);
+    let out = json_lines(&tern(&node, &alice, &["recall", "--with", "bob", "1"]));
+    assert_eq!(out[0]["type"], "recalled");
+    assert_eq!(out[0]["event_seq"], 2);
+    // bob's history: the tombstone without its text, then the event.
+    let hist = json_lines(&tern(&node, &bob, &["history", "--with", "alice"]));
+    assert_eq!(hist.len(), 2, "{hist:?}");
+    assert_eq!(hist[0]["conv_seq"], 1);
+    assert_eq!(hist[0]["body"], "");
+    assert_eq!(hist[1]["conv_seq"], 2);
+}

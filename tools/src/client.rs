@@ -28,8 +28,8 @@ use std::time::{Duration, Instant};
 
 use tern_protocol::{
     Body, Close, CloseReason, Conv, ErrorCode, Flags, Frame, FrameType, Message, MessageKind,
-    MsgId, Ping, Presence, PushAck, Receipt, Relation, RelationEntry, RelationKind, RelationList,
-    RelationOp, RelationPage, Send, SendAck, Sync, Typing,
+    MsgId, Ping, Presence, PushAck, Recall, Receipt, Relation, RelationEntry, RelationKind,
+    RelationList, RelationOp, RelationPage, Send, SendAck, Sync, Typing,
 };
 
 use crate::connection::{Connection, ConnectionError, HelloParams};
@@ -300,6 +300,33 @@ impl Client {
             .send(Cmd::Request { body, reply: tx })
             .map_err(|_| SendError::Stopped)?;
         rx.recv_timeout(timeout).map_err(|_| SendError::Timeout)?
+    }
+
+    /// Recalls message `conv_seq` of the conversation with `with` (SPEC.md §7, RECALL) and
+    /// returns the SEND_ACK of the recall event once the node has stored it.
+    pub fn recall(
+        &self,
+        with: &str,
+        conv_seq: u64,
+        timeout: Duration,
+    ) -> Result<SendAck, SendError> {
+        let mut id = [0u8; 16];
+        id[..8].copy_from_slice(&self.prefix);
+        id[8..].copy_from_slice(
+            &self
+                .next_local
+                .fetch_add(1, Ordering::Relaxed)
+                .to_be_bytes(),
+        );
+        let body = Body::Recall(Recall {
+            conv: Conv::direct(with.to_owned()),
+            conv_seq,
+            msg_id: MsgId(id),
+        });
+        match self.request(body, timeout)?.body {
+            Body::SendAck(a) => Ok(a),
+            other => Err(SendError::Unexpected(other.frame_type())),
+        }
     }
 
     /// Changes a relation with `user` (SPEC.md §7, Relations) and waits for the node's OK, which

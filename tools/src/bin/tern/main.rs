@@ -26,7 +26,7 @@ use clap::{Parser, Subcommand};
 use serde_json::json;
 use tern_protocol::{
     Body, Contacts, Conv, ConvKind, Direction, History, Message, MessageKind, MsgId, PushAck, Read,
-    Relation, RelationKind, RelationList, RelationOp, RoomJoin, Send, Sync,
+    Recall, Relation, RelationKind, RelationList, RelationOp, RoomJoin, Send, Sync,
 };
 use tern_tools::{
     token_device, Client, ClientConfig, Connection, DeviceState, Endpoints, Event, Fingerprint,
@@ -133,6 +133,14 @@ enum Cmd {
         #[arg(long = "with")]
         with: String,
         #[arg(long)]
+        seq: u64,
+    },
+    /// Recall a message you sent to a user (within the node's recall window, 2 minutes by
+    /// default): it becomes a tombstone on every device of both of you.
+    Recall {
+        #[arg(long = "with")]
+        with: String,
+        /// The message's conversation sequence (see `history`).
         seq: u64,
     },
     /// Follow a user (one-way).
@@ -633,6 +641,29 @@ fn main() -> anyhow::Result<()> {
                         }
                     }
                 }
+            }
+        }
+        Cmd::Recall { with, seq } => {
+            let mut conn = connect(&mut ladder, cli.state.as_ref(), &hello)?;
+            let id: [u8; 16] = rand::random();
+            let f = conn.request(
+                Body::Recall(Recall {
+                    conv: Conv::direct(with.as_str()),
+                    conv_seq: *seq,
+                    msg_id: MsgId(id),
+                }),
+                TIMEOUT,
+            )?;
+            let Body::SendAck(a) = f.body else {
+                bail!("unexpected answer {:?}", f.frame_type())
+            };
+            if json {
+                println!(
+                    "{}",
+                    json!({"type": "recalled", "conv": with, "conv_seq": seq, "event_seq": a.conv_seq, "time": a.time})
+                );
+            } else {
+                println!("recalled #{seq} with {with} (event #{})", a.conv_seq);
             }
         }
         Cmd::Read { with, seq } => {
