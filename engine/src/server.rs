@@ -1335,20 +1335,12 @@ impl Connection {
         match completion.await {
             Ok(v) => Some(v),
             Err(e) => {
-                // Relation refusals are answers the request asked for, not failures.
-                if matches!(
-                    e,
-                    tern_storage::OpError::Blocked | tern_storage::OpError::NotFriend
-                ) {
-                    debug!(conn = ?self.me, "refused: {e}");
+                // A refusal (not found, not allowed, blocked...) is the client's business; a
+                // failing engine is the operator's.
+                if matches!(e, tern_storage::OpError::Engine(_)) {
+                    warn!(conn = ?self.me, "storage operation failed: {e}");
                 } else {
-                    // A refusal (not found, not allowed, blocked...) is the client's business; a
-                    // failing engine is the operator's.
-                    if matches!(e, tern_storage::OpError::Engine(_)) {
-                        warn!(conn = ?self.me, "storage operation failed: {e}");
-                    } else {
-                        debug!(conn = ?self.me, "storage refused: {e}");
-                    }
+                    debug!(conn = ?self.me, "storage refused: {e}");
                 }
                 let _ = self.write_frame(&session::op_error(rid, &e)).await;
                 None
