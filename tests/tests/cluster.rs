@@ -2,8 +2,8 @@
 //! cluster over authenticated gossip, a process with another secret cannot join, HELLO at a
 //! node that does not own the user is redirected and the SDK follows, a message to a user of
 //! another node is refused with UNAVAILABLE (node-to-node links do not exist yet), and a node
-//! killed with SIGKILL is declared down within 2 s and its slots move to the survivors, and one
-//! stopped with SIGTERM leaves at once.
+//! killed with SIGKILL is declared down within 2 s and its slots move to the survivors (and back
+//! when it restarts), and one stopped with SIGTERM leaves at once.
 //!
 //! The tests run one at a time (`SERIAL`): each starts three nodes, and on a 2-CPU machine two
 //! clusters at once would measure the scheduler rather than failure detection.
@@ -285,7 +285,8 @@ fn hello_at_a_non_owner_is_redirected_and_remote_messages_are_refused() {
 }
 
 #[test]
-fn a_sigkilled_node_is_declared_down_within_two_seconds_and_a_sigtermed_one_leaves_at_once() {
+fn a_sigkilled_node_is_declared_down_within_two_seconds_gets_its_slots_back_on_restart_and_a_sigtermed_one_leaves_at_once(
+) {
     let _serial = serial();
     let [a, b, mut c] = three_nodes();
     let id_c = node_id(&c);
@@ -335,6 +336,31 @@ fn a_sigkilled_node_is_declared_down_within_two_seconds_and_a_sigtermed_one_leav
     );
     drop(olga);
 
+    // C restarts (same data dir, a higher generation): it rejoins, and since the ring places
+    // slots by node id, Olga's slot goes back to it.
+    let generation = |n: &Node, id: &str| {
+        n.admin_json("/cluster/members")["members"]
+            .as_array()
+            .and_then(|m| m.iter().find(|m| m["id"] == id))
+            .and_then(|m| m["generation"].as_u64())
+    };
+    let old_generation = generation(&a, &id_c);
+    c.restart();
+    assert_eq!(node_id(&c), id_c, "the node id is kept in the data dir");
+    let back = poll(CONVERGE, || {
+        [&a, &b, &c]
+            .iter()
+            .all(|n| n.metric("tern_cluster_members_alive") == Some(3))
+            .then_some(())
+    });
+    assert!(back.is_some(), "C did not rejoin");
+    assert!(generation(&a, &id_c) > old_generation.or(Some(0)));
+    let home = poll(CONVERGE, || {
+        let o = a.admin_json(&format!("/cluster/owner?user={orphan}"))["node"].clone();
+        (o == id_c.as_str()).then_some(o)
+    });
+    assert!(home.is_some(), "Olga's slot did not return to C");
+
     // A node stopped with SIGTERM says goodbye: A does not wait for failure detection.
     let stopping = Instant::now();
     let status = std::process::Command::new("kill")
@@ -343,7 +369,7 @@ fn a_sigkilled_node_is_declared_down_within_two_seconds_and_a_sigtermed_one_leav
         .expect("kill -TERM");
     assert!(status.success());
     let left = poll(WAIT, || {
-        (a.metric("tern_cluster_members_alive") == Some(1)).then(|| stopping.elapsed())
+        (a.metric("tern_cluster_members_alive") == Some(2)).then(|| stopping.elapsed())
     })
     .expect("B never left A's view");
     eprintln!("SIGTERM -> left A's view after {left:?}");
@@ -351,7 +377,14 @@ fn a_sigkilled_node_is_declared_down_within_two_seconds_and_a_sigtermed_one_leav
         left < Duration::from_millis(700),
         "B's leave took {left:?}: as long as failure detection"
     );
-    assert_eq!(a.metric("tern_cluster_slots_owned"), Some(16_384));
+    let owned = a.metric("tern_cluster_slots_owned").unwrap_or(0)
+        + poll(CONVERGE, || {
+            c.metric("tern_cluster_members_alive")
+                .filter(|n| *n == 2)
+                .and_then(|_| c.metric("tern_cluster_slots_owned"))
+        })
+        .unwrap_or(0);
+    assert_eq!(owned, 16_384);
 }
 
 #[test]
