@@ -792,24 +792,7 @@ impl<E: KvEngine> WriterCore<E> {
         }
         let mut dedup_key = mem::take(&mut self.k3);
         keys::dedup_key(&mut dedup_key, &msg.sender, msg.client_msg_id);
-        let stored = self
-            .engine
-            .get_with(
-                Cf::Dedup,
-                &dedup_key,
-                |v| -> Result<AppendResult, EngineError> {
-                    let r = access::<ArchivedDedupRecord>(Cf::Dedup, v)?;
-                    Ok(AppendResult {
-                        conv: decode_conv(r.conv.as_slice()).map_err(|e| bad(Cf::Dedup, e))?,
-                        conv_seq: Seq(r.conv_seq.to_native()),
-                        sender_inbox_seq: Seq(r.sender_inbox_seq.to_native()),
-                        recipient_inbox_seq: Seq(r.recipient_inbox_seq.to_native()),
-                        time_ms: r.time_ms.to_native(),
-                        duplicate: true,
-                    })
-                },
-            )
-            .and_then(Option::transpose);
+        let stored = self.stored_dedup(&dedup_key);
         let stored = match stored {
             Ok(stored) => stored,
             Err(e) => {
@@ -1070,6 +1053,23 @@ impl<E: KvEngine> WriterCore<E> {
         })
     }
 
+    /// The result an earlier write with this dedup key (sender ‖ client message id) stored.
+    fn stored_dedup(&self, key: &[u8]) -> Result<Option<AppendResult>, EngineError> {
+        self.engine
+            .get_with(Cf::Dedup, key, |v| -> Result<AppendResult, EngineError> {
+                let r = access::<ArchivedDedupRecord>(Cf::Dedup, v)?;
+                Ok(AppendResult {
+                    conv: decode_conv(r.conv.as_slice()).map_err(|e| bad(Cf::Dedup, e))?,
+                    conv_seq: Seq(r.conv_seq.to_native()),
+                    sender_inbox_seq: Seq(r.sender_inbox_seq.to_native()),
+                    recipient_inbox_seq: Seq(r.recipient_inbox_seq.to_native()),
+                    time_ms: r.time_ms.to_native(),
+                    duplicate: true,
+                })
+            })
+            .and_then(Option::transpose)
+    }
+
     fn recall(&mut self, req: Recall) -> Result<RecallResult, OpError> {
         let mut conv_bytes = mem::take(&mut self.k1);
         keys::conv_prefix(&mut conv_bytes, &req.conv);
@@ -1083,25 +1083,14 @@ impl<E: KvEngine> WriterCore<E> {
         // row of an earlier recall with this id is readable here.
         let mut dedup_key = Vec::new();
         keys::dedup_key(&mut dedup_key, &req.by, req.client_msg_id);
-        let stored = self
-            .engine
-            .get_with(
-                Cf::Dedup,
-                &dedup_key,
-                |v| -> Result<RecallResult, EngineError> {
-                    let r = access::<ArchivedDedupRecord>(Cf::Dedup, v)?;
-                    Ok(RecallResult {
-                        event_seq: Seq(r.conv_seq.to_native()),
-                        time_ms: r.time_ms.to_native(),
-                        by_inbox_seq: Seq(r.sender_inbox_seq.to_native()),
-                        peer_inbox_seq: Seq(r.recipient_inbox_seq.to_native()),
-                        duplicate: true,
-                    })
-                },
-            )?
-            .transpose()?;
-        if let Some(original) = stored {
-            return Ok(original);
+        if let Some(original) = self.stored_dedup(&dedup_key)? {
+            return Ok(RecallResult {
+                event_seq: original.conv_seq,
+                time_ms: original.time_ms,
+                by_inbox_seq: original.sender_inbox_seq,
+                peer_inbox_seq: original.recipient_inbox_seq,
+                duplicate: true,
+            });
         }
         let mut key = conv_bytes.to_vec();
         keys::put_seq(&mut key, req.seq);

@@ -5,8 +5,8 @@
 use std::time::Duration;
 
 use tern_protocol::{
-    Body, Contacts, Conv, Direction, ErrorCode, Frame, History, MessageFlags, MessageKind, MsgId,
-    Recall, Send, SendAck, Sync,
+    Body, Contacts, Conv, Direction, ErrorCode, Frame, History, HistoryPage, MessageFlags,
+    MessageKind, MsgId, Recall, Send, SendAck, Sync,
 };
 use tern_tests::{assert_silent, recv_until, Node, WAIT};
 use tern_tools::{Connection, ConnectionError};
@@ -49,6 +49,25 @@ fn recall(
         }) => Ok(a),
         Err(ConnectionError::Server { code, .. }) => Err(code),
         other => panic!("expected SEND_ACK or ERROR, got {other:?}"),
+    }
+}
+
+/// The conversation with `with` from its start (up to 10 messages).
+fn history(conn: &mut Connection, with: &str) -> HistoryPage<'static> {
+    match conn.request(
+        Body::History(History {
+            conv: Conv::direct(with.to_owned()),
+            direction: Direction::AFTER,
+            seq: 0,
+            limit: 10,
+        }),
+        WAIT,
+    ) {
+        Ok(Frame {
+            body: Body::HistoryPage(p),
+            ..
+        }) => p,
+        other => panic!("expected HISTORY_PAGE, got {other:?}"),
     }
 }
 
@@ -116,21 +135,7 @@ fn a_recall_reaches_every_device_and_leaves_a_tombstone() {
     );
 
     // HISTORY: the tombstone (flag, no body), the untouched message, the event.
-    let page = match bob.request(
-        Body::History(History {
-            conv: Conv::direct("alice"),
-            direction: Direction::AFTER,
-            seq: 0,
-            limit: 10,
-        }),
-        WAIT,
-    ) {
-        Ok(Frame {
-            body: Body::HistoryPage(p),
-            ..
-        }) => p,
-        other => panic!("expected HISTORY_PAGE, got {other:?}"),
-    };
+    let page = history(&mut bob, "alice");
     let msgs = &page.messages;
     assert_eq!(msgs.len(), 3);
     assert!(msgs[0].flags == MessageFlags::RECALLED);
@@ -198,21 +203,7 @@ fn a_recall_after_the_window_is_refused() {
         Err(ErrorCode::RECALL_EXPIRED)
     );
     // Nothing was written: the message is intact and no event follows it.
-    let page = match alice.request(
-        Body::History(History {
-            conv: Conv::direct("bob"),
-            direction: Direction::AFTER,
-            seq: 0,
-            limit: 10,
-        }),
-        WAIT,
-    ) {
-        Ok(Frame {
-            body: Body::HistoryPage(p),
-            ..
-        }) => p,
-        other => panic!("expected HISTORY_PAGE, got {other:?}"),
-    };
+    let page = history(&mut alice, "bob");
     assert_eq!(page.messages.len(), 1);
     assert_eq!(page.messages[0].flags, MessageFlags::NONE);
 }

@@ -389,11 +389,26 @@ fn ternbench_runs_every_scenario_small() {
     assert_eq!(v["synced_clients"], 40);
     assert_eq!(v["messages_resynced"], 200);
 
-    let (ok, _, err) = bench(&node, &["fanout", "--members", "10"]);
-    assert!(
-        !ok && err.contains("group"),
-        "fanout must refuse clearly until groups exist: {err}"
+    // One room: within the node's default room rate (burst 40) every member gets everything.
+    let (ok, v, err) = bench(
+        &node,
+        &[
+            "fanout",
+            "--members",
+            "10",
+            "--messages",
+            "30",
+            "--window",
+            "8",
+        ],
     );
+    assert!(ok, "fanout: {v} {err}");
+    assert_eq!(v["delivered"], 30 * 9);
+    assert!(v["send_to_last_push"]["p99_us"].as_u64().is_some(), "{v}");
+    // Past the rate the publisher is refused: the run ends and says so rather than hanging.
+    let (ok, v, err) = bench(&node, &["fanout", "--members", "4", "--messages", "100"]);
+    assert!(!ok, "a refused publisher must fail the run: {v} {err}");
+    assert!(v.to_string().contains("RATE_LIMITED"), "{v} {err}");
 }
 
 /// A small p2p run and a small storm over one transport; every message must arrive.

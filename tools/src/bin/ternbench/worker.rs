@@ -398,76 +398,26 @@ async fn p2p(
     let mut send_tasks = tokio::task::JoinSet::new();
     for (mut c, to, count) in senders {
         send_tasks.spawn(async move {
-            let mut h = hist();
-            let mut pending: HashMap<u32, Instant> = HashMap::new();
-            let mut violations = Vec::new();
-            let (mut sent, mut acked) = (0u64, 0u64);
-            let gap = 1_000_000_000u64
-                .checked_div(per_sender_rate)
-                .map(Duration::from_nanos);
-            let mut next_at = Instant::now();
-            while acked < count {
-                while sent < count
-                    && pending.len() < window
-                    && gap.is_none_or(|_| Instant::now() >= next_at)
-                {
-                    let rid = sent as u32 + 2;
-                    let mut id = [0u8; 16];
-                    id[..8].copy_from_slice(&sent.to_le_bytes());
-                    id[8..].copy_from_slice(&(rid as u64 ^ 0x5a5a).to_le_bytes());
-                    let f = Frame::new(
-                        rid,
-                        Body::Send(Send {
-                            to: Conv::direct(to.as_str()),
-                            msg_id: MsgId(id),
-                            kind: MessageKind::CUSTOM,
-                            body: stamp(epoch, sent, size).into(),
-                        }),
-                    );
-                    c.writer.queue(&f)?;
-                    pending.insert(rid, Instant::now());
-                    sent += 1;
-                    if let Some(g) = gap {
-                        next_at += g;
-                    }
+            let load = Load {
+                messages: count,
+                rate: per_sender_rate,
+                window,
+                size,
+            };
+            let who = format!("sender to {to}");
+            let to = Conv::direct(to);
+            send_paced(&mut c, &load, &who, |seq, rid| {
+                let mut id = [0u8; 16];
+                id[..8].copy_from_slice(&seq.to_le_bytes());
+                id[8..].copy_from_slice(&(u64::from(rid) ^ 0x5a5a).to_le_bytes());
+                Send {
+                    to: to.clone(),
+                    msg_id: MsgId(id),
+                    kind: MessageKind::CUSTOM,
+                    body: stamp(epoch, seq, size).into(),
                 }
-                c.writer.flush().await?;
-                let wait = if sent < count && gap.is_some() && pending.len() < window {
-                    next_at.saturating_duration_since(Instant::now())
-                } else {
-                    Duration::from_secs(30)
-                };
-                let f = match tokio::time::timeout(wait, c.reader.next()).await {
-                    Err(_) if wait < Duration::from_secs(30) => continue,
-                    Err(_) => bail!("no SEND_ACK for 30 s"),
-                    Ok(f) => f?,
-                };
-                let Some(f) = f else {
-                    violations.push(format!(
-                        "sender to {to}: connection closed after {acked}/{count} acks"
-                    ));
-                    break;
-                };
-                match f.body {
-                    Body::SendAck(_) => {
-                        if let Some(t) = pending.remove(&f.request_id) {
-                            h.saturating_record(t.elapsed().as_micros() as u64);
-                            acked += 1;
-                        }
-                    }
-                    Body::Error(e) => {
-                        if violations.len() < 5 {
-                            violations
-                                .push(format!("sender to {to}: ERROR {} {}", e.code, e.message));
-                        }
-                        // Any refusal (OVERLOADED included) ends this sender: the report
-                        // must show it rather than hide it behind retries.
-                        break;
-                    }
-                    _ => {}
-                }
-            }
-            anyhow::Ok((sent, acked, h, violations))
+            })
+            .await
         });
     }
 
@@ -774,8 +724,23 @@ async fn fanout(
         })
     };
     let mut ack_h = hist();
-    if let Some(c) = publisher {
-        let (sent, acked, h, v) = publish_room(c, room, &load).await?;
+    if let Some(mut c) = publisher {
+        let to = Conv {
+            kind: ConvKind::ROOM,
+            id: room.to_owned().into(),
+        };
+        let (sent, acked, h, v) = send_paced(&mut c, &load, "publisher", |seq, _| {
+            let mut id = [0u8; 16];
+            id[..8].copy_from_slice(&seq.to_le_bytes());
+            id[8..].copy_from_slice(&0x726f6f6du64.to_le_bytes());
+            Send {
+                to: to.clone(),
+                msg_id: MsgId(id),
+                kind: MessageKind::CUSTOM,
+                body: wall_stamp(seq, load.size).into(),
+            }
+        })
+        .await?;
         r.sent = sent;
         r.acked = acked;
         ack_h = h;
@@ -796,41 +761,32 @@ async fn fanout(
     Ok(r)
 }
 
-/// The publisher: `load.messages` SENDs to the room, at most `load.window` unacknowledged.
-async fn publish_room(
-    mut c: Conn,
-    room: &str,
+/// SENDs `load.messages` messages made by `make(seq, request_id)`, at most `load.window`
+/// unacknowledged and at `load.rate` per second (0: as fast as the window allows); any refusal
+/// ends the run and is reported, not retried.
+async fn send_paced(
+    c: &mut Conn,
     load: &Load,
+    who: &str,
+    mut make: impl FnMut(u64, u32) -> Send<'static>,
 ) -> Result<(u64, u64, Histogram<u64>, Vec<String>)> {
     let mut h = hist();
     let mut pending: HashMap<u32, Instant> = HashMap::new();
     let mut violations = Vec::new();
     let (mut sent, mut acked) = (0u64, 0u64);
+    let window = load.window.max(1);
     let gap = 1_000_000_000u64
         .checked_div(load.rate)
         .map(Duration::from_nanos);
     let mut next_at = Instant::now();
     while acked < load.messages {
         while sent < load.messages
-            && pending.len() < load.window.max(1)
+            && pending.len() < window
             && gap.is_none_or(|_| Instant::now() >= next_at)
         {
             let rid = sent as u32 + 2;
-            let mut id = [0u8; 16];
-            id[..8].copy_from_slice(&sent.to_le_bytes());
-            id[8..].copy_from_slice(&0x726f6f6du64.to_le_bytes());
-            c.writer.queue(&Frame::new(
-                rid,
-                Body::Send(Send {
-                    to: Conv {
-                        kind: ConvKind::ROOM,
-                        id: room.into(),
-                    },
-                    msg_id: MsgId(id),
-                    kind: MessageKind::CUSTOM,
-                    body: wall_stamp(sent, load.size).into(),
-                }),
-            ))?;
+            c.writer
+                .queue(&Frame::new(rid, Body::Send(make(sent, rid))))?;
             pending.insert(rid, Instant::now());
             sent += 1;
             if let Some(g) = gap {
@@ -838,7 +794,7 @@ async fn publish_room(
             }
         }
         c.writer.flush().await?;
-        let wait = if sent < load.messages && gap.is_some() && pending.len() < load.window {
+        let wait = if sent < load.messages && gap.is_some() && pending.len() < window {
             next_at.saturating_duration_since(Instant::now())
         } else {
             Duration::from_secs(30)
@@ -854,13 +810,13 @@ async fn publish_room(
         .await
         {
             Err(_) if wait < Duration::from_secs(30) => continue,
-            Err(_) => bail!("publisher: no SEND_ACK for 30 s"),
+            Err(_) => bail!("{who}: no SEND_ACK for 30 s"),
             Ok(a) => a?,
         };
         match answer {
             None => {
                 violations.push(format!(
-                    "publisher: connection closed after {acked}/{} acks",
+                    "{who}: connection closed after {acked}/{} acks",
                     load.messages
                 ));
                 break;
@@ -871,10 +827,10 @@ async fn publish_room(
                     acked += 1;
                 }
             }
-            // Any refusal (RATE_LIMITED included: raise `[rooms] rate_per_sec` for a
-            // benchmark) ends the run: the report must show it rather than hide it.
+            // OVERLOADED or RATE_LIMITED included (for a room benchmark, raise `[rooms]
+            // rate_per_sec`): the report must show a refusal rather than hide it.
             Some(Some(Err(e))) => {
-                violations.push(format!("publisher: {e}"));
+                violations.push(format!("{who}: {e}"));
                 break;
             }
             Some(None) => {}
@@ -882,6 +838,9 @@ async fn publish_room(
     }
     Ok((sent, acked, h, violations))
 }
+
+/// How long a room member waits for the next message before it gives up.
+const MEMBER_IDLE: Duration = Duration::from_secs(5);
 
 /// A member: expects `count` room messages in order, records each one's latency and the latest
 /// arrival per message.
@@ -897,15 +856,22 @@ async fn receive_room(
     let mut violations = Vec::new();
     let (mut got, mut next) = (0u64, 0u64);
     while got < count {
-        let seen = c
-            .reader
-            .next_with(|f| match &f.body {
-                Body::Push(m) if m.conv.kind == ConvKind::ROOM && m.conv.id == room => {
-                    Some(unstamp(&m.body))
-                }
-                _ => None,
-            })
-            .await?;
+        // The publisher may stop early (a refusal, in another worker): a member that hears
+        // nothing for a while reports what it got instead of waiting for the run's time limit.
+        let arrival = c.reader.next_with(|f| match &f.body {
+            Body::Push(m) if m.conv.kind == ConvKind::ROOM && m.conv.id == room => {
+                Some(unstamp(&m.body))
+            }
+            _ => None,
+        });
+        let Ok(seen) = tokio::time::timeout(MEMBER_IDLE, arrival).await else {
+            violations.push(format!(
+                "member {member}: nothing for {}s after {got}/{count}",
+                MEMBER_IDLE.as_secs()
+            ));
+            break;
+        };
+        let seen = seen?;
         let stamp = match seen {
             None => {
                 violations.push(format!(
