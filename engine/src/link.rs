@@ -68,6 +68,12 @@ impl Wire {
         hold: bool,
     ) -> io::Result<bool> {
         self.flush(pool).await?;
+        if hold {
+            // The front door waits for the client's next flight without a buffer: in a storm
+            // of handshakes, buffers held over those waits would outnumber the pool (and be
+            // allocated and freed by the thousand). Connections already waited for readiness.
+            self.stream.readable(false).await?;
+        }
         let buf = pool.take();
         let (res, buf) = self.stream.read(buf).await;
         let n = match res {

@@ -70,7 +70,7 @@ const SERVED_CAPABILITIES: Capabilities = Capabilities(
 );
 
 /// Bytes of a pooled I/O buffer.
-pub const POOL_BUF: usize = 16 * 1024;
+const POOL_BUF: usize = 16 * 1024;
 
 /// How often a core checks its connections' deadlines.
 const SWEEP_INTERVAL: Duration = Duration::from_millis(200);

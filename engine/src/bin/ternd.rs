@@ -36,7 +36,6 @@ fn main() -> anyhow::Result<()> {
                 .with_writer(std::io::stderr)
                 .init();
             let settings = Settings::resolve(&cli.node, true)?;
-            keep_buffers_out_of_the_heap();
             let node = server::start(&settings)?;
             println!("ternd: native protocol on {}", node.native);
             if let Some(a) = node.http {
@@ -74,21 +73,5 @@ fn main() -> anyhow::Result<()> {
             println!("ternd: drained and stopped");
             Ok(())
         }
-    }
-}
-
-/// I/O buffers (`server::POOL_BUF`) are the node's only frequent allocations of their size. In
-/// a connection storm more of them are out than the pool keeps, and when they come back glibc
-/// would leave their room as holes between long-lived connection state that it cannot give back
-/// to the system. Served by mmap instead, they leave nothing behind, and only their touched
-/// pages count. Measured with ternbench at 15,000 idle connections: node memory per connection
-/// from 1,760-1,850 bytes to 1,590-1,610.
-#[allow(unsafe_code)] // the one libc call of the binary; glibc has no safe interface for it
-fn keep_buffers_out_of_the_heap() {
-    let threshold = i32::try_from(server::POOL_BUF).unwrap_or(i32::MAX);
-    // SAFETY: mallopt only changes a glibc tuning value; called before the node's threads start.
-    let ok = unsafe { libc::mallopt(libc::M_MMAP_THRESHOLD, threshold) };
-    if ok != 1 {
-        tracing::warn!("mallopt(M_MMAP_THRESHOLD) refused; I/O buffers stay in the heap");
     }
 }
