@@ -124,6 +124,21 @@ fn source(spec: &Spec, n: usize) -> IpAddr {
     ))
 }
 
+/// Tells the parent every 200 ms how many more items `done` counts, until aborted.
+fn report_progress(done: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut shown = 0;
+        loop {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            let d = done.load(Ordering::Relaxed);
+            if d > shown {
+                say(&format!("progress {}", d - shown));
+                shown = d;
+            }
+        }
+    })
+}
+
 /// The indexes of items `0..total` this worker handles.
 fn slice(spec: &Spec, total: usize) -> std::ops::Range<usize> {
     let per = total.div_ceil(spec.workers.max(1));
@@ -421,21 +436,7 @@ async fn p2p(
         });
     }
 
-    // Progress while the run goes on.
-    let progress = {
-        let delivered = Arc::clone(&delivered);
-        tokio::spawn(async move {
-            let mut last = 0;
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let d = delivered.load(Ordering::Relaxed);
-                if d > last {
-                    say(&format!("progress {}", d - last));
-                    last = d;
-                }
-            }
-        })
-    };
+    let progress = report_progress(Arc::clone(&delivered));
     let start = Instant::now();
     let mut ack_h = hist();
     let mut push_h = hist();
@@ -709,20 +710,7 @@ async fn fanout(
         let room = room.to_owned();
         receivers.spawn(async move { receive_room(c, i, &room, count, &last, &delivered).await });
     }
-    let progress = {
-        let delivered = Arc::clone(&delivered);
-        tokio::spawn(async move {
-            let mut shown = 0;
-            loop {
-                tokio::time::sleep(Duration::from_millis(200)).await;
-                let d = delivered.load(Ordering::Relaxed);
-                if d > shown {
-                    say(&format!("progress {}", d - shown));
-                    shown = d;
-                }
-            }
-        })
-    };
+    let progress = report_progress(Arc::clone(&delivered));
     let mut ack_h = hist();
     if let Some(mut c) = publisher {
         let to = Conv {
