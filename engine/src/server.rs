@@ -1096,14 +1096,14 @@ impl Connection {
         let now = now_ms();
         let room: Arc<str> = Arc::from(room);
         let cfg = self.core.node.cfg.rooms;
-        let Some(info) = self.session.as_ref().map(|s| s.info.clone()) else {
+        let Some(s) = self.session.as_mut() else {
             return PendingRoom {
                 rid,
                 msg_id,
                 asked: Err((ErrorCode::FORBIDDEN, "join the room before sending to it")),
             };
         };
-        let verdict = match self.session.as_mut().and_then(|s| s.seat.as_mut()) {
+        let verdict = match s.seat.as_mut() {
             Some(seat) if seat.rooms.contains(&room) => {
                 if seat.limit.allow(now, cfg.rate_per_sec, cfg.burst) {
                     Ok(())
@@ -1113,15 +1113,15 @@ impl Connection {
             }
             _ => Err((ErrorCode::FORBIDDEN, "join the room before sending to it")),
         };
+        let post = Post {
+            sender: Arc::from(s.info.user.as_str()),
+            sender_device: Arc::from(s.info.device.as_str()),
+            msg_id,
+            kind,
+            body: Bytes::from(body),
+        };
         let asked = verdict.and_then(|()| {
             let (tx, rx) = flume::bounded(1);
-            let post = Post {
-                sender: Arc::from(info.user.as_str()),
-                sender_device: Arc::from(info.device.as_str()),
-                msg_id,
-                kind,
-                body: Bytes::from(body),
-            };
             let ask = CoreMsg::RoomPost {
                 room: Arc::clone(&room),
                 post,

@@ -1173,7 +1173,11 @@ impl<E: KvEngine> WriterCore<E> {
             kind: MessageKind::RECALL_EVENT.0,
             flags: 0,
             // The wire's body of a RECALL event: the recalled message's conv_seq as a varint.
-            body: varint(req.seq.0),
+            body: {
+                let mut b = Vec::with_capacity(10);
+                tern_protocol::wire::put_varint(&mut b, req.seq.0);
+                b
+            },
         };
         self.put(Cf::Messages, &key, &event)?;
         let (mut by_inbox_seq, mut peer_inbox_seq) = (Seq(0), Seq(0));
@@ -1377,20 +1381,6 @@ impl<E: KvEngine> WriterCore<E> {
         self.put(Cf::Cursors, &key, &rec)?;
         self.touch(Cf::Cursors, &key);
         Ok(cursor)
-    }
-}
-
-/// Unsigned LEB128, minimal (the wire's varint).
-fn varint(mut v: u64) -> Vec<u8> {
-    let mut out = Vec::with_capacity(10);
-    loop {
-        let byte = (v & 0x7f) as u8;
-        v >>= 7;
-        if v == 0 {
-            out.push(byte);
-            return out;
-        }
-        out.push(byte | 0x80);
     }
 }
 

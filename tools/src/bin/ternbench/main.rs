@@ -23,7 +23,7 @@ use serde_json::json;
 
 use proto::Transport;
 use tls::Suite;
-use worker::{hist, Report, Scenario, Spec};
+use worker::{hist, Load, Report, Scenario, Spec};
 
 #[derive(Parser, Debug)]
 #[command(
@@ -225,11 +225,13 @@ fn main() -> Result<()> {
             }
             Scenario::Fanout {
                 members,
-                messages,
-                rate,
-                window: window.max(1),
-                body: body.max(16),
                 room: room.unwrap_or_else(|| format!("bench-{run_id}")),
+                load: Load {
+                    messages,
+                    rate,
+                    window: window.max(1),
+                    size: body.max(16),
+                },
             }
         }
         Cmd::Worker { .. } => unreachable!(),
@@ -250,9 +252,9 @@ fn main() -> Result<()> {
         Scenario::Idle { conns, .. } => (*conns as u64, "connections"),
         Scenario::P2p { messages, .. } => (*messages, "messages delivered"),
         Scenario::Storm { clients, .. } => (*clients as u64, "clients synced"),
-        Scenario::Fanout {
-            members, messages, ..
-        } => (*messages * (*members as u64 - 1), "deliveries"),
+        Scenario::Fanout { members, load, .. } => {
+            (load.messages * (*members as u64 - 1), "deliveries")
+        }
     };
     let rss_before = cli.node_pid.and_then(rss_kib);
     let (tx, rx) = mpsc::channel::<(usize, String)>();
@@ -489,9 +491,8 @@ fn summarize(
                 }
             }
         }
-        Scenario::Fanout {
-            members, messages, ..
-        } => {
+        Scenario::Fanout { members, load, .. } => {
+            let messages = &load.messages;
             let delivered = sum(|r| r.delivered);
             let expected = messages * (*members as u64 - 1);
             let secs = max(|r| r.elapsed_secs);

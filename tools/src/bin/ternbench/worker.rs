@@ -63,11 +63,8 @@ pub enum Scenario {
     },
     Fanout {
         members: usize,
-        messages: u64,
-        rate: u64,
-        window: usize,
-        body: usize,
         room: String,
+        load: Load,
     },
 }
 
@@ -122,6 +119,17 @@ fn source(spec: &Spec, n: usize) -> IpAddr {
         0,
         spec.first_source + (n % spec.sources as usize) as u8,
     ))
+}
+
+/// Tells the parent this worker is set up and waits for its `go` (a barrier over all workers).
+async fn ready_and_wait() -> Result<()> {
+    say("ready");
+    tokio::task::spawn_blocking(|| {
+        let mut line = String::new();
+        let _ = std::io::stdin().lock().read_line(&mut line);
+    })
+    .await?;
+    Ok(())
 }
 
 /// Tells the parent every 200 ms how many more items `done` counts, until aborted.
@@ -191,20 +199,9 @@ async fn scenario(spec: &Spec) -> Result<Report> {
         Scenario::Storm { clients, messages } => storm(spec, &d, &secret, clients, messages).await,
         Scenario::Fanout {
             members,
-            messages,
-            rate,
-            window,
-            body,
             room,
-        } => {
-            let load = Load {
-                messages,
-                rate,
-                window,
-                size: body,
-            };
-            fanout(spec, &d, &secret, members, load, &room).await
-        }
+            load,
+        } => fanout(spec, &d, &secret, members, load, &room).await,
     }?;
     r.tls_full = d.tls_full.load(Ordering::Relaxed);
     r.tls_resumed = d.tls_resumed.load(Ordering::Relaxed);
@@ -524,13 +521,8 @@ async fn storm(
             None => bail!("seeding the storm: sender disconnected"),
         }
     }
-    say("ready");
-    // Barrier: wait for the parent's `go`, so every worker's clients hit the node together.
-    tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut line);
-    })
-    .await?;
+    // Every worker's clients hit the node together.
+    ready_and_wait().await?;
     let start = Instant::now();
     let mut tasks = tokio::task::JoinSet::new();
     for i in mine.clone() {
@@ -615,12 +607,14 @@ async fn storm(
 }
 
 /// How a publisher sends.
-struct Load {
-    messages: u64,
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Load {
+    pub messages: u64,
     /// Messages per second; 0: as fast as the window allows.
-    rate: u64,
-    window: usize,
-    size: usize,
+    pub rate: u64,
+    pub window: usize,
+    /// Body bytes (at least 16: a timestamp and a sequence).
+    pub size: usize,
 }
 
 /// Wall-clock nanoseconds: room messages are stamped in one worker and received in others, so
@@ -688,13 +682,8 @@ async fn fanout(
         r.connected += 1;
     }
     r.connect_secs = t0.elapsed().as_secs_f64();
-    say("ready");
-    // Barrier: the publisher starts once every worker's members are in the room.
-    tokio::task::spawn_blocking(|| {
-        let mut line = String::new();
-        let _ = std::io::stdin().lock().read_line(&mut line);
-    })
-    .await?;
+    // The publisher starts once every worker's members are in the room.
+    ready_and_wait().await?;
     let start = Instant::now();
     let count = load.messages;
     let last: Arc<Vec<AtomicU64>> = Arc::new((0..count).map(|_| AtomicU64::new(0)).collect());
