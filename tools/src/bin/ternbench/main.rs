@@ -231,6 +231,7 @@ fn main() -> Result<()> {
                     rate,
                     window: window.max(1),
                     size: body.max(16),
+                    start_in: std::time::Duration::ZERO,
                 },
             }
         }

@@ -326,7 +326,7 @@ async fn p2p(
             0,
         )
         .await?;
-        senders.push((s, r_user, per_pair[k]));
+        senders.push((s, r_user, per_pair[k], i));
         receivers.push((rc, s_user, per_pair[k]));
         r.connected += 2;
     }
@@ -408,13 +408,18 @@ async fn p2p(
     }
 
     let mut send_tasks = tokio::task::JoinSet::new();
-    for (mut c, to, count) in senders {
+    for (mut c, to, count, i) in senders {
+        let start_in = match per_sender_rate {
+            0 => Duration::ZERO,
+            r => Duration::from_nanos(1_000_000_000 / r * i as u64 / pairs as u64),
+        };
         send_tasks.spawn(async move {
             let load = Load {
                 messages: count,
                 rate: per_sender_rate,
                 window,
                 size,
+                start_in,
             };
             let who = format!("sender to {to}");
             let to = Conv::direct(to);
@@ -615,6 +620,10 @@ pub struct Load {
     pub window: usize,
     /// Body bytes (at least 16: a timestamp and a sequence).
     pub size: usize,
+    /// Wait before the first SEND. Paced senders that all started at once would stay in step
+    /// and offer their load in bursts of one message each; spreading their starts over one gap
+    /// offers a steady rate.
+    pub start_in: Duration,
 }
 
 /// Wall-clock nanoseconds: room messages are stamped in one worker and received in others, so
@@ -755,7 +764,7 @@ async fn send_paced(
     let gap = 1_000_000_000u64
         .checked_div(load.rate)
         .map(Duration::from_nanos);
-    let mut next_at = Instant::now();
+    let mut next_at = Instant::now() + load.start_in;
     while acked < load.messages {
         while sent < load.messages
             && pending.len() < window
