@@ -336,6 +336,9 @@ pub struct Core {
     drained: RefCell<Option<Waker>>,
     next_id: Cell<u32>,
     pub(crate) pool: BufPool,
+    /// Where frames for other connections are encoded before being copied out at their exact
+    /// size: encoding into a fresh vector grows it several times per frame.
+    scratch: RefCell<Vec<u8>>,
 }
 
 impl Core {
@@ -352,6 +355,7 @@ impl Core {
             drained: RefCell::new(None),
             next_id: Cell::new(1),
             pool: BufPool::new(POOL_BUF, 64),
+            scratch: RefCell::new(Vec::with_capacity(1024)),
         }
     }
 
@@ -445,25 +449,24 @@ impl Core {
                 except,
                 frame,
             } => {
-                let targets: Vec<ConnRef> = self
-                    .sessions
-                    .borrow()
+                // Pushing never touches `sessions`, so the borrow can span the loop; the last
+                // target takes the frame itself, so a user with one device costs no clone.
+                let sessions = self.sessions.borrow();
+                let mut targets = sessions
                     .get(&user)
-                    .map(|regs| {
-                        regs.iter()
-                            .map(|r| r.conn)
-                            .filter(|c| Some(*c) != except)
-                            .collect()
-                    })
-                    .unwrap_or_default();
-                for conn in targets {
-                    self.route(
-                        conn.core,
-                        CoreMsg::Push {
-                            conn,
-                            frame: frame.clone(),
-                        },
-                    );
+                    .into_iter()
+                    .flatten()
+                    .map(|r| r.conn)
+                    .filter(|c| Some(*c) != except)
+                    .peekable();
+                let mut frame = Some(frame);
+                while let Some(conn) = targets.next() {
+                    let frame = match targets.peek() {
+                        Some(_) => frame.clone(),
+                        None => frame.take(),
+                    };
+                    let Some(frame) = frame else { break };
+                    self.route(conn.core, CoreMsg::Push { conn, frame });
                 }
             }
             CoreMsg::Push { conn, frame } => {
@@ -566,19 +569,29 @@ impl Core {
 
     /// Routes a delivery to the core owning the user's slot.
     fn deliver(&self, d: Delivery) {
-        let mut buf = Vec::new();
-        if d.frame.encode(&mut buf).is_err() {
-            return;
-        }
-        let user: Arc<str> = Arc::from(d.user.as_str());
+        self.push_to(&d.user, d.except_session, &d.frame);
+    }
+
+    /// Sends `frame` to every session of `user` (but `except`), through the core that owns the
+    /// user's slot.
+    fn push_to(&self, user: &UserId, except: Option<u64>, frame: &Frame<'_>) {
+        let frame = {
+            let mut scratch = self.scratch.borrow_mut();
+            scratch.clear();
+            if frame.encode(&mut scratch).is_err() {
+                return;
+            }
+            Bytes::copy_from_slice(&scratch)
+        };
+        let user: Arc<str> = Arc::from(user.as_str());
         let owner = self.owner_core(&user);
-        let except = d.except_session.map(ConnRef::from_session_id);
+        let except = except.map(ConnRef::from_session_id);
         self.route(
             owner,
             CoreMsg::Deliver {
                 user,
                 except,
-                frame: Bytes::from(buf),
+                frame,
             },
         );
     }
@@ -1040,7 +1053,7 @@ impl Connection {
                 inc(&METRICS.frames_out_total);
             }
             for d in session::deliveries(&info, &p.msg, &r) {
-                self.core.deliver(d);
+                self.core.push_to(d.user, d.except_session, &d.frame);
             }
         }
         self.write_encoded(acks).await && self.conn.state() == State::Open

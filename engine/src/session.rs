@@ -664,38 +664,57 @@ pub struct Delivery {
     pub frame: Frame<'static>,
 }
 
+/// A newly stored one-to-one message as one user's devices receive it. It borrows the message:
+/// fanning a message out copies nothing before the frame is encoded, once per user.
+#[derive(Debug)]
+pub struct Push<'a> {
+    pub user: &'a UserId,
+    /// Skip this session (the sending device already has the message).
+    pub except_session: Option<u64>,
+    pub frame: Frame<'a>,
+}
+
 /// Who is told about a newly stored message: every device of the recipient, and the sender's
 /// other devices (multi-device roaming). A retransmission is delivered to nobody: the original
 /// was, and anything missed is in the inboxes.
-pub fn deliveries(s: &SessionInfo, msg: &DirectMessage, r: &AppendResult) -> Vec<Delivery> {
+pub fn deliveries<'a>(s: &SessionInfo, msg: &'a DirectMessage, r: &AppendResult) -> Vec<Push<'a>> {
     if r.duplicate {
         return Vec::new();
     }
-    let stored = StoredMessage {
-        conv: r.conv.clone(),
-        seq: r.conv_seq,
-        sender: msg.sender.clone(),
-        sender_device: msg.sender_device.clone(),
-        client_msg_id: msg.client_msg_id,
-        time_ms: r.time_ms,
-        kind: msg.kind,
-        flags: MessageFlags::NONE,
-        body: msg.body.clone(),
+    // The same fields as `wire_message` of the stored message, borrowed; a direct conversation
+    // is named by the viewer's peer.
+    let push = |peer: &'a UserId, inbox_seq: Seq| {
+        Frame::new(
+            0,
+            Body::Push(Message {
+                conv: Conv {
+                    kind: ConvKind::DIRECT,
+                    id: Cow::Borrowed(peer.as_str()),
+                },
+                sender: Cow::Borrowed(msg.sender.as_str()),
+                sender_device: Cow::Borrowed(msg.sender_device.as_str()),
+                conv_seq: r.conv_seq.0,
+                inbox_seq: inbox_seq.0,
+                msg_id: tern_protocol::MsgId(msg.client_msg_id.0),
+                time: r.time_ms,
+                kind: WireKind(msg.kind.0),
+                flags: WireFlags(MessageFlags::NONE.0),
+                body: Cow::Borrowed(&msg.body),
+            }),
+        )
     };
-    let push =
-        |viewer: &UserId, seq: Seq| Frame::new(0, Body::Push(wire_message(&stored, viewer, seq)));
     let mut out = Vec::with_capacity(2);
     if msg.recipient != msg.sender {
-        out.push(Delivery {
-            user: msg.recipient.clone(),
+        out.push(Push {
+            user: &msg.recipient,
             except_session: None,
-            frame: push(&msg.recipient, r.recipient_inbox_seq),
+            frame: push(&msg.sender, r.recipient_inbox_seq),
         });
     }
-    out.push(Delivery {
-        user: msg.sender.clone(),
+    out.push(Push {
+        user: &msg.sender,
         except_session: Some(s.session_id),
-        frame: push(&msg.sender, r.sender_inbox_seq),
+        frame: push(&msg.recipient, r.sender_inbox_seq),
     });
     out
 }
