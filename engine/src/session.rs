@@ -402,6 +402,7 @@ pub fn op_error(request_id: u32, e: &OpError) -> Frame<'static> {
         OpError::NotAllowed(_) => ErrorCode::FORBIDDEN,
         OpError::Invalid(_) | OpError::AlreadyRecalled => ErrorCode::INVALID_ARGUMENT,
         OpError::RecallExpired => ErrorCode::RECALL_EXPIRED,
+        OpError::LimitExceeded(_) => ErrorCode::LIMIT_EXCEEDED,
         OpError::Closed => ErrorCode::SHUTTING_DOWN,
         OpError::Engine(_) => ErrorCode::INTERNAL,
     };

@@ -30,6 +30,7 @@
 //! reloaded from what is durable. A failed write fails its batch and every batch built after it
 //! on the same caches; the writer then drops its caches before building more.
 
+mod groups;
 mod relations;
 
 use std::collections::HashMap;
@@ -38,7 +39,7 @@ use std::sync::Arc;
 
 use crate::engine::{Cf, Direction, EngineError, KvEngine, ScanRange, WriteBatch};
 use crate::error::OpError;
-use crate::ids::{ConvKey, DirectPair, GroupId, MessageFlags, MessageKind, Seq, UserId};
+use crate::ids::{ConvKey, DeviceId, DirectPair, GroupId, MessageFlags, MessageKind, Seq, UserId};
 use crate::keys::{self, decode_conv};
 use crate::read::{self, group_from, last_seq_in};
 use crate::records::{
@@ -49,9 +50,10 @@ use crate::records::{
     PositionRecord, RecentRecord, TotalUnreadRecord,
 };
 use crate::types::{
-    AppendResult, CursorUpdate, DevicePosition, DirectMessage, GroupCursor, GroupInfo, GroupUpdate,
-    MarkRead, Member, MemberUpdate, PositionUpdate, ReadState, Recall, RecallResult,
-    RelationChange, RelationOutcome,
+    AppendResult, CursorUpdate, DevicePosition, DirectMessage, GroupAppendResult, GroupCursor,
+    GroupInfo, GroupLimits, GroupMessage, GroupOutcome, GroupRequest, GroupUpdate, MarkRead,
+    Member, MemberUpdate, PositionUpdate, ReadState, Recall, RecallResult, RelationChange,
+    RelationOutcome,
 };
 
 /// Where a write operation's result goes.
@@ -70,6 +72,12 @@ pub(crate) enum WriteCmd {
     PutCursor(CursorUpdate, Reply<GroupCursor>),
     Relate(RelationChange, Reply<RelationOutcome>),
     SetFriendsOnly(UserId, bool, Reply<bool>),
+    /// A group change with its checks and event (`groups` module).
+    Group(GroupRequest, Reply<GroupOutcome>),
+    /// A group message.
+    AppendGroup(GroupMessage, Reply<GroupAppendResult>),
+    /// A device's SYNC positions in read-diffused groups.
+    GroupPositions(UserId, DeviceId, Vec<(GroupId, Seq)>, Reply<()>),
 }
 
 /// A result waiting for its batch to be committed.
@@ -113,6 +121,7 @@ pub(crate) struct CoreConfig {
     pub max_cached_entries: usize,
     pub inbox_max_age_ms: u64,
     pub dedup_window_ms: u64,
+    pub groups: GroupLimits,
 }
 
 /// A conversation's cached state.
@@ -274,6 +283,8 @@ pub(crate) struct WriterCore<E: KvEngine> {
     dirty: Vec<Dirty>,
     positions: HashMap<Vec<u8>, DevicePosition>,
     pending_dedup: HashMap<(u32, [u8; 16]), PendingAppend>,
+    /// Groups touched so far (`groups` module).
+    groups: HashMap<GroupId, groups::GroupState>,
     /// `cf ‖ key` of rows in rarely written families changed by this batch.
     touched: HashMap<Vec<u8>, u64>,
     /// Every batch up to this generation has been written (or failed).
@@ -312,6 +323,7 @@ impl<E: KvEngine> WriterCore<E> {
             positions: HashMap::new(),
             pending_dedup: HashMap::new(),
             touched: HashMap::new(),
+            groups: HashMap::new(),
             durable: 0,
             k1: Vec::new(),
             k2: Vec::new(),
@@ -417,8 +429,11 @@ impl<E: KvEngine> WriterCore<E> {
     /// Entries cached; beyond the configured limit the driver drains the pipeline and calls
     /// [`reset`](Self::reset).
     pub(crate) fn over_cache_limit(&self) -> bool {
-        let cached =
-            self.convs.len() + self.users.len() + self.recents.len() + self.positions.len();
+        let cached = self.convs.len()
+            + self.users.len()
+            + self.recents.len()
+            + self.positions.len()
+            + self.groups.len();
         cached > self.config.max_cached_entries
     }
 
@@ -431,6 +446,7 @@ impl<E: KvEngine> WriterCore<E> {
         self.positions.clear();
         self.pending_dedup.clear();
         self.touched.clear();
+        self.groups.clear();
     }
 
     /// Single-threaded driving for tests: ends the batch after it was written (`committed`) or
@@ -464,6 +480,9 @@ impl<E: KvEngine> WriterCore<E> {
                 let r = self.update_position(update);
                 done(tx, r)
             }
+            WriteCmd::MarkRead(req, tx) if matches!(req.conv, ConvKey::Group(_)) => {
+                return self.apply_group_read(req, tx)
+            }
             WriteCmd::MarkRead(req, tx) => match self.mark_read_needs_barrier(&req) {
                 Ok(true) => return Applied::Barrier(WriteCmd::MarkRead(req, tx)),
                 Ok(false) => {
@@ -484,6 +503,7 @@ impl<E: KvEngine> WriterCore<E> {
                 if self.is_touched(Cf::Groups, 1) {
                     return Applied::Barrier(WriteCmd::PutGroup(update, tx));
                 }
+                self.forget_group(&update.id);
                 let r = self.put_group(update);
                 done(tx, r)
             }
@@ -493,6 +513,7 @@ impl<E: KvEngine> WriterCore<E> {
                 if self.is_touched(Cf::Groups, 1) || self.is_touched(Cf::Members, 2) {
                     return Applied::Barrier(WriteCmd::PutMember(update, tx));
                 }
+                self.forget_group(&update.group);
                 let r = self.put_member(update);
                 done(tx, r)
             }
@@ -502,14 +523,21 @@ impl<E: KvEngine> WriterCore<E> {
                 if self.is_touched(Cf::Groups, 1) || self.is_touched(Cf::Members, 2) {
                     return Applied::Barrier(WriteCmd::RemoveMember(group, user, tx));
                 }
+                self.forget_group(&group);
                 let r = self.remove_member(&group, &user);
                 done(tx, r)
             }
             WriteCmd::PutCursor(update, tx) => {
                 keys::member_key(&mut self.k1, &update.group, &update.user);
-                if self.is_touched(Cf::Cursors, 1) {
+                keys::group_key(&mut self.k2, &update.group);
+                if self.is_touched(Cf::Cursors, 1) || self.is_touched(Cf::Groups, 2) {
                     return Applied::Barrier(WriteCmd::PutCursor(update, tx));
                 }
+                self.forget_group(&update.group);
+                let group_key = self.k2.clone();
+                // The group cache loads cursors: one changed behind it must not be read from
+                // the engine before this batch is durable.
+                self.touch(Cf::Groups, &group_key);
                 let r = self.put_cursor(update);
                 done(tx, r)
             }
@@ -524,6 +552,9 @@ impl<E: KvEngine> WriterCore<E> {
                 let r = self.set_friends_only(&user, on);
                 done(tx, r)
             }
+            cmd @ (WriteCmd::Group(..)
+            | WriteCmd::AppendGroup(..)
+            | WriteCmd::GroupPositions(..)) => return self.apply_group(cmd),
         })
     }
 
@@ -1231,11 +1262,18 @@ impl<E: KvEngine> WriterCore<E> {
         let existing = self
             .engine
             .get_with(Cf::Groups, &key, |v| {
-                access::<ArchivedGroupRecord>(Cf::Groups, v)
-                    .map(|r| (r.member_count.to_native(), r.created_ms.to_native()))
+                access::<ArchivedGroupRecord>(Cf::Groups, v).map(|r| {
+                    (
+                        r.member_count.to_native(),
+                        r.created_ms.to_native(),
+                        r.mode_since.to_native(),
+                        r.read_until.to_native(),
+                    )
+                })
             })?
             .transpose()?;
-        let (member_count, created_ms) = existing.unwrap_or((0, self.now));
+        let (member_count, created_ms, mode_since, read_until) =
+            existing.unwrap_or((0, self.now, 0, 0));
         let rec = GroupRecord {
             name: update.name,
             announcement: update.announcement,
@@ -1246,6 +1284,8 @@ impl<E: KvEngine> WriterCore<E> {
             member_count,
             created_ms,
             updated_ms: self.now,
+            mode_since,
+            read_until,
         };
         self.put(Cf::Groups, &key, &rec)?;
         self.touch(Cf::Groups, &key);
@@ -1282,6 +1322,8 @@ impl<E: KvEngine> WriterCore<E> {
                     member_count: info.member_count,
                     created_ms: info.created_ms,
                     updated_ms: info.updated_ms,
+                    mode_since: r.mode_since.to_native(),
+                    read_until: r.read_until.to_native(),
                 };
                 Ok((info, rec))
             })?
@@ -1363,8 +1405,13 @@ impl<E: KvEngine> WriterCore<E> {
         let current = self
             .engine
             .get_with(Cf::Cursors, &key, |v| {
-                access::<ArchivedCursorRecord>(Cf::Cursors, v)
-                    .map(|r| (Seq(r.acked.to_native()), Seq(r.read.to_native())))
+                access::<ArchivedCursorRecord>(Cf::Cursors, v).map(|r| {
+                    (
+                        Seq(r.acked.to_native()),
+                        Seq(r.read.to_native()),
+                        r.since.to_native(),
+                    )
+                })
             })?
             .transpose()?
             .unwrap_or_default();
@@ -1377,6 +1424,7 @@ impl<E: KvEngine> WriterCore<E> {
             acked: cursor.acked.0,
             read: cursor.read.0,
             updated_ms: cursor.updated_ms,
+            since: current.2,
         };
         self.put(Cf::Cursors, &key, &rec)?;
         self.touch(Cf::Cursors, &key);
@@ -1397,6 +1445,7 @@ mod tests {
             max_cached_entries: 1000,
             inbox_max_age_ms: 1_000_000,
             dedup_window_ms: 1_000_000,
+            groups: GroupLimits::default(),
         };
         (WriterCore::new(Arc::new(engine.clone()), config), engine)
     }

@@ -89,6 +89,9 @@ pub enum OpError {
     /// The recipient accepts messages from friends only, and the sender is not one.
     #[error("the recipient accepts messages from friends only")]
     NotFriend,
+    /// A size or count limit would be exceeded (e.g. a group's member limit).
+    #[error("limit exceeded: {0}")]
+    LimitExceeded(&'static str),
     /// The store shut down before completing the operation.
     #[error("storage shut down before completing the operation")]
     Closed,

@@ -306,6 +306,11 @@ impl MessageFlags {
     pub const NONE: MessageFlags = MessageFlags(0);
     /// The sender recalled the message; its body is kept (for audit) but must not be shown.
     pub const RECALLED: MessageFlags = MessageFlags(0x01);
+    /// Stored by read diffusion (a group above the write-diffusion size): no inbox entry refers
+    /// to it, SYNC serves it from the group's timeline. Never leaves storage (readers clear it).
+    pub const READ_DIFFUSED: MessageFlags = MessageFlags(0x80);
+    /// The bits that never leave storage.
+    pub const STORAGE_ONLY: MessageFlags = MessageFlags(0x80);
 
     /// Whether every bit of `other` is set.
     pub fn contains(self, other: MessageFlags) -> bool {

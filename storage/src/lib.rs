@@ -35,7 +35,8 @@
 //! | `groups`    | `id(group)`                        | name, announcement, avatar, owner, settings u64, diffusion u8, member count, created/updated ms |
 //! | `members`   | `id(group) ‖ id(user)`             | role u8, muted until ms, joined ms                                 |
 //! | `member_of` | `id(user) ‖ id(group)`             | role u8, joined ms (reverse index of `members`)                    |
-//! | `cursors`   | `id(group) ‖ id(user)`             | last acked seq, last read seq (read-diffusion groups), updated ms  |
+//! | `cursors`   | `id(group) ‖ id(user)`             | last acked seq, last read seq (read-diffusion groups), updated ms, seq before the member joined |
+//! | `cursors`   | `id(group) ‖ id(user) ‖ id(device)` | the device's SYNC position in the group's read-diffused messages  |
 //! | `relations` | `id(user) ‖ kind u8 ‖ id(other)`   | since ms, note (kind: 1 following, 2 follower, 3 friend, 4 blocked, 5 pending request from `other`, 6 request sent to `other`) |
 //! | `relations` | `id(user)`                         | relation settings: friends only, updated ms                        |
 //!
@@ -51,6 +52,15 @@
 //! with [`OpError::Blocked`] or [`OpError::NotFriend`]. Because the writer itself applies every
 //! relation change, its per-user cache of "friends only" and "may have blocks" is exact, and most
 //! appends (recipients without blocks or that setting) read no relation row at all.
+//!
+//! # Groups
+//! A group change is checked against the member's role and applied with its GROUP_EVENT
+//! message in one batch (module `core::groups`). Groups up to
+//! [`GroupLimits::write_diffusion_max`] members get an inbox entry per member for every
+//! message (write diffusion); larger ones store a message once, flagged read-diffused, with
+//! its dedup row and the sender's cursor: three rows whatever the member count. Unread counts
+//! of those come from cursors when the recent list is read, and SYNC serves their messages
+//! from the timeline after each device's position (`group_read`).
 //!
 //! # Values
 //! Values are rkyv 0.8 archives built with the `unaligned` format feature: archived types have
@@ -99,6 +109,7 @@
 mod core;
 mod engine;
 mod error;
+mod group_read;
 mod ids;
 mod keys;
 mod mem;
@@ -125,10 +136,11 @@ pub use store::{
 };
 pub use types::{
     AppendResult, CursorUpdate, DevicePosition, DevicePositionEntry, Diffusion, DirectMessage,
-    GroupCursor, GroupInfo, GroupUpdate, HistoryDirection, InboxMessage, MarkRead, Member,
-    MemberRole, MemberUpdate, Membership, PositionUpdate, ReadState, Recall, RecallResult,
-    RecentConversation, RecentCursor, RecentList, RecentPage, Relation, RelationChange,
-    RelationKind, RelationOp, RelationOutcome, StoredMessage,
+    GroupAppendResult, GroupCursor, GroupEventKind, GroupFanout, GroupInfo, GroupLimits,
+    GroupMessage, GroupOp, GroupOutcome, GroupReaders, GroupRequest, GroupSyncPage, GroupUpdate,
+    HistoryDirection, InboxMessage, MarkRead, Member, MemberRole, MemberUpdate, Membership,
+    PositionUpdate, ReadState, Recall, RecallResult, RecentConversation, RecentCursor, RecentList,
+    RecentPage, Relation, RelationChange, RelationKind, RelationOp, RelationOutcome, StoredMessage,
 };
 
 /// Test and benchmark support: writes raw records the way an older or newer version would.

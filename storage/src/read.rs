@@ -303,6 +303,19 @@ pub(crate) fn recent_page(
             Ok(())
         },
     )?;
+    // Read-diffusion groups keep no recent rows up to date: their entries come from cursors.
+    let (groups, group_unread) = crate::group_read::read_diffusion_recent(engine, user)?;
+    if !groups.is_empty() {
+        conversations.retain(|c| !groups.iter().any(|g| g.conv == c.conv));
+        conversations.extend(groups.into_iter().filter(|g| match after {
+            None => true,
+            Some(c) => {
+                g.last_time_ms < c.time_ms
+                    || (g.last_time_ms == c.time_ms
+                        && c.conv.as_ref().is_some_and(|at| g.conv > *at))
+            }
+        }));
+    }
     let order = |a: &RecentConversation, b: &RecentConversation| {
         b.last_time_ms
             .cmp(&a.last_time_ms)
@@ -320,7 +333,7 @@ pub(crate) fn recent_page(
     }
     Ok(RecentPage {
         conversations,
-        total_unread: total_unread(engine, user)?,
+        total_unread: total_unread(engine, user)? + group_unread,
         more,
     })
 }

@@ -142,6 +142,12 @@ pub(crate) struct GroupRecord {
     pub member_count: u32,
     pub created_ms: u64,
     pub updated_ms: u64,
+    /// First conversation seq stored under the current diffusion mode (the seq of the event
+    /// whose membership change switched it; 0 for a group that never switched).
+    pub mode_since: u64,
+    /// Last seq stored under read diffusion before the group last switched to write diffusion
+    /// (0: none). SYNC still serves read-diffused messages up to it to devices behind.
+    pub read_until: u64,
 }
 
 /// `members` value.
@@ -165,6 +171,10 @@ pub(crate) struct CursorRecord {
     pub acked: u64,
     pub read: u64,
     pub updated_ms: u64,
+    /// The group's last seq before the member (last) joined: a device that never synced the
+    /// group starts after it. Under `group ‖ user ‖ device` keys (a device's SYNC position in a
+    /// group) it is 0 and `acked` is the position.
+    pub since: u64,
 }
 
 /// `relations` value.
@@ -287,7 +297,8 @@ pub(crate) fn stored_message(
         client_msg_id: ClientMsgId(rec.client_msg_id),
         time_ms: rec.time_ms.to_native(),
         kind: MessageKind(rec.kind),
-        flags: MessageFlags(rec.flags),
+        // Storage-only bits stay in storage.
+        flags: MessageFlags(rec.flags & !MessageFlags::STORAGE_ONLY.0),
         body: rec.body.as_slice().to_vec(),
     })
 }

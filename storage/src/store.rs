@@ -15,6 +15,7 @@ use crossbeam_channel::{bounded, Receiver, Sender, TryRecvError, TrySendError};
 use crate::core::{Applied, Complete, CoreConfig, WriteCmd, WriterCore};
 use crate::engine::{Cf, EngineError, KvEngine, WriteBatch};
 use crate::error::{OpError, OpenError, SubmitError};
+use crate::group_read;
 use crate::ids::{ConvKey, DeviceId, GroupId, Seq, UserId};
 use crate::keys::{META_NODE_ID, META_SCHEMA_VERSION};
 use crate::read;
@@ -23,10 +24,12 @@ use crate::records::{
     NodeRecord, SchemaRecord, SCHEMA_VERSION,
 };
 use crate::types::{
-    AppendResult, CursorUpdate, DevicePosition, DevicePositionEntry, DirectMessage, GroupCursor,
-    GroupInfo, GroupUpdate, HistoryDirection, InboxMessage, MarkRead, Member, MemberUpdate,
-    Membership, PositionUpdate, ReadState, Recall, RecallResult, RecentCursor, RecentList,
-    RecentPage, Relation, RelationChange, RelationKind, RelationOutcome, StoredMessage,
+    AppendResult, CursorUpdate, DevicePosition, DevicePositionEntry, DirectMessage,
+    GroupAppendResult, GroupCursor, GroupInfo, GroupLimits, GroupMessage, GroupOutcome,
+    GroupReaders, GroupRequest, GroupSyncPage, GroupUpdate, HistoryDirection, InboxMessage,
+    MarkRead, Member, MemberUpdate, Membership, PositionUpdate, ReadState, Recall, RecallResult,
+    RecentCursor, RecentList, RecentPage, Relation, RelationChange, RelationKind, RelationOutcome,
+    StoredMessage,
 };
 
 /// Where the writer gets the time it stamps on messages and derives expiry cutoffs from. The
@@ -109,6 +112,8 @@ pub struct StoreConfig {
     pub max_cached_entries: usize,
     /// Identity of the node owning the database; recorded on first open and checked afterwards.
     pub node_id: Option<String>,
+    /// Group sizes: the member limit and where write diffusion ends.
+    pub groups: GroupLimits,
 }
 
 impl Default for StoreConfig {
@@ -123,6 +128,7 @@ impl Default for StoreConfig {
             dedup_window: Duration::from_secs(7 * 24 * 3600),
             max_cached_entries: 1_000_000,
             node_id: None,
+            groups: GroupLimits::default(),
         }
     }
 }
@@ -502,6 +508,7 @@ impl<E: KvEngine> Store<E> {
             max_cached_entries: config.max_cached_entries,
             inbox_max_age_ms: config.inbox_max_age.as_millis() as u64,
             dedup_window_ms: config.dedup_window.as_millis() as u64,
+            groups: config.groups,
         };
         let (write_tx, write_rx) = bounded(config.write_queue_capacity);
         let (read_tx, read_rx) = bounded::<ReadJob<E>>(config.read_queue_capacity);
@@ -679,7 +686,103 @@ impl<E: KvEngine> Store<E> {
         self.submit(|tx| WriteCmd::SetFriendsOnly(user, on, tx))
     }
 
+    /// Applies a group change (create, update, members, leave, transfer, disband) after
+    /// checking the asking member's role, with its GROUP_EVENT, in one batch; a refused change
+    /// writes nothing. Fails with [`OpError::NotFound`], [`OpError::NotAllowed`],
+    /// [`OpError::LimitExceeded`] or [`OpError::Invalid`].
+    pub fn change_group(&self, req: GroupRequest) -> Result<Completion<GroupOutcome>, SubmitError> {
+        self.submit(|tx| WriteCmd::Group(req, tx))
+    }
+
+    /// Persists a group message from a member who is not muted: write diffusion (an inbox
+    /// entry per member) up to [`GroupLimits::write_diffusion_max`] members, read diffusion
+    /// (stored once) above. A retransmission writes nothing and returns the original.
+    pub fn append_group(
+        &self,
+        msg: GroupMessage,
+    ) -> Result<Completion<GroupAppendResult>, SubmitError> {
+        self.submit(|tx| WriteCmd::AppendGroup(msg, tx))
+    }
+
+    /// Records how far a device has fetched read-diffused group messages (forward only).
+    pub fn put_group_positions(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        positions: Vec<(GroupId, Seq)>,
+    ) -> Result<Completion<()>, SubmitError> {
+        self.submit(|tx| WriteCmd::GroupPositions(user, device, positions, tx))
+    }
+
     // ---- reads (reader pool) ---------------------------------------------------------------
+
+    fn query_op<T: Send + 'static>(
+        &self,
+        f: impl FnOnce(&E) -> Result<Result<T, OpError>, EngineError> + Send + 'static,
+    ) -> Result<Completion<T>, SubmitError> {
+        let tx = self.read_tx.as_ref().ok_or(SubmitError::Closed)?;
+        let (reply, rx) = oneshot::channel();
+        let job: ReadJob<E> = Box::new(move |engine: &E| {
+            let r = match f(engine) {
+                Ok(r) => r,
+                Err(e) => Err(OpError::Engine(e)),
+            };
+            let _ = reply.send(r);
+        });
+        match tx.try_send(job) {
+            Ok(()) => Ok(Completion { rx }),
+            Err(TrySendError::Full(_)) => Err(SubmitError::Busy),
+            Err(TrySendError::Disconnected(_)) => Err(SubmitError::Closed),
+        }
+    }
+
+    /// Up to `limit` read-diffused group messages `device` of `user` has not fetched yet (the
+    /// group part of SYNC).
+    pub fn group_sync(
+        &self,
+        user: UserId,
+        device: DeviceId,
+        limit: usize,
+    ) -> Result<Completion<GroupSyncPage>, SubmitError> {
+        self.query(move |e| group_read::sync_page(e, &user, &device, limit))
+    }
+
+    /// A page of a group's history, for a member.
+    pub fn group_history(
+        &self,
+        group: GroupId,
+        user: UserId,
+        anchor: Seq,
+        direction: HistoryDirection,
+        limit: usize,
+    ) -> Result<Completion<Vec<StoredMessage>>, SubmitError> {
+        self.query_op(move |e| group_read::history(e, &group, &user, anchor, direction, limit))
+    }
+
+    /// Group metadata and up to `max_members` members, for a member (`user`) or anyone.
+    pub fn group_info(
+        &self,
+        group: GroupId,
+        user: Option<UserId>,
+        max_members: usize,
+    ) -> Result<Completion<(GroupInfo, Vec<Member>)>, SubmitError> {
+        self.query_op(move |e| group_read::info(e, &group, user.as_ref(), max_members))
+    }
+
+    /// The groups a user belongs to, with their metadata, in group id byte order.
+    pub fn my_groups(&self, user: UserId) -> Result<Completion<Vec<GroupInfo>>, SubmitError> {
+        self.query(move |e| group_read::groups_of(e, &user))
+    }
+
+    /// Who has read message `seq` of a group (write diffusion), and the member's own read seq.
+    pub fn group_readers(
+        &self,
+        group: GroupId,
+        user: UserId,
+        seq: Seq,
+    ) -> Result<Completion<GroupReaders>, SubmitError> {
+        self.query_op(move |e| group_read::readers(e, &group, &user, seq))
+    }
 
     /// Up to `limit` inbox entries after `after`, oldest first, joined with their messages.
     pub fn inbox_page(

@@ -487,3 +487,189 @@ pub struct RelationOutcome {
     /// The two users became friends (an accept, or crossing requests).
     pub befriended: bool,
 }
+
+/// Group sizes the writer enforces and switches diffusion at.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct GroupLimits {
+    /// Groups with at most this many members use write diffusion (an inbox entry per member);
+    /// larger ones read diffusion.
+    pub write_diffusion_max: u32,
+    /// Most members a group may have.
+    pub max_members: u32,
+}
+
+impl Default for GroupLimits {
+    fn default() -> Self {
+        GroupLimits {
+            write_diffusion_max: 200,
+            max_members: 10_000,
+        }
+    }
+}
+
+/// A change to a group, made by `by` and checked against `by`'s role by the writer, in the same
+/// batch that applies it: a refused change writes nothing.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupRequest {
+    /// Group.
+    pub group: GroupId,
+    /// Who asks.
+    pub by: UserId,
+    /// From which device (the event's sender device).
+    pub by_device: DeviceId,
+    /// What.
+    pub op: GroupOp,
+}
+
+/// What a [`GroupRequest`] does.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum GroupOp {
+    /// Creates the group with `by` as owner and `members` as members (the id must be new).
+    Create {
+        /// Display name.
+        name: String,
+        /// Members besides the creator.
+        members: Vec<UserId>,
+    },
+    /// Changes the metadata (`None`: unchanged). Owner or admin.
+    Update {
+        /// New name.
+        name: Option<String>,
+        /// New announcement.
+        announcement: Option<String>,
+        /// New avatar reference.
+        avatar: Option<String>,
+    },
+    /// Adds members (existing members are skipped). Owner or admin.
+    Add(Vec<UserId>),
+    /// Removes members. Owner or admin; an admin removes members only, nobody removes the owner.
+    Remove(Vec<UserId>),
+    /// Mutes members until a time (ms). Owner or admin, same rule as `Remove`.
+    Mute {
+        /// Members.
+        users: Vec<UserId>,
+        /// Until when.
+        until_ms: u64,
+    },
+    /// Lifts a mute. Owner or admin.
+    Unmute(Vec<UserId>),
+    /// Sets members' role to MEMBER or ADMIN. Owner only.
+    SetRole {
+        /// Members.
+        users: Vec<UserId>,
+        /// New role (not OWNER: ownership moves with `Transfer`).
+        role: MemberRole,
+    },
+    /// `by` leaves (the owner must transfer first, or disband).
+    Leave,
+    /// Makes another member the owner; the old owner becomes an admin. Owner only.
+    Transfer(UserId),
+    /// Ends the group: every membership goes, the timeline stays. Owner only.
+    Disband,
+}
+
+named_u8! {
+    /// What a GROUP_EVENT message says happened (the first byte of its body).
+    pub struct GroupEventKind {
+        /// The group was created (users: the initial members besides the creator).
+        CREATED = 1,
+        /// Metadata changed (arg: bit 0 name, bit 1 announcement, bit 2 avatar).
+        UPDATED = 2,
+        /// Members were added.
+        ADDED = 3,
+        /// Members were removed.
+        REMOVED = 4,
+        /// The sender left.
+        LEFT = 5,
+        /// Members were muted (arg: until, ms).
+        MUTED = 6,
+        /// Members were unmuted.
+        UNMUTED = 7,
+        /// Members' role was set (arg: the role).
+        ROLE_SET = 8,
+        /// Ownership moved to the user listed.
+        TRANSFERRED = 9,
+        /// The group was disbanded.
+        DISBANDED = 10,
+    }
+}
+
+/// A new group message to persist.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupMessage {
+    /// Group.
+    pub group: GroupId,
+    /// Sender (must be a member, not muted).
+    pub sender: UserId,
+    /// Sender's device.
+    pub sender_device: DeviceId,
+    /// The client's id for de-duplication.
+    pub client_msg_id: ClientMsgId,
+    /// Content kind; must not be an event kind.
+    pub kind: MessageKind,
+    /// Opaque body.
+    pub body: Vec<u8>,
+}
+
+/// How a new group timeline entry (a message or an event) reaches the members' devices.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupFanout {
+    /// The stored entry.
+    pub message: StoredMessage,
+    /// The diffusion it was stored under.
+    pub diffusion: Diffusion,
+    /// Write diffusion: every recipient and the inbox seq the entry got in their inbox.
+    pub inboxes: Vec<(UserId, Seq)>,
+    /// Read diffusion: who to push it to (no inbox entries exist).
+    pub members: std::sync::Arc<[UserId]>,
+}
+
+/// What appending a group message assigned.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupAppendResult {
+    /// Position in the group's timeline.
+    pub conv_seq: Seq,
+    /// The sender's inbox seq of it (0 under read diffusion).
+    pub sender_inbox_seq: Seq,
+    /// Server time.
+    pub time_ms: u64,
+    /// A retransmission: nothing was written, `fanout` is `None`.
+    pub duplicate: bool,
+    /// Where it goes.
+    pub fanout: Option<GroupFanout>,
+}
+
+/// What a group change did.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupOutcome {
+    /// The group after the change (before it, for a disband).
+    pub info: GroupInfo,
+    /// The event appended to the timeline; `None` when nothing changed (e.g. adding members
+    /// who all were members already).
+    pub event: Option<GroupFanout>,
+}
+
+/// A device's read-diffused group messages, as the read side of SYNC serves them.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct GroupSyncPage {
+    /// Messages, group by group (in group id byte order), each group in seq order.
+    pub messages: Vec<StoredMessage>,
+    /// For each group with messages on the page: the position the device reaches once it holds
+    /// them.
+    pub positions: Vec<(GroupId, Seq)>,
+    /// More read-diffused messages wait beyond this page.
+    pub more: bool,
+}
+
+/// Who has read a message of a write-diffusion group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupReaders {
+    /// Diffusion of the group: readers are known under write diffusion only.
+    pub diffusion: Diffusion,
+    /// Members besides the message's sender.
+    pub others: u32,
+    /// Those of them whose read position reaches the message.
+    pub readers: Vec<UserId>,
+    /// The asking member's own read position.
+    pub my_read_seq: Seq,
+}
