@@ -383,6 +383,24 @@ wire_struct! {
     }
 }
 
+wire_struct! {
+    /// PUSH_TOKEN, client → server: the sending device's token for offline push notifications
+    /// (SPEC.md §7, Offline push); an empty `token` removes it.
+    pub struct PushToken<'a> {
+        pub platform: Cow<'a, str>,
+        pub token: Cow<'a, str>,
+    }
+}
+
+wire_struct! {
+    /// MUTE, client → server: no offline push for `conv` until `until` (ms since the epoch; 0
+    /// unmutes, u64::MAX mutes until unmuted).
+    pub struct Mute<'a> {
+        pub conv: Conv<'a>,
+        pub until: u64,
+    }
+}
+
 /// Declares [`Body`]: one variant per frame type, with its type code and body struct.
 macro_rules! bodies {
     ($( $variant:ident($ty:ty) = $ft:ident ),* $(,)?) => {
@@ -484,4 +502,6 @@ bodies! {
     Relation(Relation<'a>) = RELATION,
     RelationList(RelationList<'a>) = RELATION_LIST,
     RelationPage(RelationPage<'a>) = RELATION_PAGE,
+    PushToken(PushToken<'a>) = PUSH_TOKEN,
+    Mute(Mute<'a>) = MUTE,
 }

@@ -19,6 +19,7 @@ wire_enum! {
         GROUP_GET = 0x38, GROUP_INFO = 0x39,
         ROOM_JOIN = 0x40, ROOM_LEAVE = 0x41, TOPIC_SUB = 0x42,
         RELATION = 0x48, RELATION_LIST = 0x49, RELATION_PAGE = 0x4A,
+        PUSH_TOKEN = 0x50, MUTE = 0x51,
     }
 }
 
@@ -57,7 +58,7 @@ wire_enum! {
         AUTH_INVALID = 100, AUTH_EXPIRED = 101, HANDSHAKE_TIMEOUT = 102,
         RATE_LIMITED = 200, OVERLOADED = 201, NOT_FOUND = 202, FORBIDDEN = 203,
         INVALID_ARGUMENT = 204, BLOCKED = 205, RECALL_EXPIRED = 206, LIMIT_EXCEEDED = 207,
-        UNAVAILABLE = 208, NOT_FRIEND = 209,
+        UNAVAILABLE = 208, NOT_FRIEND = 209, CONTENT_REJECTED = 210,
         INTERNAL = 500, SHUTTING_DOWN = 503,
     }
 }
@@ -82,12 +83,12 @@ wire_enum! {
     /// Capability bits negotiated in HELLO/WELCOME (SPEC.md §6.1).
     pub struct Capabilities(u32) {
         NONE = 0, RECEIPTS = 1, DELIVERY_RECEIPTS = 2, TYPING = 4, PRESENCE = 8, GROUPS = 16,
-        ROOMS = 32, TOPICS = 64, RELATIONS = 128,
+        ROOMS = 32, TOPICS = 64, RELATIONS = 128, PUSH = 256,
     }
 }
 
 impl Capabilities {
-    pub const ALL: Capabilities = Capabilities(0xFF);
+    pub const ALL: Capabilities = Capabilities(0x1FF);
 
     pub fn contains(self, other: Capabilities) -> bool {
         self.0 & other.0 == other.0

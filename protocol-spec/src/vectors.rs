@@ -186,6 +186,17 @@ pub fn valid_frames() -> Vec<(&'static str, &'static str, Frame<'static>)> {
                 }),
             ),
         ),
+        (
+            "error_content_rejected",
+            "ERROR: the operator's content filter refuses the message; nothing was stored",
+            f(
+                16,
+                Body::Error(Error {
+                    code: ErrorCode::CONTENT_REJECTED,
+                    message: s("the message contains a filtered word"),
+                }),
+            ),
+        ),
         ("ok", "OK answering request 13", f(13, Body::Ok)),
         (
             "send_text",
@@ -383,6 +394,19 @@ pub fn valid_frames() -> Vec<(&'static str, &'static str, Frame<'static>)> {
                     user: s("bob"),
                     status: PresenceStatus::BUSY,
                     last_seen: 1_767_225_000_000,
+                    text: s("in a meeting"),
+                }),
+            ),
+        ),
+        (
+            "presence_set",
+            "PRESENCE from a client: the user is busy, with a status text; OK answers it (request id 11)",
+            f(
+                11,
+                Body::Presence(Presence {
+                    user: s(""),
+                    status: PresenceStatus::BUSY,
+                    last_seen: 0,
                     text: s("in a meeting"),
                 }),
             ),
@@ -630,6 +654,39 @@ pub fn valid_frames() -> Vec<(&'static str, &'static str, Frame<'static>)> {
                         since: 1_767_000_100_000,
                         note: s("from the climbing club"),
                     }],
+                }),
+            ),
+        ),
+        (
+            "push_token",
+            "PUSH_TOKEN: the device registers its FCM token",
+            f(
+                40,
+                Body::PushToken(PushToken {
+                    platform: s("fcm"),
+                    token: s("dGVzdC10b2tlbg"),
+                }),
+            ),
+        ),
+        (
+            "push_token_remove",
+            "PUSH_TOKEN with an empty token: the device removes its token",
+            f(
+                41,
+                Body::PushToken(PushToken {
+                    platform: s(""),
+                    token: s(""),
+                }),
+            ),
+        ),
+        (
+            "mute",
+            "MUTE the conversation with bob until 2026-01-01T01:00Z",
+            f(
+                42,
+                Body::Mute(Mute {
+                    conv: bob(),
+                    until: 1_767_229_200_000,
                 }),
             ),
         ),
