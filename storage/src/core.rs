@@ -31,6 +31,7 @@
 //! on the same caches; the writer then drops its caches before building more.
 
 mod groups;
+mod push;
 mod relations;
 
 use std::collections::HashMap;
@@ -72,6 +73,8 @@ pub(crate) enum WriteCmd {
     PutCursor(CursorUpdate, Reply<GroupCursor>),
     Relate(RelationChange, Reply<RelationOutcome>),
     SetFriendsOnly(UserId, bool, Reply<bool>),
+    /// A device's push token or a user's conversation mute (`push` module).
+    SetPush(crate::push::PushSetting, Reply<()>),
     /// A group change with its checks and event (`groups` module).
     Group(GroupRequest, Reply<GroupOutcome>),
     /// A group message.
@@ -550,6 +553,10 @@ impl<E: KvEngine> WriterCore<E> {
             }
             WriteCmd::SetFriendsOnly(user, on, tx) => {
                 let r = self.set_friends_only(&user, on);
+                done(tx, r)
+            }
+            WriteCmd::SetPush(setting, tx) => {
+                let r = self.set_push(setting);
                 done(tx, r)
             }
             cmd @ (WriteCmd::Group(..)

@@ -33,11 +33,13 @@ pub enum Cf {
     Cursors,
     /// Relationship chain: follow / friend / block.
     Relations,
+    /// Offline push settings: device push tokens and muted conversations (module `push`).
+    Push,
 }
 
 impl Cf {
     /// Number of families.
-    pub const COUNT: usize = 11;
+    pub const COUNT: usize = 12;
 
     /// Every family, in index order.
     pub const ALL: [Cf; Cf::COUNT] = [
@@ -52,6 +54,7 @@ impl Cf {
         Cf::MemberOf,
         Cf::Cursors,
         Cf::Relations,
+        Cf::Push,
     ];
 
     /// The family's name on disk.
@@ -68,6 +71,7 @@ impl Cf {
             Cf::MemberOf => "member_of",
             Cf::Cursors => "cursors",
             Cf::Relations => "relations",
+            Cf::Push => "push",
         }
     }
 

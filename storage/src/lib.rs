@@ -39,6 +39,8 @@
 //! | `cursors`   | `id(group) ‖ id(user) ‖ id(device)` | the device's SYNC position in the group's read-diffused messages  |
 //! | `relations` | `id(user) ‖ kind u8 ‖ id(other)`   | since ms, note (kind: 1 following, 2 follower, 3 friend, 4 blocked, 5 pending request from `other`, 6 request sent to `other`) |
 //! | `relations` | `id(user)`                         | relation settings: friends only, updated ms                        |
+//! | `push`      | `id(user) ‖ 1 ‖ id(device)`        | the device's push token: platform, token, updated ms (module `push`) |
+//! | `push`      | `id(user) ‖ 2 ‖ conv`              | the conversation is muted for offline push until ms, updated ms     |
 //!
 //! A user's rows in `inbox`, `positions`, `recent`, `member_of` and `relations` all start with
 //! `id(user)`, so each is one prefix scan; a bare `id(user)` key (inbox head, total unread) sorts
@@ -113,6 +115,7 @@ mod group_read;
 mod ids;
 mod keys;
 mod mem;
+mod push;
 mod read;
 mod records;
 mod rocks;
@@ -129,6 +132,7 @@ pub use ids::{
 };
 pub use keys::KeyError;
 pub use mem::MemEngine;
+pub use push::{PushSetting, PushTargets, PushToken};
 pub use records::SCHEMA_VERSION;
 pub use rocks::{RocksConfig, RocksEngine};
 pub use store::{

@@ -686,6 +686,15 @@ impl<E: KvEngine> Store<E> {
         self.submit(|tx| WriteCmd::SetFriendsOnly(user, on, tx))
     }
 
+    /// Stores a device's push token or a user's conversation mute (an empty token or an
+    /// `until_ms` of 0 removes it); completes once durable.
+    pub fn set_push(
+        &self,
+        setting: crate::push::PushSetting,
+    ) -> Result<Completion<()>, SubmitError> {
+        self.submit(|tx| WriteCmd::SetPush(setting, tx))
+    }
+
     /// Applies a group change (create, update, members, leave, transfer, disband) after
     /// checking the asking member's role, with its GROUP_EVENT, in one batch; a refused change
     /// writes nothing. Fails with [`OpError::NotFound`], [`OpError::NotAllowed`],
@@ -904,6 +913,15 @@ impl<E: KvEngine> Store<E> {
             crate::keys::user_key(&mut key, &user);
             read::friends_only_at(e, &key)
         })
+    }
+
+    /// The push tokens of `user`'s devices and the mute of `conv` for them.
+    pub fn push_targets(
+        &self,
+        user: UserId,
+        conv: ConvKey,
+    ) -> Result<Completion<crate::push::PushTargets>, SubmitError> {
+        self.query(move |e| crate::push::targets(e, &user, &conv))
     }
 
     /// Removes expired inbox and dedup entries now, on a reader thread (RocksDB also does it in
