@@ -82,6 +82,9 @@ pub fn route(method: &str, target: &str, info: &AdminInfo) -> (&'static str, Str
                 env!("CARGO_PKG_VERSION"),
                 info.cores
             ));
+            if let Some(links) = crate::cluster::links::installed() {
+                body.push_str(&links.render_metrics());
+            }
             ("200 OK", body)
         }
         ("GET", p) if p.starts_with("/cluster/") => cluster_route(p, query, info),

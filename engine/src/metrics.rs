@@ -78,6 +78,21 @@ counters! {
     /// Gossip datagrams dropped for a missing or wrong authentication tag (sent without the
     /// cluster secret).
     cluster_gossip_unauthenticated_total: "counter",
+    /// Node-to-node links currently up (dialed by this node).
+    cluster_links_connected: "gauge",
+    /// Items waiting in this node's link writers, over all peers (per peer:
+    /// `tern_cluster_link_queue_depth{peer}`).
+    cluster_link_queue_depth: "gauge",
+    /// Outbox entries not yet acknowledged by the node they are for (durable here until then).
+    cluster_outbox_entries: "gauge",
+    /// Node-to-node connections this node established.
+    cluster_link_connects_total: "counter",
+    /// Node-to-node connections refused at the handshake (no cluster secret, bad frames).
+    cluster_link_refused_total: "counter",
+    /// SENDs forwarded to the node that serves their conversation.
+    cluster_forwarded_total: "counter",
+    /// Outbox entries of other nodes applied here (new, not repeats).
+    cluster_outbox_applied_total: "counter",
 }
 
 /// The process's counters.
@@ -106,6 +121,13 @@ pub static METRICS: Metrics = Metrics {
     cluster_slots_owned: AtomicU64::new(0),
     cluster_epoch: AtomicU64::new(0),
     cluster_gossip_unauthenticated_total: AtomicU64::new(0),
+    cluster_links_connected: AtomicU64::new(0),
+    cluster_link_queue_depth: AtomicU64::new(0),
+    cluster_outbox_entries: AtomicU64::new(0),
+    cluster_link_connects_total: AtomicU64::new(0),
+    cluster_link_refused_total: AtomicU64::new(0),
+    cluster_forwarded_total: AtomicU64::new(0),
+    cluster_outbox_applied_total: AtomicU64::new(0),
 };
 
 /// Adds one to a counter.

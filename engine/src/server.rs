@@ -1009,7 +1009,7 @@ impl Connection {
         };
         inc(&METRICS.frames_in_total);
         self.conn.inbound(now_ms());
-        let submitted = self.core.node.store.append_direct(msg.clone());
+        let submitted = crate::cluster::route::submit_direct(&self.core.node, msg.clone());
         Some(PendingSend {
             rid: frame.request_id,
             msg,
@@ -1388,7 +1388,7 @@ impl Connection {
             // SENDs of an open session are taken by `submit_send` before they get here; one
             // that does arrives through the same path.
             Plan::Append { msg } => {
-                let submitted = store.append_direct(msg.clone());
+                let submitted = crate::cluster::route::submit_direct(&node, msg.clone());
                 let mut one = vec![PendingSend {
                     rid,
                     msg,
@@ -2014,7 +2014,9 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
     let cluster = match (&settings.cluster, cluster_identity) {
         (Some(c), Some(identity)) => {
             let addrs = crate::cluster::node::client_addrs(native, tls_addr, http, c.bind.ip());
-            Some(crate::cluster::node::ClusterNode::bind(c, identity, addrs)?)
+            let mut node = crate::cluster::node::ClusterNode::bind(c, identity, addrs)?;
+            crate::cluster::links::install(&mut node, &c.secret, &store)?;
+            Some(node)
         }
         _ => None,
     };
@@ -2171,6 +2173,13 @@ async fn core_main(
     node: Arc<NodeShared>,
 ) {
     let core = Rc::new(Core::new(i, node));
+    // Node-to-node links run on core 0 (`cluster::links`).
+    if let (0, Some(links)) = (i, crate::cluster::links::installed()) {
+        monoio::spawn(crate::cluster::links::run(
+            Arc::clone(&core.node),
+            Arc::clone(links),
+        ));
+    }
     let inbox_core = Rc::clone(&core);
     monoio::spawn(async move {
         while let Ok(msg) = rx.recv_async().await {

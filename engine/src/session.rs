@@ -452,6 +452,7 @@ fn relation_plan(s: &SessionInfo, rid: u32, r: &WireRelation<'_>) -> Plan {
         return invalid(rid, "a relation needs another user");
     }
     Plan::Relate {
+        OpError::Unavailable(_) => ErrorCode::UNAVAILABLE,
         change: RelationChange {
             user: s.user.clone(),
             other,

@@ -33,6 +33,7 @@
 mod groups;
 mod push;
 mod relations;
+mod routed;
 
 use std::collections::HashMap;
 use std::mem;
@@ -50,6 +51,7 @@ use crate::records::{
     InboxHeadRecord, InboxRecordRef, MemberOfRecord, MemberRecord, MessageRecord, MessageRecordRef,
     PositionRecord, RecentRecord, TotalUnreadRecord,
 };
+use crate::remote::{ApplyResult, RemoteSide, RemoteWrite};
 use crate::types::{
     AppendResult, CursorUpdate, DevicePosition, DirectMessage, GroupAppendResult, GroupCursor,
     GroupInfo, GroupLimits, GroupMessage, GroupOutcome, GroupRequest, GroupUpdate, MarkRead,
@@ -81,6 +83,12 @@ pub(crate) enum WriteCmd {
     AppendGroup(GroupMessage, Reply<GroupAppendResult>),
     /// A device's SYNC positions in read-diffused groups.
     GroupPositions(UserId, DeviceId, Vec<(GroupId, Seq)>, Reply<()>),
+    /// A one-to-one append whose given side another node (named) serves (`routed` module).
+    AppendRouted(DirectMessage, RemoteSide, String, Reply<AppendResult>),
+    /// The half of a message another node stored, for a user this node serves.
+    ApplyRemote(RemoteWrite, Reply<ApplyResult>),
+    /// Outbox entries the other node acknowledged.
+    OutboxDone(Vec<u64>, Reply<()>),
 }
 
 /// A result waiting for its batch to be committed.
@@ -285,6 +293,8 @@ pub(crate) struct WriterCore<E: KvEngine> {
     /// Counter rows changed in this batch, written once each by `seal`.
     dirty: Vec<Dirty>,
     positions: HashMap<Vec<u8>, DevicePosition>,
+    /// The outbox of cross-node writes (`routed` module).
+    outbox: routed::Outbox,
     pending_dedup: HashMap<(u32, [u8; 16]), PendingAppend>,
     /// Groups touched so far (`groups` module).
     groups: HashMap<GroupId, groups::GroupState>,
@@ -324,6 +334,7 @@ impl<E: KvEngine> WriterCore<E> {
             recents: Slab::new(),
             dirty: Vec::new(),
             positions: HashMap::new(),
+            outbox: routed::Outbox::default(),
             pending_dedup: HashMap::new(),
             touched: HashMap::new(),
             groups: HashMap::new(),
@@ -450,6 +461,7 @@ impl<E: KvEngine> WriterCore<E> {
         self.pending_dedup.clear();
         self.touched.clear();
         self.groups.clear();
+        self.reset_outbox();
     }
 
     /// Single-threaded driving for tests: ends the batch after it was written (`committed`) or
@@ -562,6 +574,21 @@ impl<E: KvEngine> WriterCore<E> {
             cmd @ (WriteCmd::Group(..)
             | WriteCmd::AppendGroup(..)
             | WriteCmd::GroupPositions(..)) => return self.apply_group(cmd),
+            WriteCmd::AppendRouted(msg, remote, dest, tx) => {
+                if remote == RemoteSide::Sender && self.append_gate_in_flight(&msg) {
+                    return Applied::Barrier(WriteCmd::AppendRouted(msg, remote, dest, tx));
+                }
+                let r = self.append_routed(msg, remote, &dest);
+                done(tx, r)
+            }
+            WriteCmd::ApplyRemote(write, tx) => {
+                let r = self.apply_remote(write);
+                done(tx, r)
+            }
+            WriteCmd::OutboxDone(seqs, tx) => {
+                self.outbox_done(&seqs);
+                done(tx, Ok(()))
+            }
         })
     }
 

@@ -33,13 +33,15 @@ pub enum Cf {
     Cursors,
     /// Relationship chain: follow / friend / block.
     Relations,
+    /// Writes this node owes other nodes of a cluster (cross-node delivery), until acknowledged.
+    Outbox,
     /// Offline push settings: device push tokens and muted conversations (module `push`).
     Push,
 }
 
 impl Cf {
     /// Number of families.
-    pub const COUNT: usize = 12;
+    pub const COUNT: usize = 13;
 
     /// Every family, in index order.
     pub const ALL: [Cf; Cf::COUNT] = [
@@ -54,6 +56,7 @@ impl Cf {
         Cf::MemberOf,
         Cf::Cursors,
         Cf::Relations,
+        Cf::Outbox,
         Cf::Push,
     ];
 
@@ -71,6 +74,7 @@ impl Cf {
             Cf::MemberOf => "member_of",
             Cf::Cursors => "cursors",
             Cf::Relations => "relations",
+            Cf::Outbox => "outbox",
             Cf::Push => "push",
         }
     }

@@ -95,4 +95,7 @@ pub enum OpError {
     /// The store shut down before completing the operation.
     #[error("storage shut down before completing the operation")]
     Closed,
+    /// Another node that must take part (a cluster) cannot be reached now; retry later.
+    #[error("unavailable: {0}")]
+    Unavailable(String),
 }

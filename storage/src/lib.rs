@@ -39,6 +39,7 @@
 //! | `cursors`   | `id(group) ‖ id(user) ‖ id(device)` | the device's SYNC position in the group's read-diffused messages  |
 //! | `relations` | `id(user) ‖ kind u8 ‖ id(other)`   | since ms, note (kind: 1 following, 2 follower, 3 friend, 4 blocked, 5 pending request from `other`, 6 request sent to `other`) |
 //! | `relations` | `id(user)`                         | relation settings: friends only, updated ms                        |
+//! | `outbox`    | `seq` (u64 BE)                     | a write owed to another node of a cluster (module `remote`)        |
 //! | `push`      | `id(user) ‖ 1 ‖ id(device)`        | the device's push token: platform, token, updated ms (module `push`) |
 //! | `push`      | `id(user) ‖ 2 ‖ conv`              | the conversation is muted for offline push until ms, updated ms     |
 //!
@@ -118,6 +119,7 @@ mod mem;
 mod push;
 mod read;
 mod records;
+mod remote;
 mod rocks;
 mod store;
 mod types;
@@ -134,9 +136,11 @@ pub use keys::KeyError;
 pub use mem::MemEngine;
 pub use push::{PushSetting, PushTargets, PushToken};
 pub use records::SCHEMA_VERSION;
+pub use remote::{ApplyResult, OutboxEntry, RemoteSide, RemoteWrite};
 pub use rocks::{RocksConfig, RocksEngine};
 pub use store::{
-    Clock, Completion, Durability, ManualClock, Store, StoreConfig, SystemClock, WriterStats,
+    Clock, Completion, Durability, ManualClock, OutboxHook, Resolver, Store, StoreConfig,
+    SystemClock, WriterStats,
 };
 pub use types::{
     AppendResult, CursorUpdate, DevicePosition, DevicePositionEntry, Diffusion, DirectMessage,

@@ -5,7 +5,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 use std::task::{Context, Poll};
 use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -23,6 +23,7 @@ use crate::records::{
     access, dedup_time_of, encode, inbox_time_of, ArchivedNodeRecord, ArchivedSchemaRecord,
     NodeRecord, SchemaRecord, SCHEMA_VERSION,
 };
+use crate::remote::{self, ApplyResult, OutboxEntry, RemoteSide, RemoteWrite};
 use crate::types::{
     AppendResult, CursorUpdate, DevicePosition, DevicePositionEntry, DirectMessage,
     GroupAppendResult, GroupCursor, GroupInfo, GroupLimits, GroupMessage, GroupOutcome,
@@ -143,7 +144,28 @@ pub struct Completion<T> {
     rx: oneshot::Receiver<Result<T, OpError>>,
 }
 
+/// Completes a [`Completion`] made by [`Completion::detached`].
+#[derive(Debug)]
+pub struct Resolver<T> {
+    tx: oneshot::Sender<Result<T, OpError>>,
+}
+
+impl<T> Resolver<T> {
+    /// Completes the operation (nothing happens if the waiter is gone).
+    pub fn resolve(self, result: Result<T, OpError>) {
+        let _ = self.tx.send(result);
+    }
+}
+
 impl<T> Completion<T> {
+    /// A completion resolved by the caller instead of the store: for an operation that a
+    /// store of another node carries out (cross-node delivery), awaited like a local one.
+    /// Dropping the resolver completes it with [`OpError::Closed`].
+    pub fn detached() -> (Resolver<T>, Completion<T>) {
+        let (tx, rx) = oneshot::channel();
+        (Resolver { tx }, Completion { rx })
+    }
+
     /// Blocks until the operation completes.
     pub fn wait(self) -> Result<T, OpError> {
         self.rx.recv().unwrap_or(Err(OpError::Closed))
@@ -170,6 +192,10 @@ impl<T> Future for Completion<T> {
 }
 
 type ReadJob<E> = Box<dyn FnOnce(&E) + Send>;
+
+/// Called on the commit thread with the outbox entries of each batch once it is durable (see
+/// [`Store::set_outbox_hook`]); it must only hand them on, never block.
+pub type OutboxHook = Box<dyn Fn(Vec<OutboxEntry>) + Send + Sync>;
 
 /// Counters of the group-commit writer, for metrics and benchmarks.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
@@ -206,6 +232,7 @@ pub struct Store<E: KvEngine> {
     read_tx: Option<Sender<ReadJob<E>>>,
     threads: Vec<JoinHandle<()>>,
     stats: Arc<StatsCell>,
+    outbox_hook: Arc<OnceLock<OutboxHook>>,
 }
 
 impl<E: KvEngine> std::fmt::Debug for Store<E> {
@@ -287,6 +314,7 @@ struct WriterThread<E: KvEngine> {
     max_batch_ops: usize,
     sync: bool,
     stats: Arc<StatsCell>,
+    outbox_hook: Arc<OnceLock<OutboxHook>>,
 }
 
 /// A batch on its way from the writer thread to the committer thread.
@@ -300,6 +328,8 @@ struct Sealed {
     after_reset: bool,
     /// Signalled once the batch is written or failed.
     done: Option<oneshot::Sender<()>>,
+    /// Outbox entries the batch creates, handed to the hook once it is durable.
+    outbox: Vec<OutboxEntry>,
 }
 
 /// State shared by the writer and committer threads.
@@ -320,6 +350,7 @@ fn committer_loop<E: KvEngine>(
     pipeline: &Pipeline,
     sync: bool,
     stats: &StatsCell,
+    outbox_hook: &OnceLock<OutboxHook>,
 ) {
     let mut broken: Option<EngineError> = None;
     while let Ok(sealed) = rx.recv() {
@@ -330,6 +361,7 @@ fn committer_loop<E: KvEngine>(
             poisoned,
             after_reset,
             done,
+            outbox,
         } = sealed;
         if after_reset {
             broken = None;
@@ -350,6 +382,11 @@ fn committer_loop<E: KvEngine>(
             stats.failed_batches.fetch_add(1, Ordering::Relaxed);
         }
         pipeline.durable.store(gen, Ordering::SeqCst);
+        if result.is_ok() && !outbox.is_empty() {
+            if let Some(hook) = outbox_hook.get() {
+                hook(outbox);
+            }
+        }
         for w in waiting {
             w.complete(&result);
         }
@@ -373,6 +410,7 @@ fn writer_loop<E: KvEngine>(w: WriterThread<E>) {
         max_batch_ops,
         sync,
         stats,
+        outbox_hook,
     } = w;
     let pipeline = Pipeline::default();
     let (commit_tx, commit_rx) = bounded::<Sealed>(1);
@@ -381,7 +419,15 @@ fn writer_loop<E: KvEngine>(w: WriterThread<E>) {
         let committer = std::thread::Builder::new()
             .name("tern-storage-commit".into())
             .spawn_scoped(scope, || {
-                committer_loop(&*engine, commit_rx, spare_tx, &pipeline, sync, &stats)
+                committer_loop(
+                    &*engine,
+                    commit_rx,
+                    spare_tx,
+                    &pipeline,
+                    sync,
+                    &stats,
+                    &outbox_hook,
+                )
             });
         if committer.is_err() {
             // Without a committer nothing can become durable: fail everything queued.
@@ -408,6 +454,7 @@ fn writer_loop<E: KvEngine>(w: WriterThread<E>) {
             core.seal();
             let poisoned = core.poisoned().cloned();
             let gen = core.gen();
+            let outbox = core.take_outbox();
             let mut batch = core.take(spare_rx.try_recv().unwrap_or_default());
             if poisoned.is_none() {
                 // Sorting and encoding here rather than in the engine's write keeps them off the
@@ -428,6 +475,7 @@ fn writer_loop<E: KvEngine>(w: WriterThread<E>) {
                 poisoned: poisoned.clone(),
                 after_reset: std::mem::take(after_reset),
                 done,
+                outbox,
             };
             // Only fails if the committer is gone, and then its scope is ending anyway.
             let _ = commit_tx.send(sealed);
@@ -521,6 +569,7 @@ impl<E: KvEngine> Store<E> {
             read_tx: Some(read_tx),
             threads: Vec::new(),
             stats: Arc::new(StatsCell::default()),
+            outbox_hook: Arc::new(OnceLock::new()),
         };
         let core = WriterCore::new(Arc::clone(&engine), core_config);
         let sync = config.durability == Durability::Synced;
@@ -533,6 +582,7 @@ impl<E: KvEngine> Store<E> {
             max_batch_ops,
             sync,
             stats: Arc::clone(&store.stats),
+            outbox_hook: Arc::clone(&store.outbox_hook),
         };
         let writer = std::thread::Builder::new()
             .name("tern-storage-writer".into())
@@ -695,6 +745,39 @@ impl<E: KvEngine> Store<E> {
         self.submit(|tx| WriteCmd::SetPush(setting, tx))
     }
 
+    /// Stores a one-to-one message of which the `remote` side is served by node `dest_node`
+    /// (a cluster): the message, this side's inbox entry and counters, the dedup row and an
+    /// outbox entry with the other side's half, in one batch. The result's inbox seq of the
+    /// remote side is zero. A retransmission gets the original result and writes nothing.
+    /// Once the batch is durable the new entry goes to the [outbox hook](Self::set_outbox_hook).
+    pub fn append_routed(
+        &self,
+        msg: DirectMessage,
+        remote: RemoteSide,
+        dest_node: String,
+    ) -> Result<Completion<AppendResult>, SubmitError> {
+        self.submit(|tx| WriteCmd::AppendRouted(msg, remote, dest_node, tx))
+    }
+
+    /// Applies the half of a message another node stored (the user of `write` is served here):
+    /// the message row's copy, the user's inbox entry, recent row and counters. Idempotent by
+    /// message id: a second application writes nothing and reports `duplicate`.
+    pub fn apply_remote(&self, write: RemoteWrite) -> Result<Completion<ApplyResult>, SubmitError> {
+        self.submit(|tx| WriteCmd::ApplyRemote(write, tx))
+    }
+
+    /// Removes outbox entries the destination acknowledged.
+    pub fn outbox_done(&self, seqs: Vec<u64>) -> Result<Completion<()>, SubmitError> {
+        self.submit(|tx| WriteCmd::OutboxDone(seqs, tx))
+    }
+
+    /// Sets the function the commit thread calls with every durable batch's new outbox entries
+    /// (once per store; `false` if one was set already). Entries written before it was set are
+    /// read with [`Store::outbox_page`].
+    pub fn set_outbox_hook(&self, hook: OutboxHook) -> bool {
+        self.outbox_hook.set(hook).is_ok()
+    }
+
     /// Applies a group change (create, update, members, leave, transfer, disband) after
     /// checking the asking member's role, with its GROUP_EVENT, in one batch; a refused change
     /// writes nothing. Fails with [`OpError::NotFound`], [`OpError::NotAllowed`],
@@ -791,6 +874,20 @@ impl<E: KvEngine> Store<E> {
         seq: Seq,
     ) -> Result<Completion<GroupReaders>, SubmitError> {
         self.query_op(move |e| group_read::readers(e, &group, &user, seq))
+    }
+
+    /// Up to `limit` outbox entries with a seq above `after`, in the order they were written.
+    pub fn outbox_page(
+        &self,
+        after: u64,
+        limit: usize,
+    ) -> Result<Completion<Vec<OutboxEntry>>, SubmitError> {
+        self.query(move |e| remote::outbox_page(e, after, limit))
+    }
+
+    /// The highest outbox seq in use (zero when the outbox is empty).
+    pub fn outbox_last(&self) -> Result<Completion<u64>, SubmitError> {
+        self.query(remote::outbox_last)
     }
 
     /// Up to `limit` inbox entries after `after`, oldest first, joined with their messages.

@@ -1,7 +1,8 @@
 //! Cluster tests with real `ternd` processes on 127.0.0.1 (issue 9): three nodes form a
 //! cluster over authenticated gossip, a process with another secret cannot join, HELLO at a
 //! node that does not own the user is redirected and the SDK follows, a message to a user of
-//! another node is refused with UNAVAILABLE (node-to-node links do not exist yet), and a node
+//! another node is delivered over the node-to-node links (also across SIGKILLs, through the
+//! durable outbox), and a node
 //! killed with SIGKILL is declared down within 2 s and its slots move to the survivors (and back
 //! when it restarts), and one stopped with SIGTERM leaves at once.
 //!
@@ -160,7 +161,7 @@ fn three_nodes_form_a_cluster_and_a_process_without_the_secret_cannot_join() {
 }
 
 #[test]
-fn hello_at_a_non_owner_is_redirected_and_remote_messages_are_refused() {
+fn hello_at_a_non_owner_is_redirected_and_remote_messages_cross_the_link() {
     let _serial = serial();
     let [a, b, c] = three_nodes();
     let (id_a, id_b, id_c) = (node_id(&a), node_id(&b), node_id(&c));
@@ -228,15 +229,27 @@ fn hello_at_a_non_owner_is_redirected_and_remote_messages_are_refused() {
     send_text(&mut bob_phone, &ann, local, "hello from B to B");
     expect_push(&mut ann_phone, local, "hello from B to B");
 
-    // A message to a user another node serves: UNAVAILABLE, not stored, the connection stays.
+    // A message to a user another node serves crosses the node-to-node link: SEND_ACK, PUSH
+    // at the other node, and the entry in both inboxes.
+    links_up(&[&a, &b, &c]);
     let carl = user_owned_by(&a, &id_c, "carl");
+    let mut carl_phone = Connection::connect(&c.native, &hello(&carl, "phone"), WAIT)
+        .unwrap_or_else(|e| panic!("carl at C: {e}"));
     let remote = MsgId([2; 16]);
+    send_text(&mut bob_phone, &carl, remote, "to another node");
+    expect_push(&mut carl_phone, remote, "to another node");
+    let mine = sync_all(&mut bob_phone);
+    assert!(mine.iter().any(|m| m.msg_id == remote));
+    assert!(mine.iter().any(|m| m.msg_id == local));
+    assert!(sync_all(&mut carl_phone).iter().any(|m| m.msg_id == remote));
+
+    // A request the links do not carry (a relation with a user of another node): UNAVAILABLE,
+    // nothing stored, the connection stays.
     let answer = bob_phone.request(
-        Body::Send(Send {
-            to: Conv::direct(carl.clone()),
-            msg_id: remote,
-            kind: MessageKind::TEXT,
-            body: b"to another node".to_vec().into(),
+        Body::Relation(tern_protocol::Relation {
+            op: tern_protocol::RelationOp::FOLLOW,
+            user: carl.clone().into(),
+            note: "".into(),
         }),
         WAIT,
     );
@@ -257,30 +270,7 @@ fn hello_at_a_non_owner_is_redirected_and_remote_messages_are_refused() {
             WAIT,
         )
         .unwrap_or_else(|e| panic!("SYNC after the refusal: {e}"));
-    let Body::SyncPage(p) = page.body else {
-        panic!("expected SYNC_PAGE, got {page:?}")
-    };
-    assert!(
-        p.messages.iter().all(|m| m.msg_id != remote),
-        "the refused message was stored"
-    );
-    assert!(p.messages.iter().any(|m| m.msg_id == local));
-    // Carl, at C, has nothing either.
-    let mut carl_phone = Connection::connect(&c.native, &hello(&carl, "phone"), WAIT)
-        .unwrap_or_else(|e| panic!("carl at C: {e}"));
-    let page = carl_phone
-        .request(
-            Body::Sync(Sync {
-                after_inbox_seq: 0,
-                limit: 100,
-            }),
-            WAIT,
-        )
-        .unwrap_or_else(|e| panic!("carl's SYNC: {e}"));
-    let Body::SyncPage(p) = page.body else {
-        panic!("expected SYNC_PAGE, got {page:?}")
-    };
-    assert!(p.messages.is_empty(), "carl's inbox: {:?}", p.messages);
+    assert!(matches!(page.body, Body::SyncPage(_)));
     let _ = id_a;
 }
 
@@ -413,4 +403,379 @@ fn a_node_without_cluster_serves_every_slot() {
             WAIT,
         )
         .unwrap_or_else(|e| panic!("SYNC: {e}"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cross-node delivery (node-to-node links and the durable outbox)
+
+/// Every node's links to the two others are up.
+fn links_up(nodes: &[&Node]) {
+    let up = poll(CONVERGE, || {
+        nodes
+            .iter()
+            .all(|n| n.metric("tern_cluster_links_connected") == Some(nodes.len() as u64 - 1))
+            .then_some(())
+    });
+    assert!(up.is_some(), "node-to-node links did not come up");
+}
+
+/// A message id that names its sender, recipient and round.
+fn msg_id(from: usize, to: usize, round: usize) -> MsgId {
+    let mut id = [0u8; 16];
+    id[0] = 0xC1;
+    id[1] = from as u8;
+    id[2] = to as u8;
+    id[3..11].copy_from_slice(&(round as u64).to_be_bytes());
+    MsgId(id)
+}
+
+/// Every entry of the connection's user's inbox, paged with SYNC from the start.
+fn sync_all(conn: &mut Connection) -> Vec<tern_protocol::Message<'static>> {
+    let mut out = Vec::new();
+    let mut after = 0;
+    for _ in 0..1_000 {
+        let page = conn
+            .request(
+                Body::Sync(Sync {
+                    after_inbox_seq: after,
+                    limit: 500,
+                }),
+                WAIT,
+            )
+            .unwrap_or_else(|e| panic!("SYNC: {e}"));
+        let Body::SyncPage(p) = page.body else {
+            panic!("expected SYNC_PAGE, got {page:?}")
+        };
+        if let Some(last) = p.messages.last() {
+            after = last.inbox_seq;
+        }
+        let more = p.more;
+        out.extend(p.messages);
+        if !more {
+            return out;
+        }
+    }
+    panic!("SYNC never reached the end of the inbox");
+}
+
+/// A SEND retransmitted (same msgid) while the answer is a transient refusal; the SEND_ACK.
+fn send_acked(conn: &mut Connection, to: &str, id: MsgId, text: &str) -> tern_protocol::SendAck {
+    for _ in 0..50 {
+        let answer = conn.request(
+            Body::Send(Send {
+                to: Conv::direct(to.to_owned()),
+                msg_id: id,
+                kind: MessageKind::TEXT,
+                body: text.as_bytes().to_vec().into(),
+            }),
+            WAIT,
+        );
+        match answer {
+            Ok(tern_protocol::Frame {
+                body: Body::SendAck(a),
+                ..
+            }) => {
+                assert_eq!(a.msg_id, id);
+                return a;
+            }
+            Err(ConnectionError::Server { code, .. }) if !code.closes_connection() => {
+                std::thread::sleep(Duration::from_millis(100));
+            }
+            other => panic!("{text}: expected SEND_ACK, got {other:?}"),
+        }
+    }
+    panic!("{text}: no SEND_ACK after 50 transmissions");
+}
+
+/// Issue 9: users of all three nodes write to each other (every pair, both directions, one
+/// device sending, another online). Every acknowledged message is in both users' inboxes
+/// exactly once, with the conversation sequence its SEND_ACK named; each conversation reads
+/// the same on both sides when ordered by `conv_seq` (SPEC §9 rule 5), each sender's messages
+/// in the order they were sent; every online device got each of its user's entries as exactly
+/// one PUSH; and every outbox empties.
+#[test]
+fn users_of_three_nodes_exchange_messages_none_lost_none_duplicated_in_order() {
+    let _serial = serial();
+    let started = Instant::now();
+    let nodes = three_nodes();
+    links_up(&[&nodes[0], &nodes[1], &nodes[2]]);
+    let ids: Vec<String> = nodes.iter().map(node_id).collect();
+    // Two users per node.
+    let users: Vec<String> = (0..6)
+        .map(|i| user_owned_by(&nodes[0], &ids[i / 2], &format!("x{i}")))
+        .collect();
+    let node_of = |u: usize| &nodes[u / 2];
+    // A second device of every user stays online and collects PUSHes.
+    let mut tabs: Vec<Connection> = (0..6)
+        .map(|u| {
+            Connection::connect(&node_of(u).native, &hello(&users[u], "tab"), WAIT)
+                .unwrap_or_else(|e| panic!("{} tab: {e}", users[u]))
+        })
+        .collect();
+    const ROUNDS: usize = 12;
+    let acks: Vec<Vec<(usize, usize, tern_protocol::SendAck)>> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..6)
+            .map(|u| {
+                let users = &users;
+                let addr = node_of(u).native.clone();
+                s.spawn(move || {
+                    let mut phone = Connection::connect(&addr, &hello(&users[u], "phone"), WAIT)
+                        .unwrap_or_else(|e| panic!("{} phone: {e}", users[u]));
+                    let mut acks = Vec::new();
+                    for round in 0..ROUNDS {
+                        for v in (0..6).filter(|v| *v != u) {
+                            let text = format!("{u}->{v} #{round}");
+                            let a = send_acked(&mut phone, &users[v], msg_id(u, v, round), &text);
+                            acks.push((v, round, a));
+                        }
+                    }
+                    acks
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().expect("sender thread"))
+            .collect()
+    });
+    let sent = 6 * 5 * ROUNDS;
+    eprintln!(
+        "{sent} messages between users of 3 nodes acknowledged after {:?}",
+        started.elapsed()
+    );
+
+    // Inboxes, read by a fresh device of each user.
+    let inboxes: Vec<Vec<tern_protocol::Message<'static>>> = (0..6)
+        .map(|u| {
+            let mut c = Connection::connect(&node_of(u).native, &hello(&users[u], "check"), WAIT)
+                .unwrap_or_else(|e| panic!("{} check: {e}", users[u]));
+            // Outbox entries may still be on their way: wait until the inbox is complete.
+            let want = 2 * 5 * ROUNDS;
+            poll(CONVERGE, || {
+                let inbox = sync_all(&mut c);
+                (inbox.len() >= want).then_some(inbox)
+            })
+            .unwrap_or_else(|| panic!("{}'s inbox never reached {want} entries", users[u]))
+        })
+        .collect();
+    for (u, inbox) in inboxes.iter().enumerate() {
+        assert_eq!(
+            inbox.len(),
+            2 * 5 * ROUNDS,
+            "{}: {} entries",
+            users[u],
+            inbox.len()
+        );
+        let mut seen = std::collections::HashSet::new();
+        for m in inbox {
+            assert!(
+                seen.insert((m.conv.id.to_string(), m.conv_seq)),
+                "{} holds ({}, {}) twice",
+                users[u],
+                m.conv.id,
+                m.conv_seq
+            );
+        }
+        let ids: std::collections::HashSet<MsgId> = inbox.iter().map(|m| m.msg_id).collect();
+        assert_eq!(ids.len(), inbox.len(), "{}: a msgid twice", users[u]);
+    }
+    // Every acknowledged message is in both inboxes with its acknowledged conv_seq.
+    for (u, list) in acks.iter().enumerate() {
+        for (v, round, a) in list {
+            for holder in [u, *v] {
+                let m = inboxes[holder]
+                    .iter()
+                    .find(|m| m.msg_id == a.msg_id)
+                    .unwrap_or_else(|| {
+                        panic!("{u}->{v} #{round} missing from {}'s inbox", users[holder])
+                    });
+                assert_eq!(m.conv_seq, a.conv_seq, "{u}->{v} #{round} at {holder}");
+                assert_eq!(m.body.as_ref(), format!("{u}->{v} #{round}").as_bytes());
+            }
+        }
+    }
+    // Each conversation, ordered by conv_seq, reads the same on both sides, and each sender's
+    // messages are in sending order.
+    for u in 0..6 {
+        for v in (u + 1)..6 {
+            let view = |holder: usize, peer: usize| {
+                let mut c: Vec<(u64, MsgId)> = inboxes[holder]
+                    .iter()
+                    .filter(|m| m.conv.id == users[peer].as_str())
+                    .map(|m| (m.conv_seq, m.msg_id))
+                    .collect();
+                c.sort();
+                c
+            };
+            let (a, b) = (view(u, v), view(v, u));
+            assert_eq!(a.len(), 2 * ROUNDS);
+            assert_eq!(a, b, "conversation {u}/{v} differs between its users");
+            for from in [u, v] {
+                let rounds: Vec<u64> = a
+                    .iter()
+                    .filter(|(_, id)| id.0[1] == from as u8)
+                    .map(|(_, id)| u64::from_be_bytes(id.0[3..11].try_into().expect("8 bytes")))
+                    .collect();
+                assert!(
+                    rounds.windows(2).all(|w| w[0] < w[1]),
+                    "conversation {u}/{v}: {from}'s messages out of order: {rounds:?}"
+                );
+            }
+        }
+    }
+    // Every online device got each of its user's entries as one PUSH.
+    for (u, tab) in tabs.iter_mut().enumerate() {
+        let mut pushes = std::collections::HashMap::new();
+        let deadline = Instant::now() + CONVERGE;
+        while pushes.len() < 2 * 5 * ROUNDS && Instant::now() < deadline {
+            match tab.recv(Duration::from_millis(200)) {
+                Ok(Some(f)) => {
+                    if let Body::Push(m) = f.body {
+                        let n = pushes
+                            .entry((m.conv.id.to_string(), m.conv_seq))
+                            .or_insert(0);
+                        *n += 1;
+                    }
+                }
+                Ok(None) => {}
+                Err(e) => panic!("{} tab: {e}", users[u]),
+            }
+        }
+        // Anything still in flight would show up now.
+        while let Ok(Some(f)) = tab.recv(Duration::from_millis(300)) {
+            if let Body::Push(m) = f.body {
+                *pushes
+                    .entry((m.conv.id.to_string(), m.conv_seq))
+                    .or_insert(0) += 1;
+            }
+        }
+        assert_eq!(pushes.len(), 2 * 5 * ROUNDS, "{}'s tab", users[u]);
+        assert!(
+            pushes.values().all(|n| *n == 1),
+            "{}'s tab got a PUSH twice",
+            users[u]
+        );
+    }
+    let drained = poll(CONVERGE, || {
+        nodes
+            .iter()
+            .all(|n| n.metric("tern_cluster_outbox_entries") == Some(0))
+            .then_some(())
+    });
+    assert!(drained.is_some(), "an outbox did not empty");
+    let forwarded: u64 = nodes
+        .iter()
+        .map(|n| n.metric("tern_cluster_forwarded_total").unwrap_or(0))
+        .sum();
+    let applied: u64 = nodes
+        .iter()
+        .map(|n| n.metric("tern_cluster_outbox_applied_total").unwrap_or(0))
+        .sum();
+    eprintln!(
+        "forwarded SENDs: {forwarded}, outbox entries applied: {applied}, total {:?}",
+        started.elapsed()
+    );
+    assert!(forwarded > 0 && applied > 0);
+    let (_, metrics) = nodes[0].admin_get("/metrics");
+    assert!(
+        metrics.contains("tern_cluster_link_queue_depth{peer="),
+        "{metrics}"
+    );
+}
+
+/// Issue 9: the recipient's node is SIGKILLed, the sender's node acknowledges messages for it
+/// (durable in its outbox), is SIGKILLed too, and both restart: every message reaches the
+/// recipient's inbox exactly once, in order, and the outbox empties.
+#[test]
+fn outbox_entries_survive_sigkill_of_both_nodes_and_are_delivered_once() {
+    let _serial = serial();
+    let started = Instant::now();
+    let [a, mut b, mut c] = three_nodes();
+    links_up(&[&a, &b, &c]);
+    let (id_b, id_c) = (node_id(&b), node_id(&c));
+    // Alice on B writes to bob on C; "alice" < "bob" in every pair of names used here, so the
+    // conversation (and its sequence) is B's and bob's half goes through B's outbox.
+    let alice = user_owned_by(&a, &id_b, "alice");
+    let bob = user_owned_by(&a, &id_c, "bob");
+    assert!(alice < bob);
+    let mut alice_phone = Connection::connect(&b.native, &hello(&alice, "phone"), WAIT)
+        .unwrap_or_else(|e| panic!("alice at B: {e}"));
+    let mut bob_phone = Connection::connect(&c.native, &hello(&bob, "phone"), WAIT)
+        .unwrap_or_else(|e| panic!("bob at C: {e}"));
+    let mut acked = Vec::new();
+    for i in 0..10 {
+        let id = msg_id(1, 2, i);
+        acked.push(send_acked(&mut alice_phone, &bob, id, &format!("live {i}")));
+        expect_push(&mut bob_phone, id, &format!("live {i}"));
+    }
+    drop(bob_phone);
+
+    c.kill();
+    for i in 10..40 {
+        acked.push(send_acked(
+            &mut alice_phone,
+            &bob,
+            msg_id(1, 2, i),
+            &format!("queued {i}"),
+        ));
+    }
+    // The gauge is refreshed every 250 ms.
+    let pending = poll(WAIT, || {
+        b.metric("tern_cluster_outbox_entries").filter(|n| *n >= 30)
+    });
+    eprintln!("B's outbox holds {pending:?} entries with C down");
+    assert!(
+        pending.is_some(),
+        "B's outbox did not hold the 30 messages for C"
+    );
+    drop(alice_phone);
+    b.kill();
+    // The restarts bind new gossip ports; the old identities are let go first (a node that
+    // comes back under a new address while its old identity is still live in the others'
+    // views keeps the old one alive, see the report in CLUSTER.md).
+    let alone = poll(WAIT, || {
+        (a.metric("tern_cluster_members_alive") == Some(1)).then_some(())
+    });
+    assert!(alone.is_some(), "A did not declare B and C down");
+    b.restart();
+    c.restart();
+    let back = poll(CONVERGE, || {
+        [&a, &b, &c]
+            .iter()
+            .all(|n| n.metric("tern_cluster_members_alive") == Some(3))
+            .then_some(())
+    });
+    if back.is_none() {
+        for n in [&a, &b, &c] {
+            eprintln!(
+                "--- {} ---\n{}",
+                n.cluster,
+                n.admin_json("/cluster/members")
+            );
+        }
+        panic!("B and C did not rejoin");
+    }
+    let mut bob_again = Connection::connect(&c.native, &hello(&bob, "phone"), WAIT)
+        .unwrap_or_else(|e| panic!("bob at C after the restarts: {e}"));
+    let inbox = poll(CONVERGE, || {
+        let inbox = sync_all(&mut bob_again);
+        (inbox.len() >= acked.len()).then_some(inbox)
+    })
+    .unwrap_or_else(|| panic!("bob's inbox never got all {} messages", acked.len()));
+    assert_eq!(inbox.len(), acked.len(), "bob's inbox: {inbox:?}");
+    for (m, a) in inbox.iter().zip(&acked) {
+        assert_eq!(m.msg_id, a.msg_id, "bob's inbox order");
+        assert_eq!(m.conv_seq, a.conv_seq);
+    }
+    assert!(inbox.windows(2).all(|w| w[0].conv_seq < w[1].conv_seq));
+    let drained = poll(CONVERGE, || {
+        (b.metric("tern_cluster_outbox_entries") == Some(0)).then_some(())
+    });
+    assert!(drained.is_some(), "B's outbox did not empty");
+    // Alice's own inbox on B holds each message once too.
+    let mut alice_again = Connection::connect(&b.native, &hello(&alice, "tab"), WAIT)
+        .unwrap_or_else(|e| panic!("alice at B after the restart: {e}"));
+    let mine = sync_all(&mut alice_again);
+    assert_eq!(mine.len(), acked.len());
+    eprintln!("outbox crash test took {:?}", started.elapsed());
 }

@@ -5,13 +5,18 @@
 //! comes out, and the deterministic simulator (`sim`, tests only) does the same over a
 //! simulated network. [`node`] is that runtime, a thin adapter: the gossip socket and its
 //! thread, the owner table it publishes to the cores, REDIRECT, and the refusal of requests
-//! that another node must serve.
+//! that another node must serve. [`route`] decides where a one-to-one message is stored,
+//! [`wire`] is the node-to-node link protocol (sans-io) and [`links`] runs it: forwarded
+//! SENDs and the durable outbox of cross-node writes.
 
+pub mod links;
 pub mod membership;
 pub mod node;
 pub mod ring;
+pub mod route;
 #[cfg(test)]
 mod sim;
+pub mod wire;
 
 pub use membership::{
     majority, next_generation, ClientAddr, ClusterSecret, Datagram, Membership, MembershipConfig,

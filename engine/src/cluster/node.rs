@@ -9,9 +9,10 @@
 //! [`SharedOwners`]. A plain thread rather than a monoio core because gossip is a few small
 //! datagrams per second and must keep its timing when the cores are busy with clients.
 //!
-//! What this does not do yet (CLUSTER.md): node-to-node links, the outbox, handoff, quorum
-//! refusal. Requests that would need another node are refused with `UNAVAILABLE`
-//! ([`remote_refusal`]) instead of being stored on the wrong node.
+//! What this does not do yet (CLUSTER.md): handoff, quorum refusal, and requests other than
+//! one-to-one SENDs across nodes (those travel over `cluster::links`). Requests that would need
+//! another node are refused with `UNAVAILABLE` ([`remote_refusal`]) instead of being stored on
+//! the wrong node.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -254,9 +255,9 @@ pub fn redirect(request_id: u32, epoch: u64, owner: &RemoteOwner) -> Frame<'stat
 }
 
 /// Whether a request of an open session needs a user, conversation or room that another node
-/// serves. Such requests are refused with `UNAVAILABLE` (retry later): without node-to-node
-/// links this node cannot reach the owner, and storing the data here would put it on a node
-/// that does not own it (a second sequence authority, an inbox nobody reads).
+/// serves and that the node-to-node links do not carry (everything but a one-to-one SEND).
+/// Such requests are refused with `UNAVAILABLE` (retry later): storing the data here would put
+/// it on a node that does not own it (a second sequence authority, an inbox nobody reads).
 pub fn remote_refusal(table: &OwnerTable, session: &SessionInfo, plan: &Plan) -> Option<String> {
     let user_owner = |user: &str| match table.owner_of_user(user) {
         Owner::Remote(o) => Some(o.node.clone()),
@@ -271,15 +272,21 @@ pub fn remote_refusal(table: &OwnerTable, session: &SessionInfo, plan: &Plan) ->
         | Plan::Sync { .. }
         | Plan::Contacts { .. }
         | Plan::FriendsOnly { .. }
-        | Plan::RelationList { .. } => (true, None),
-        Plan::Append { msg } => (
-            true,
-            Some(Needed::new(
-                "user",
-                msg.recipient.as_str().to_owned(),
-                user_owner(msg.recipient.as_str()),
-            )),
+        | Plan::RelationList { .. }
+        | Plan::SetPresence { .. }
+        | Plan::PushToken { .. }
+        | Plan::Mute { .. } => (true, None),
+        // A user's presence is kept by the node that serves them.
+        Plan::Subscribe { users, .. } => (
+            false,
+            users.iter().find_map(|u| {
+                user_owner(u.as_str())
+                    .map(|node| Needed::new("user", u.as_str().to_owned(), Some(node)))
+            }),
         ),
+        // A one-to-one message to a user of another node is stored where its conversation
+        // lives and crosses over the node-to-node links (`cluster::route`).
+        Plan::Append { .. } => (true, None),
         // A recall changes the timeline and both users' inboxes, as a SEND does.
         Plan::Read { peer, .. } | Plan::Recall { peer, .. } => (
             true,
@@ -319,6 +326,26 @@ pub fn remote_refusal(table: &OwnerTable, session: &SessionInfo, plan: &Plan) ->
         // Ephemeral: reaches the peer's sessions on this node, if any, and is dropped
         // otherwise (nothing is stored).
         Plan::Typing { .. } => (false, None),
+        // A group's timeline and rows live at the group's slot; its members' inboxes are
+        // written there too, so a group is served only where its slot is (members served by
+        // other nodes are not reached yet).
+        Plan::Group(g) => match crate::groups::group_of(g) {
+            Some(group) => {
+                let conv = ConvKey::Group(group.clone());
+                (
+                    true,
+                    Some(Needed::new(
+                        "group",
+                        group.as_str().to_owned(),
+                        match table.owner(conversation_slot(&conv)) {
+                            Owner::Remote(o) => Some(o.node.clone()),
+                            Owner::Local(_) => None,
+                        },
+                    )),
+                )
+            }
+            None => (true, None),
+        },
     };
     // The session's own user: its slot moved away since HELLO (a membership change; handing
     // the session over is not implemented yet).
@@ -333,7 +360,7 @@ pub fn remote_refusal(table: &OwnerTable, session: &SessionInfo, plan: &Plan) ->
     let Needed { what, name, node } = other?;
     let node = node?;
     Some(format!(
-        "{what} {name} is served by node {node}; messages between nodes are not supported yet, retry later"
+        "{what} {name} is served by node {node}; this request between nodes is not supported yet, retry later"
     ))
 }
 
@@ -406,6 +433,25 @@ impl ClusterState {
         self.bound
     }
 
+    /// The ids of the live members other than this node.
+    pub fn peer_ids(&self) -> Vec<String> {
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        view.members
+            .iter()
+            .filter(|m| m.id != self.me)
+            .map(|m| m.id.to_string())
+            .collect()
+    }
+
+    /// The cluster address of live member `id` (its links listen on the same TCP port).
+    pub fn member_addr(&self, id: &str) -> Option<SocketAddr> {
+        let view = self.view.read().unwrap_or_else(|e| e.into_inner());
+        view.members
+            .iter()
+            .find(|m| m.id.as_str() == id)
+            .map(|m| m.cluster_addr)
+    }
+
     /// `GET /cluster/members`: this node's view.
     pub fn members_json(&self) -> serde_json::Value {
         let v = self.view();
@@ -468,10 +514,38 @@ impl ClusterState {
 // The cluster thread
 // ---------------------------------------------------------------------------------------------
 
+/// Binds the gossip UDP socket and the link TCP listener on one address (the same port number).
+/// With port 0 the UDP socket picks a port; if TCP cannot have the same number (another socket
+/// holds it), both are bound again on a new one.
+fn bind_gossip_and_links(addr: SocketAddr) -> anyhow::Result<(UdpSocket, std::net::TcpListener)> {
+    let mut last_err = None;
+    for _ in 0..20 {
+        let socket =
+            UdpSocket::bind(addr).with_context(|| format!("binding cluster address {addr}"))?;
+        let bound = socket.local_addr()?;
+        match std::net::TcpListener::bind(bound) {
+            Ok(l) => {
+                l.set_nonblocking(true)?;
+                return Ok((socket, l));
+            }
+            Err(e) if addr.port() == 0 => last_err = Some(e),
+            Err(e) => {
+                return Err(e).with_context(|| format!("binding the link listener on TCP {bound}"))
+            }
+        }
+    }
+    Err(anyhow::anyhow!(
+        "no port free for both gossip (UDP) and links (TCP) on {}: {last_err:?}",
+        addr.ip()
+    ))
+}
+
 /// A bound cluster socket and a membership ready to join, before its thread starts.
 #[derive(Debug)]
 pub struct ClusterNode {
     socket: UdpSocket,
+    /// The node-to-node link listener: TCP on the gossip address's port (taken by `links`).
+    pub link_listener: Option<std::net::TcpListener>,
     membership: Membership,
     identity: PersistedIdentity,
     size: usize,
@@ -492,8 +566,7 @@ impl ClusterNode {
                 settings.bind
             );
         }
-        let socket = UdpSocket::bind(settings.bind)
-            .with_context(|| format!("binding cluster address {}", settings.bind))?;
+        let (socket, link_listener) = bind_gossip_and_links(settings.bind)?;
         let bound = socket.local_addr()?;
         let generation = next_generation(identity.last_generation, crate::server::now_ms());
         identity
@@ -528,6 +601,7 @@ impl ClusterNode {
         }
         Ok(ClusterNode {
             socket,
+            link_listener: Some(link_listener),
             membership,
             identity,
             size: settings.size,
@@ -850,9 +924,9 @@ mod tests {
                 }),
             )
         };
+        // A SEND to a user of another node crosses the links (`cluster::route`).
         let plan = crate::session::plan(&info, &send("bob"), &limits);
-        let why = remote_refusal(&table, &info, &plan).unwrap();
-        assert!(why.contains("node-b"), "{why}");
+        assert_eq!(remote_refusal(&table, &info, &plan), None);
         let plan = crate::session::plan(&info, &send("carol"), &limits);
         assert_eq!(remote_refusal(&table, &info, &plan), None);
         // The session's own user moved away: its writes are refused too.

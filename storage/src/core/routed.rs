@@ -1,0 +1,328 @@
+//! The writer's side of cross-node delivery (see the `remote` module): a one-to-one append of
+//! which one user is served by another node, the application of such a half on the node
+//! serving that user, and the removal of acknowledged outbox entries.
+//!
+//! A routed append is `append_direct` for one side: the conversation row, the local user's
+//! inbox entry and counters, the dedup row (the remote side's inbox seq is zero: that node
+//! assigns it) and, in the same batch, the remote side's half as an `outbox` row. The entries a
+//! batch creates are handed to the driver with the batch (`take_outbox`), which passes them on
+//! once the batch is durable, so a node sends only what it will still hold after a crash.
+
+use std::mem;
+
+use crate::engine::{Cf, KvEngine};
+use crate::error::OpError;
+use crate::ids::{ConvKey, DirectPair, MessageFlags, Seq, UserId};
+use crate::keys::{self, decode_conv};
+use crate::records::{bad, DedupRecordRef, MessageRecordRef};
+use crate::remote::{outbox_key, ApplyResult, OutboxEntry, OutboxRecord, RemoteSide, RemoteWrite};
+use crate::types::{AppendResult, DirectMessage};
+
+use super::{PendingAppend, WriterCore};
+
+/// The writer's outbox state.
+#[derive(Debug, Default)]
+pub(super) struct Outbox {
+    /// The last outbox seq assigned (loaded on first use).
+    last: Option<u64>,
+    /// Entries added to the open batch.
+    created: Vec<OutboxEntry>,
+}
+
+impl<E: KvEngine> WriterCore<E> {
+    /// Takes the outbox entries the batch just sealed created; hand them on once it is durable.
+    pub(crate) fn take_outbox(&mut self) -> Vec<OutboxEntry> {
+        mem::take(&mut self.outbox.created)
+    }
+
+    /// Forgets the cached outbox seq (after a failed write it is reloaded).
+    pub(super) fn reset_outbox(&mut self) {
+        self.outbox = Outbox::default();
+    }
+
+    fn outbox_last(&mut self) -> Result<u64, OpError> {
+        if let Some(last) = self.outbox.last {
+            return Ok(last);
+        }
+        let last = crate::remote::outbox_last(&*self.engine)?;
+        self.outbox.last = Some(last);
+        Ok(last)
+    }
+
+    /// The result first assigned to this (sender, client msg id), if any: from a batch in
+    /// flight or from the dedup row.
+    fn original(
+        &mut self,
+        sender_u: u32,
+        sender: &UserId,
+        id: crate::ids::ClientMsgId,
+    ) -> Result<Option<AppendResult>, OpError> {
+        if let Some(p) = self.pending_dedup.get(&(sender_u, id.0)) {
+            let p = *p;
+            let conv = decode_conv(self.convs.key(p.conv)).map_err(|e| bad(Cf::Messages, e))?;
+            return Ok(Some(AppendResult {
+                conv,
+                conv_seq: p.conv_seq,
+                sender_inbox_seq: p.sender_inbox_seq,
+                recipient_inbox_seq: p.recipient_inbox_seq,
+                time_ms: p.time_ms,
+                duplicate: true,
+            }));
+        }
+        let mut key = Vec::new();
+        keys::dedup_key(&mut key, sender, id);
+        Ok(self.stored_dedup(&key)?)
+    }
+
+    fn put_message(
+        &mut self,
+        conv_bytes: &[u8],
+        seq: Seq,
+        row: &MessageRecordRef<'_>,
+    ) -> Result<(), OpError> {
+        let mut key = mem::take(&mut self.k5);
+        key.clear();
+        key.extend_from_slice(conv_bytes);
+        keys::put_seq(&mut key, seq);
+        let r = self.put(Cf::Messages, &key, row);
+        self.k5 = key;
+        r
+    }
+
+    /// Stores a one-to-one message whose `remote` side another node serves (`dest_node`): see
+    /// the module docs. A retransmission gets the original result and writes nothing.
+    pub(super) fn append_routed(
+        &mut self,
+        msg: DirectMessage,
+        remote: RemoteSide,
+        dest_node: &str,
+    ) -> Result<AppendResult, OpError> {
+        if msg.kind.is_event() {
+            return Err(OpError::Invalid("event kinds cannot be sent as messages"));
+        }
+        if msg.sender == msg.recipient {
+            return Err(OpError::Invalid("a note to self has no remote side"));
+        }
+        let mut conv_bytes = Vec::new();
+        keys::direct_prefix(&mut conv_bytes, &msg.sender, &msg.recipient);
+        // Everything that can fail without harm (loads into the caches) comes first.
+        let c = self.conv_slot(&conv_bytes)?;
+        let links = self.direct_links(c, &conv_bytes, &msg.sender, &msg.recipient)?;
+        let (s, r) = if msg.sender <= msg.recipient {
+            (0, 1)
+        } else {
+            (1, 0)
+        };
+        let (sender_u, recipient_u) = (links.users[s], links.users[r]);
+        if let Some(original) = self.original(sender_u, &msg.sender, msg.client_msg_id)? {
+            return Ok(original);
+        }
+        // The recipient's relation rows live on the node that serves the recipient: checked
+        // here when that is this node.
+        if remote == RemoteSide::Sender {
+            self.check_gate(recipient_u, &msg.recipient, &msg.sender)?;
+        }
+        let (local_u, local_r) = match remote {
+            RemoteSide::Sender => (recipient_u, links.recents[r]),
+            RemoteSide::Recipient => (sender_u, links.recents[s]),
+        };
+        let local_last = self.inbox_last(local_u)?;
+        let local_total = match remote {
+            RemoteSide::Sender => Some(self.total(local_u)?),
+            RemoteSide::Recipient => None,
+        };
+        let outbox_seq = self.outbox_last()? + 1;
+
+        let now = self.now;
+        let conv_seq = self.convs.get(c).last.next();
+        self.set_conv_last(c, conv_seq);
+        self.put_message(
+            &conv_bytes,
+            conv_seq,
+            &MessageRecordRef {
+                sender: msg.sender.as_str(),
+                sender_device: msg.sender_device.as_str(),
+                client_msg_id: msg.client_msg_id.0,
+                time_ms: now,
+                kind: msg.kind.0,
+                flags: MessageFlags::NONE.0,
+                body: &msg.body,
+            },
+        )?;
+        let inbox_seq = self.push_inbox(local_u, local_last, &conv_bytes, conv_seq)?;
+        let (sender_inbox_seq, recipient_inbox_seq) = match remote {
+            RemoteSide::Sender => (Seq::ZERO, inbox_seq),
+            RemoteSide::Recipient => (inbox_seq, Seq::ZERO),
+        };
+        let mut dedup_key = Vec::new();
+        keys::dedup_key(&mut dedup_key, &msg.sender, msg.client_msg_id);
+        self.put(
+            Cf::Dedup,
+            &dedup_key,
+            &DedupRecordRef {
+                conv: &conv_bytes,
+                conv_seq: conv_seq.0,
+                sender_inbox_seq: sender_inbox_seq.0,
+                recipient_inbox_seq: recipient_inbox_seq.0,
+                time_ms: now,
+            },
+        )?;
+        let mut state = self.recent(local_r).unwrap_or_default();
+        state.last_seq = conv_seq;
+        state.last_time_ms = now;
+        state.updated_ms = now;
+        if let Some(total) = local_total {
+            state.unread = state.unread.saturating_add(1);
+            self.set_total(local_u, total + 1);
+        }
+        self.set_recent(local_r, state);
+
+        let write = RemoteWrite::of(&msg, remote, conv_seq, now);
+        self.put(
+            Cf::Outbox,
+            &outbox_key(outbox_seq),
+            &OutboxRecord::new(dest_node, &write, now),
+        )?;
+        self.outbox.last = Some(outbox_seq);
+        self.outbox.created.push(OutboxEntry {
+            seq: outbox_seq,
+            dest_node: dest_node.to_owned(),
+            created_ms: now,
+            write,
+        });
+        self.pending_dedup.insert(
+            (sender_u, msg.client_msg_id.0),
+            PendingAppend {
+                conv: c,
+                conv_seq,
+                sender_inbox_seq,
+                recipient_inbox_seq,
+                time_ms: now,
+                gen: self.gen,
+            },
+        );
+        Ok(AppendResult {
+            conv: ConvKey::Direct(DirectPair::new(msg.sender, msg.recipient)),
+            conv_seq,
+            sender_inbox_seq,
+            recipient_inbox_seq,
+            time_ms: now,
+            duplicate: false,
+        })
+    }
+
+    /// Applies the half of a message another node stored: see the module docs. Idempotent by
+    /// (sender, client msg id), and by the message row once the dedup row has expired.
+    pub(super) fn apply_remote(&mut self, w: RemoteWrite) -> Result<ApplyResult, OpError> {
+        if w.kind.is_event() {
+            return Err(OpError::Invalid("event kinds are not applied remotely"));
+        }
+        if w.sender == w.recipient {
+            return Err(OpError::Invalid("a note to self has no remote side"));
+        }
+        let side_seq = |sender: Seq, recipient: Seq| match w.side {
+            RemoteSide::Sender => sender,
+            RemoteSide::Recipient => recipient,
+        };
+        let mut key = Vec::new();
+        keys::user_key(&mut key, &w.sender);
+        let sender_u = self.user_slot(&key);
+        if let Some(original) = self.original(sender_u, &w.sender, w.client_msg_id)? {
+            return Ok(ApplyResult {
+                inbox_seq: side_seq(original.sender_inbox_seq, original.recipient_inbox_seq),
+                duplicate: true,
+            });
+        }
+        let mut conv_bytes = Vec::new();
+        keys::direct_prefix(&mut conv_bytes, &w.sender, &w.recipient);
+        key.clear();
+        key.extend_from_slice(&conv_bytes);
+        keys::put_seq(&mut key, w.conv_seq);
+        if self.engine.get_with(Cf::Messages, &key, |_| ())?.is_some() {
+            return Ok(ApplyResult {
+                inbox_seq: Seq::ZERO,
+                duplicate: true,
+            });
+        }
+        let c = self.conv_slot(&conv_bytes)?;
+        keys::user_key(&mut key, w.user());
+        let u = self.user_slot(&key);
+        key.extend_from_slice(&conv_bytes);
+        let rslot = self.recent_slot(&key)?;
+        let last = self.inbox_last(u)?;
+        let total = match w.side {
+            RemoteSide::Recipient => Some(self.total(u)?),
+            RemoteSide::Sender => None,
+        };
+
+        // This node keeps a copy of the conversation's rows, so it knows the last seq too.
+        if self.convs.get(c).last < w.conv_seq {
+            self.set_conv_last(c, w.conv_seq);
+        }
+        self.put_message(
+            &conv_bytes,
+            w.conv_seq,
+            &MessageRecordRef {
+                sender: w.sender.as_str(),
+                sender_device: w.sender_device.as_str(),
+                client_msg_id: w.client_msg_id.0,
+                time_ms: w.time_ms,
+                kind: w.kind.0,
+                flags: MessageFlags::NONE.0,
+                body: &w.body,
+            },
+        )?;
+        let inbox_seq = self.push_inbox(u, last, &conv_bytes, w.conv_seq)?;
+        let (sender_inbox_seq, recipient_inbox_seq) = match w.side {
+            RemoteSide::Sender => (inbox_seq, Seq::ZERO),
+            RemoteSide::Recipient => (Seq::ZERO, inbox_seq),
+        };
+        keys::dedup_key(&mut key, &w.sender, w.client_msg_id);
+        self.put(
+            Cf::Dedup,
+            &key,
+            &DedupRecordRef {
+                conv: &conv_bytes,
+                conv_seq: w.conv_seq.0,
+                sender_inbox_seq: sender_inbox_seq.0,
+                recipient_inbox_seq: recipient_inbox_seq.0,
+                time_ms: w.time_ms,
+            },
+        )?;
+        let mut state = self.recent(rslot).unwrap_or_default();
+        // Halves of one conversation can arrive out of order (they come from the owner's
+        // outbox and, for the sender's own messages, from the forwarding path).
+        if w.conv_seq >= state.last_seq {
+            state.last_seq = w.conv_seq;
+            state.last_time_ms = w.time_ms;
+        }
+        state.updated_ms = self.now;
+        if let Some(total) = total {
+            state.unread = state.unread.saturating_add(1);
+            self.set_total(u, total + 1);
+        }
+        self.set_recent(rslot, state);
+        self.pending_dedup.insert(
+            (sender_u, w.client_msg_id.0),
+            PendingAppend {
+                conv: c,
+                conv_seq: w.conv_seq,
+                sender_inbox_seq,
+                recipient_inbox_seq,
+                time_ms: w.time_ms,
+                gen: self.gen,
+            },
+        );
+        Ok(ApplyResult {
+            inbox_seq,
+            duplicate: false,
+        })
+    }
+
+    /// Removes acknowledged outbox entries.
+    pub(super) fn outbox_done(&mut self, seqs: &[u64]) {
+        for &seq in seqs {
+            self.batch.delete(Cf::Outbox, &outbox_key(seq));
+        }
+    }
+}
