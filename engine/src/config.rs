@@ -270,6 +270,11 @@ pub struct LimitsFile {
     pub storage_read_queue: Option<usize>,
     /// How old (seconds) a message may be and still be recalled; default 120.
     pub recall_window_secs: Option<u64>,
+    /// Groups with at most this many members get an inbox entry per member for each message
+    /// (write diffusion); larger groups store a message once (read diffusion). Default 200.
+    pub group_write_diffusion_max: Option<u32>,
+    /// Most members a group may have; default 10,000.
+    pub group_max_members: Option<u32>,
 }
 
 /// How tokens are verified.
@@ -309,6 +314,8 @@ pub struct Settings {
     pub outbound_queue: usize,
     /// Recall window, ms.
     pub recall_window_ms: u64,
+    /// Group sizes: where write diffusion ends and the member limit.
+    pub groups: tern_storage::GroupLimits,
     pub max_frame: u32,
     pub io_driver: IoDriver,
     pub storage_write_queue: usize,
@@ -522,6 +529,20 @@ impl Settings {
             io_driver: args.io_driver.or(file.io_driver).unwrap_or_default(),
             storage_write_queue: file.limits.storage_write_queue.unwrap_or(65_536).max(1),
             storage_read_queue: file.limits.storage_read_queue.unwrap_or(4_096).max(1),
+            groups: {
+                let d = tern_storage::GroupLimits::default();
+                tern_storage::GroupLimits {
+                    write_diffusion_max: file
+                        .limits
+                        .group_write_diffusion_max
+                        .unwrap_or(d.write_diffusion_max),
+                    max_members: file
+                        .limits
+                        .group_max_members
+                        .unwrap_or(d.max_members)
+                        .max(1),
+                }
+            },
             rooms: {
                 let d = RoomConfig::default();
                 let r = &file.rooms;

@@ -10,6 +10,7 @@ pub mod cluster;
 pub mod config;
 pub mod conn;
 pub mod front;
+pub mod groups;
 pub mod link;
 pub mod metrics;
 pub mod pool;

@@ -58,6 +58,8 @@ use crate::slots::{Owner, OwnerTable, SharedOwners, SlotId};
 use crate::transport::proxy::Cidr;
 use crate::transport::tls::{self as tls, Reloadable};
 
+mod group_serve;
+
 /// The store a node serves from.
 pub type NodeStore = Store<RocksEngine>;
 
@@ -66,7 +68,8 @@ const SERVED_CAPABILITIES: Capabilities = Capabilities(
     Capabilities::RECEIPTS.0
         | Capabilities::TYPING.0
         | Capabilities::ROOMS.0
-        | Capabilities::RELATIONS.0,
+        | Capabilities::RELATIONS.0
+        | Capabilities::GROUPS.0,
 );
 
 /// Bytes of a pooled I/O buffer.
@@ -683,6 +686,9 @@ struct Session {
 #[derive(Debug, Default)]
 struct Seat {
     rooms: Vec<Arc<str>>,
+    /// Read-diffused group positions the last SYNC_PAGE handed out, recorded once the device
+    /// shows it holds them (`group_serve`).
+    group_pulled: Vec<(tern_storage::GroupId, Seq)>,
     limit: RateLimit,
     typing: RateLimit,
 }
@@ -1397,6 +1403,7 @@ impl Connection {
                 self.finish_sends(&mut one).await
             }
             Plan::PushAck { inbox_seq, reply } => {
+                self.ack_group_positions(&info).await;
                 let update = PositionUpdate {
                     user: info.user.clone(),
                     device: info.device.clone(),
@@ -1414,6 +1421,7 @@ impl Connection {
                 !reply || self.write_frame(&Frame::new(rid, Body::Ok)).await
             }
             Plan::Sync { after, limit } => {
+                self.ack_group_positions(&info).await;
                 //= SPEC.md#sync
                 //# Asking for the page after X acknowledges everything up to X.
                 // The page does not wait for the position to be durable, and a full write queue
@@ -1437,7 +1445,14 @@ impl Connection {
                 else {
                     return self.conn.state() == State::Open;
                 };
-                let page = session::sync_page(rid, &info.user, after, entries, limit, max_out);
+                let mut page =
+                    session::sync_page(rid, &info.user, after, entries, limit, max_out);
+                if !self
+                    .merge_group_sync(rid, &info, &mut page, limit, max_out)
+                    .await
+                {
+                    return self.conn.state() == State::Open;
+                }
                 if let Body::SyncPage(p) = &page.body {
                     if let Some(last) = p.messages.last() {
                         // Recording what was handed out is bookkeeping; the reply need not wait.
@@ -1579,6 +1594,7 @@ impl Connection {
             plan @ (Plan::Relate { .. } | Plan::FriendsOnly { .. } | Plan::RelationList { .. }) => {
                 Box::pin(self.relation(frame, plan, &info, max_out)).await
             }
+            Plan::Group(g) => Box::pin(self.group(frame, *g, &info)).await,
             Plan::Typing { peer, frame } => {
                 //= SPEC.md#typing-presence-and-subscribe
                 //# The server drops TYPING beyond 5 per second per connection (burst 10).
@@ -1963,6 +1979,7 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
         write_queue_capacity: settings.storage_write_queue,
         read_queue_capacity: settings.storage_read_queue,
         node_id: Some(settings.node_id.clone()),
+        groups: settings.groups,
         ..StoreConfig::default()
     };
     let store = Arc::new(

@@ -141,6 +141,8 @@ pub enum Plan {
     Relate { change: RelationChange },
     /// Set or clear the session user's "friends only" setting, answer OK.
     FriendsOnly { on: bool },
+    /// A group request (`groups` module).
+    Group(Box<crate::groups::GroupPlan>),
     /// Page one of the session user's relation lists; answer with [`relation_page`].
     RelationList {
         kind: RelationKind,
@@ -159,6 +161,7 @@ pub fn outbound_allowed(caps: Capabilities, frame_type: FrameType) -> bool {
         //= SPEC.md#hello
         //# The server MUST NOT send a frame (or a RECEIPT kind) whose capability is not negotiated.
         FrameType::RELATION | FrameType::RELATION_PAGE => caps.contains(Capabilities::RELATIONS),
+        FrameType::GROUP_INFO | FrameType::GROUP_LIST_PAGE => caps.contains(Capabilities::GROUPS),
         _ => true,
     }
 }
@@ -167,6 +170,14 @@ pub fn outbound_allowed(caps: Capabilities, frame_type: FrameType) -> bool {
 pub fn not_negotiated(caps: Capabilities, frame: &Frame<'_>) -> Option<Frame<'static>> {
     let needed = match frame.body {
         Body::Relation(_) | Body::RelationList(_) => Capabilities::RELATIONS,
+        Body::GroupCreate(_)
+        | Body::GroupUpdate(_)
+        | Body::GroupMembers(_)
+        | Body::GroupLeave(_)
+        | Body::GroupTransfer(_)
+        | Body::GroupDisband(_)
+        | Body::GroupList(_)
+        | Body::GroupGet(_) => Capabilities::GROUPS,
         _ => return None,
     };
     (!caps.contains(needed)).then(|| {
@@ -222,6 +233,7 @@ pub fn plan(s: &SessionInfo, frame: &Frame<'_>, limits: &Limits) -> Plan {
         //# A PING is answered with a PONG echoing its time.
         Body::Ping(p) => Plan::Reply(Frame::new(rid, Body::Pong(Ping { time: p.time }))),
         Body::Pong(_) | Body::Close(_) | Body::Error(_) => Plan::Ignore,
+        _ if crate::groups::is_group_request(frame) => crate::groups::plan(s, frame, limits),
         Body::Send(m) if m.to.kind == ConvKind::ROOM => {
             if !crate::rooms::valid_room(&m.to.id) {
                 return invalid(rid, "invalid room name");
