@@ -94,6 +94,19 @@ pub struct NodeArgs {
     /// --join list plus this node.
     #[arg(long, env = "TERN_CLUSTER_SIZE", global = true)]
     pub cluster_size: Option<usize>,
+    /// Offline push: http:// URL the node POSTs notifications to (JSON, signed with
+    /// --push-secret) for messages that reach a user with no device online.
+    #[arg(long, env = "TERN_PUSH_WEBHOOK", global = true)]
+    pub push_webhook: Option<String>,
+    /// HMAC-SHA256 key of the webhook's X-Tern-Signature header (at least 16 bytes).
+    #[arg(long, env = "TERN_PUSH_SECRET", global = true, hide_env_values = true)]
+    pub push_secret: Option<String>,
+    /// Content filter: file of words, one per line, reloaded on SIGHUP.
+    #[arg(long, env = "TERN_FILTER_WORDS", global = true)]
+    pub filter_words: Option<PathBuf>,
+    /// What a filtered word does to a message: reject (CONTENT_REJECTED, the default) or mask.
+    #[arg(long, env = "TERN_FILTER_MODE", global = true)]
+    pub filter_mode: Option<crate::filter::FilterMode>,
 }
 
 /// A listen address, or `off` for no listener.
@@ -168,6 +181,12 @@ pub struct FileConfig {
     pub dev: Option<bool>,
     pub node_id: Option<String>,
     pub io_driver: Option<IoDriver>,
+    /// Offline push webhook (`--push-webhook`) and its signing secret (`--push-secret`).
+    pub push_webhook: Option<String>,
+    pub push_secret: Option<String>,
+    /// Content filter word list (`--filter-words`) and mode (`--filter-mode`).
+    pub filter_words: Option<PathBuf>,
+    pub filter_mode: Option<crate::filter::FilterMode>,
     #[serde(default)]
     pub cluster: ClusterFile,
     #[serde(default)]
@@ -275,6 +294,10 @@ pub struct LimitsFile {
     pub group_write_diffusion_max: Option<u32>,
     /// Most members a group may have; default 10,000.
     pub group_max_members: Option<u32>,
+    /// TYPING frames one connection may send per second (default 5), and the burst on top
+    /// (default 10); more are dropped.
+    pub typing_per_sec: Option<u32>,
+    pub typing_burst: Option<u32>,
 }
 
 /// How tokens are verified.
@@ -316,6 +339,9 @@ pub struct Settings {
     pub recall_window_ms: u64,
     /// Group sizes: where write diffusion ends and the member limit.
     pub groups: tern_storage::GroupLimits,
+    /// TYPING frames per second and burst, per connection.
+    pub typing_per_sec: u32,
+    pub typing_burst: u32,
     pub max_frame: u32,
     pub io_driver: IoDriver,
     pub storage_write_queue: usize,
@@ -323,6 +349,30 @@ pub struct Settings {
     pub rooms: RoomConfig,
     /// Cluster membership; `None`: a single node serving every user.
     pub cluster: Option<ClusterSettings>,
+    /// The offline push webhook, when configured.
+    pub push: Option<PushSettings>,
+    /// The content filter, when configured.
+    pub filter: Option<FilterSettings>,
+}
+
+/// Where offline notifications go.
+#[derive(Clone)]
+pub struct PushSettings {
+    pub webhook: String,
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for PushSettings {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "PushSettings {{ webhook: {:?}, .. }}", self.webhook)
+    }
+}
+
+/// The content filter's word list and mode.
+#[derive(Debug, Clone)]
+pub struct FilterSettings {
+    pub words: PathBuf,
+    pub mode: crate::filter::FilterMode,
 }
 
 /// Name of the generated dev secret in the data dir.
@@ -483,6 +533,32 @@ impl Settings {
             },
         };
 
+        let push = match (
+            args.push_webhook.clone().or(file.push_webhook),
+            args.push_secret.clone().or(file.push_secret),
+        ) {
+            (None, _) => None,
+            (Some(_), None) => bail!("--push-webhook needs --push-secret (the signing key)"),
+            (Some(_), Some(s)) if s.len() < 16 => {
+                bail!("the push secret must be at least 16 bytes")
+            }
+            (Some(webhook), Some(secret)) => {
+                crate::webhook::WebhookUrl::parse(&webhook)?;
+                Some(PushSettings {
+                    webhook,
+                    secret: secret.into_bytes(),
+                })
+            }
+        };
+        let filter = args
+            .filter_words
+            .clone()
+            .or(file.filter_words)
+            .map(|words| FilterSettings {
+                words,
+                mode: args.filter_mode.or(file.filter_mode).unwrap_or_default(),
+            });
+
         let d = Timers::default();
         let timers = Timers {
             handshake_ms: file
@@ -525,6 +601,15 @@ impl Settings {
                 .map_or(crate::session::DEFAULT_RECALL_WINDOW_MS, |s| {
                     s.saturating_mul(1000)
                 }),
+            typing_per_sec: file
+                .limits
+                .typing_per_sec
+                .unwrap_or(crate::session::DEFAULT_TYPING_PER_SEC),
+            typing_burst: file
+                .limits
+                .typing_burst
+                .unwrap_or(crate::session::DEFAULT_TYPING_BURST)
+                .max(1),
             max_frame,
             io_driver: args.io_driver.or(file.io_driver).unwrap_or_default(),
             storage_write_queue: file.limits.storage_write_queue.unwrap_or(65_536).max(1),
@@ -555,6 +640,8 @@ impl Settings {
                 }
             },
             cluster,
+            push,
+            filter,
         })
     }
 }
@@ -586,7 +673,7 @@ mod tests {
         let cfg = dir.path().join("tern.toml");
         std::fs::write(
             &cfg,
-            "native = \"127.0.0.1:0\"\ntls = \"off\"\nproxy_trusted = [\"10.0.0.0/8\", \"127.0.0.1\"]\ncores = 3\n[auth]\nsecret = \"0123456789abcdef0123\"\n[timers]\nheartbeat_secs = 5\nidle_secs = 15\n",
+            "native = \"127.0.0.1:0\"\ntls = \"off\"\nproxy_trusted = [\"10.0.0.0/8\", \"127.0.0.1\"]\ncores = 3\n[auth]\nsecret = \"0123456789abcdef0123\"\n[timers]\nheartbeat_secs = 5\nidle_secs = 15\n[limits]\ntyping_per_sec = 2\ntyping_burst = 3\n",
         )
         .unwrap();
         let args = NodeArgs {
@@ -601,6 +688,8 @@ mod tests {
         assert_eq!(s.proxy_trusted.len(), 2);
         assert_eq!(s.cores, 2);
         assert_eq!(s.timers.heartbeat_ms, 5000);
+        assert_eq!((s.typing_per_sec, s.typing_burst), (2, 3));
+        assert!(s.push.is_none() && s.filter.is_none());
         assert!(matches!(s.auth, AuthKey::Secret { dev: false, .. }));
 
         assert!(s.cluster.is_none());
@@ -636,5 +725,38 @@ mod tests {
             false
         )
         .is_err());
+    }
+
+    #[test]
+    fn push_and_filter_from_file_and_flags() {
+        let dir = tempfile::tempdir().unwrap();
+        let cfg = dir.path().join("tern.toml");
+        std::fs::write(
+            &cfg,
+            "push_webhook = \"http://127.0.0.1:9/hook\"\npush_secret = \"0123456789abcdef\"\nfilter_words = \"/etc/tern/words\"\nfilter_mode = \"mask\"\n",
+        )
+        .unwrap();
+        let mut args = NodeArgs {
+            config: Some(cfg),
+            data_dir: Some(dir.path().into()),
+            ..Default::default()
+        };
+        let s = Settings::resolve(&args, true).unwrap();
+        let push = s.push.unwrap();
+        assert_eq!(push.webhook, "http://127.0.0.1:9/hook");
+        assert_eq!(push.secret, b"0123456789abcdef");
+        let f = s.filter.unwrap();
+        assert_eq!(f.words, PathBuf::from("/etc/tern/words"));
+        assert_eq!(f.mode, crate::filter::FilterMode::Mask);
+        args.filter_mode = Some(crate::filter::FilterMode::Reject);
+        args.push_webhook = Some("http://gw:8000/x".into());
+        let s = Settings::resolve(&args, true).unwrap();
+        assert_eq!(s.filter.unwrap().mode, crate::filter::FilterMode::Reject);
+        assert_eq!(s.push.unwrap().webhook, "http://gw:8000/x");
+        args.push_secret = Some("short".into());
+        assert!(Settings::resolve(&args, true).is_err(), "short secret");
+        args.push_secret = None;
+        args.push_webhook = Some("https://gw/x".into());
+        assert!(Settings::resolve(&args, true).is_err(), "https");
     }
 }

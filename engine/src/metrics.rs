@@ -93,6 +93,28 @@ counters! {
     cluster_forwarded_total: "counter",
     /// Outbox entries of other nodes applied here (new, not repeats).
     cluster_outbox_applied_total: "counter",
+    /// TYPING frames dropped by the per-connection rate limit.
+    typing_dropped_total: "counter",
+    /// Changes of a user's aggregated presence.
+    presence_changes_total: "counter",
+    /// PRESENCE frames sent to watchers, friends and followers.
+    presence_notices_total: "counter",
+    /// Offline notifications handed to the push hook.
+    push_queued_total: "counter",
+    /// Offline notifications dropped because the push hook's queue was full.
+    push_dropped_total: "counter",
+    /// Offline notifications skipped: the conversation is muted or the user has no push token.
+    push_skipped_total: "counter",
+    /// Notifications the webhook accepted (2xx).
+    push_delivered_total: "counter",
+    /// Webhook POSTs that failed (connection error, timeout or non-2xx) and were retried.
+    push_retries_total: "counter",
+    /// Notifications given up after the last retry.
+    push_failed_total: "counter",
+    /// Messages refused by the content filter.
+    filter_rejected_total: "counter",
+    /// Messages stored with words masked by the content filter.
+    filter_masked_total: "counter",
 }
 
 /// The process's counters.
@@ -128,6 +150,17 @@ pub static METRICS: Metrics = Metrics {
     cluster_link_refused_total: AtomicU64::new(0),
     cluster_forwarded_total: AtomicU64::new(0),
     cluster_outbox_applied_total: AtomicU64::new(0),
+    typing_dropped_total: AtomicU64::new(0),
+    presence_changes_total: AtomicU64::new(0),
+    presence_notices_total: AtomicU64::new(0),
+    push_queued_total: AtomicU64::new(0),
+    push_dropped_total: AtomicU64::new(0),
+    push_skipped_total: AtomicU64::new(0),
+    push_delivered_total: AtomicU64::new(0),
+    push_retries_total: AtomicU64::new(0),
+    push_failed_total: AtomicU64::new(0),
+    filter_rejected_total: AtomicU64::new(0),
+    filter_masked_total: AtomicU64::new(0),
 };
 
 /// Adds one to a counter.

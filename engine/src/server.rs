@@ -60,6 +60,9 @@ use crate::transport::tls::{self as tls, Reloadable};
 
 mod group_serve;
 
+mod notify;
+pub use notify::Hooks;
+
 /// The store a node serves from.
 pub type NodeStore = Store<RocksEngine>;
 
@@ -67,9 +70,11 @@ pub type NodeStore = Store<RocksEngine>;
 const SERVED_CAPABILITIES: Capabilities = Capabilities(
     Capabilities::RECEIPTS.0
         | Capabilities::TYPING.0
+        | Capabilities::PRESENCE.0
         | Capabilities::ROOMS.0
         | Capabilities::RELATIONS.0
-        | Capabilities::GROUPS.0,
+        | Capabilities::GROUPS.0
+        | Capabilities::PUSH.0,
 );
 
 /// Bytes of a pooled I/O buffer.
@@ -135,6 +140,21 @@ pub enum CoreMsg {
     Kick { conn: ConnRef, reason: CloseReason },
     /// To every core: stop accepting, close every connection with CLOSE DRAIN.
     Drain,
+    /// To the slot owner: one of the user's devices chose a presence.
+    PresenceSet {
+        user: Arc<str>,
+        status: tern_protocol::PresenceStatus,
+        text: String,
+    },
+    /// To the slot owner of `user`: `conn` subscribes to (or leaves) the user's presence.
+    PresenceWatch {
+        user: Arc<str>,
+        conn: ConnRef,
+        add: bool,
+    },
+    /// To the slot owner of the note's user: a message was stored for them; notify the push
+    /// hook if none of their devices is online.
+    Offline { note: Box<crate::push::PushNote> },
     /// To a room's owner: a member joins on `core`; the reply has the `recent` last messages.
     RoomJoin {
         room: Arc<str>,
@@ -216,6 +236,8 @@ pub struct NodeShared {
     pub owners: Arc<SharedOwners>,
     pub peers: Vec<flume::Sender<CoreMsg>>,
     pub cfg: ConnConfig,
+    /// The push hook and the content filter, when configured.
+    pub hooks: Hooks,
 }
 
 /// The part of a connection other tasks of its core touch: the outbound queue and the kick.
@@ -333,6 +355,8 @@ pub struct Core {
     rooms: RefCell<HashMap<Arc<str>, Room>>,
     /// This core's connections joined to each room (connection ids).
     room_members: RefCell<HashMap<Arc<str>, Vec<u32>>>,
+    /// Presence of the users whose slots this core owns.
+    presence: RefCell<crate::presence::Book>,
     /// Set once the node drains: accepts stop, connections close.
     draining: Cell<bool>,
     /// Wakes `core_main` when draining starts.
@@ -354,6 +378,7 @@ impl Core {
             tunnels: RefCell::new(HashMap::new()),
             rooms: RefCell::new(HashMap::new()),
             room_members: RefCell::new(HashMap::new()),
+            presence: RefCell::new(crate::presence::Book::default()),
             draining: Cell::new(false),
             drained: RefCell::new(None),
             next_id: Cell::new(1),
@@ -415,7 +440,7 @@ impl Core {
                     let mut sessions = self.sessions.borrow_mut();
                     // Most users have one device online: room for one, not the four a first push reserves.
                     let regs = sessions
-                        .entry(user)
+                        .entry(Arc::clone(&user))
                         .or_insert_with(|| Vec::with_capacity(1));
                     //= SPEC.md#close
                     //# A new session of the same user and device replaces the old one (REPLACED).
@@ -437,15 +462,19 @@ impl Core {
                         },
                     );
                 }
+                self.presence_devices(&user);
             }
             CoreMsg::Unregister { user, conn } => {
-                let mut sessions = self.sessions.borrow_mut();
-                if let Some(regs) = sessions.get_mut(&user) {
-                    regs.retain(|r| r.conn != conn);
-                    if regs.is_empty() {
-                        sessions.remove(&user);
+                {
+                    let mut sessions = self.sessions.borrow_mut();
+                    if let Some(regs) = sessions.get_mut(&user) {
+                        regs.retain(|r| r.conn != conn);
+                        if regs.is_empty() {
+                            sessions.remove(&user);
+                        }
                     }
                 }
+                self.presence_devices(&user);
             }
             CoreMsg::Deliver {
                 user,
@@ -562,6 +591,9 @@ impl Core {
                     w.wake();
                 }
             }
+            CoreMsg::PresenceSet { user, status, text } => self.presence_set(&user, status, text),
+            CoreMsg::PresenceWatch { user, conn, add } => self.presence_watch(&user, conn, add),
+            CoreMsg::Offline { note } => self.offline(*note),
             tunnel @ (CoreMsg::TunnelUp { .. }
             | CoreMsg::TunnelPoll { .. }
             | CoreMsg::TunnelCancel { .. }
@@ -691,11 +723,9 @@ struct Seat {
     group_pulled: Vec<(tern_storage::GroupId, Seq)>,
     limit: RateLimit,
     typing: RateLimit,
+    /// Users whose presence this connection subscribed to.
+    watching: Vec<Arc<str>>,
 }
-
-/// TYPING frames a connection may send per second, and the burst on top; more are dropped.
-const TYPING_RATE: u32 = 5;
-const TYPING_BURST: u32 = 10;
 
 enum Event {
     Readable(bool),
@@ -787,6 +817,9 @@ impl Connection {
         let me = self.me;
         core.conns.borrow_mut().remove(&me.id);
         if let Some(s) = self.session.take() {
+            if let Some(seat) = &s.seat {
+                self.unwatch_all(&seat.watching);
+            }
             for room in s.seat.map(|seat| seat.rooms).unwrap_or_default() {
                 core.leave_room(room, me.id);
             }
@@ -1010,9 +1043,15 @@ impl Connection {
         {
             return None;
         }
-        let Plan::Append { msg } = plan else {
+        let Plan::Append { mut msg } = plan else {
             return None;
         };
+        // A message the content filter refuses is answered on the one-request path.
+        msg.body = self
+            .core
+            .node
+            .hooks
+            .screen(msg.kind.0, std::mem::take(&mut msg.body))?;
         inc(&METRICS.frames_in_total);
         self.conn.inbound(now_ms());
         let submitted = crate::cluster::route::submit_direct(&self.core.node, msg.clone());
@@ -1051,6 +1090,7 @@ impl Connection {
                 inc(&METRICS.messages_duplicate_total);
             } else {
                 inc(&METRICS.messages_stored_total);
+                self.core.offline_push(&p.msg, &r);
             }
             if session::send_ack(p.rid, &p.msg, &r)
                 .encode(&mut acks)
@@ -1131,6 +1171,19 @@ impl Connection {
                 }
             }
             _ => Err((ErrorCode::FORBIDDEN, "join the room before sending to it")),
+        };
+        let (verdict, body) = match verdict {
+            Ok(()) => match self.core.node.hooks.screen(kind.0, body) {
+                Some(body) => (Ok(()), body),
+                None => (
+                    Err((
+                        ErrorCode::CONTENT_REJECTED,
+                        "the message contains a word this server does not accept",
+                    )),
+                    Vec::new(),
+                ),
+            },
+            Err(e) => (Err(e), body),
         };
         let post = Post {
             sender: Arc::from(s.info.user.as_str()),
@@ -1393,7 +1446,14 @@ impl Connection {
             }
             // SENDs of an open session are taken by `submit_send` before they get here; one
             // that does arrives through the same path.
-            Plan::Append { msg } => {
+            Plan::Append { mut msg } => {
+                //= SPEC.md#send
+                //# a match either refuses the SEND with `CONTENT_REJECTED`
+                let Some(body) = node.hooks.screen(msg.kind.0, std::mem::take(&mut msg.body))
+                else {
+                    return self.write_frame(&notify::rejected(rid)).await;
+                };
+                msg.body = body;
                 let submitted = crate::cluster::route::submit_direct(&node, msg.clone());
                 let mut one = vec![PendingSend {
                     rid,
@@ -1591,27 +1651,36 @@ impl Connection {
                 let mut one = vec![self.post_room(rid, room, msg_id, kind, body)];
                 Box::pin(self.finish_room_sends(&mut one)).await
             }
+            plan @ (Plan::SetPresence { .. }
+            | Plan::Subscribe { .. }
+            | Plan::PushToken { .. }
+            | Plan::Mute { .. }) => Box::pin(self.notify_request(frame, plan)).await,
             plan @ (Plan::Relate { .. } | Plan::FriendsOnly { .. } | Plan::RelationList { .. }) => {
                 Box::pin(self.relation(frame, plan, &info, max_out)).await
             }
             Plan::Group(g) => Box::pin(self.group(frame, *g, &info)).await,
-            Plan::Typing { peer, frame } => {
-                //= SPEC.md#typing-presence-and-subscribe
-                //# The server drops TYPING beyond 5 per second per connection (burst 10).
+            Plan::Typing { peer, frame: relay } => {
+                let caps = self.session.as_ref().map_or(Capabilities::NONE, |s| s.caps);
+                if let Some(refusal) = session::not_negotiated(caps, frame) {
+                    return self.write_frame(&refusal).await;
+                }
+                // Per connection, at the configured rate; beyond it TYPING is dropped.
+                let limits = &self.core.node.cfg.limits;
+                let (rate, burst) = (limits.typing_per_sec, limits.typing_burst);
                 let allowed = self.session.as_mut().is_some_and(|s| {
-                    s.seat.get_or_insert_with(Box::default).typing.allow(
-                        now,
-                        TYPING_RATE,
-                        TYPING_BURST,
-                    )
+                    s.seat
+                        .get_or_insert_with(Box::default)
+                        .typing
+                        .allow(now, rate, burst)
                 });
                 if !allowed {
+                    inc(&METRICS.typing_dropped_total);
                     return true;
                 }
                 self.core.deliver(Delivery {
                     user: peer,
                     except_session: None,
-                    frame,
+                    frame: relay,
                 });
                 true
             }
@@ -2047,7 +2116,10 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
         senders.push(tx);
         receivers.push(rx);
     }
+    let hooks = build_hooks(settings, &store)?;
+    let filter = hooks.filter.clone();
     let node = Arc::new(NodeShared {
+        hooks,
         store: Arc::clone(&store),
         tls: tls_setup.clone(),
         proxy_trusted: settings.proxy_trusted.clone(),
@@ -2061,6 +2133,8 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
             node_id: settings.node_id.clone(),
             limits: Limits {
                 recall_window_ms: settings.recall_window_ms,
+                typing_per_sec: settings.typing_per_sec,
+                typing_burst: settings.typing_burst,
                 ..Limits::default()
             },
             rooms: settings.rooms,
@@ -2095,8 +2169,8 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
     let peers = node.peers.clone();
     spawn_drain_on_signals(peers.clone())?;
 
-    if let Some(reloadable) = tls_setup {
-        spawn_reloader(reloadable)?;
+    if tls_setup.is_some() || filter.is_some() {
+        spawn_reloader(tls_setup, filter)?;
     }
     let mut ports = serde_json::json!({ "native": native.to_string(), "admin": admin.to_string() });
     if let Some(a) = tls_addr {
@@ -2123,18 +2197,62 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
     })
 }
 
-/// Reloads the TLS certificate on SIGHUP; a failed reload keeps the old one.
-fn spawn_reloader(reloadable: Arc<Reloadable>) -> anyhow::Result<()> {
+/// The push hook's thread and the content filter, as configured.
+fn build_hooks(settings: &Settings, store: &Arc<NodeStore>) -> anyhow::Result<Hooks> {
+    let push = match &settings.push {
+        Some(p) => {
+            let url = crate::webhook::WebhookUrl::parse(&p.webhook)?;
+            let cfg =
+                crate::webhook::HookConfig::new(url, p.secret.clone(), settings.node_id.clone());
+            Some(crate::webhook::spawn(cfg, Arc::clone(store)).context("starting the push hook")?)
+        }
+        None => None,
+    };
+    let filter = match &settings.filter {
+        Some(f) => {
+            let filter = crate::filter::ContentFilter::load(&f.words, f.mode)?;
+            info!(
+                "content filter: {} words from {}, {:?} mode",
+                filter.list().len(),
+                f.words.display(),
+                f.mode
+            );
+            Some(Arc::new(filter))
+        }
+        None => None,
+    };
+    Ok(Hooks { push, filter })
+}
+
+/// Reloads the TLS certificate and the content filter's word list on SIGHUP; a failed reload
+/// keeps the old one.
+fn spawn_reloader(
+    tls: Option<Arc<Reloadable>>,
+    filter: Option<Arc<crate::filter::ContentFilter>>,
+) -> anyhow::Result<()> {
     let mut signals = signal_hook::iterator::Signals::new([signal_hook::consts::SIGHUP])
         .context("installing the SIGHUP handler")?;
     std::thread::Builder::new()
         .name("tern-sighup".into())
         .spawn(move || {
             for _ in signals.forever() {
-                match reloadable.reload() {
-                    Ok(fp) => info!("SIGHUP: TLS certificate reloaded (SHA-256 {fp})"),
-                    Err(e) => {
-                        warn!("SIGHUP: TLS certificate not reloaded, keeping the old one: {e}")
+                if let Some(reloadable) = &tls {
+                    match reloadable.reload() {
+                        Ok(fp) => info!("SIGHUP: TLS certificate reloaded (SHA-256 {fp})"),
+                        Err(e) => {
+                            warn!("SIGHUP: TLS certificate not reloaded, keeping the old one: {e}")
+                        }
+                    }
+                }
+                if let Some(filter) = &filter {
+                    match filter.reload() {
+                        Ok(n) => info!(
+                            "SIGHUP: content filter reloaded ({n} words from {})",
+                            filter.path().display()
+                        ),
+                        Err(e) => {
+                            warn!("SIGHUP: content filter not reloaded, keeping the old list: {e}")
+                        }
                     }
                 }
             }
@@ -2310,6 +2428,7 @@ mod tests {
                 limits: Limits::default(),
                 rooms: RoomConfig::default(),
             },
+            hooks: Hooks::default(),
         });
         (dir, node)
     }
@@ -2411,6 +2530,7 @@ mod tests {
                 limits: Limits::default(),
                 rooms: RoomConfig::default(),
             },
+            hooks: Hooks::default(),
         });
         let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
             .enable_timer()

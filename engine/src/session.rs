@@ -45,15 +45,27 @@ pub struct Limits {
     pub relations: PageLimits,
     /// How old a message may be and still be recalled by its sender (ms).
     pub recall_window_ms: u64,
+    /// TYPING frames one connection may send per second, and the burst on top; more are
+    /// dropped.
+    pub typing_per_sec: u32,
+    pub typing_burst: u32,
 }
 
 /// The recall window when none is configured (SPEC.md §RECALL).
 pub const DEFAULT_RECALL_WINDOW_MS: u64 = 120_000;
 
+/// The TYPING rate when none is configured (SPEC.md §TYPING).
+pub const DEFAULT_TYPING_PER_SEC: u32 = 5;
+pub const DEFAULT_TYPING_BURST: u32 = 10;
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             recall_window_ms: DEFAULT_RECALL_WINDOW_MS,
+            //= SPEC.md#typing-presence-and-subscribe
+            //# The server drops TYPING beyond 5 per second per connection (burst 10)
+            typing_per_sec: DEFAULT_TYPING_PER_SEC,
+            typing_burst: DEFAULT_TYPING_BURST,
             sync: PageLimits {
                 default: 100,
                 max: 500,
@@ -126,6 +138,18 @@ pub enum Plan {
     },
     /// Forward a typing indicator to the peer's devices.
     Typing { peer: UserId, frame: Frame<'static> },
+    /// Set the session user's chosen presence ([`crate::presence`]); answer OK when `reply`.
+    SetPresence {
+        status: tern_protocol::PresenceStatus,
+        text: String,
+        reply: bool,
+    },
+    /// Add or remove this connection's presence subscriptions; answer OK.
+    Subscribe { add: bool, users: Vec<UserId> },
+    /// Store (or, empty, remove) the session device's push token; answer OK.
+    PushToken { platform: String, token: String },
+    /// Mute (`until_ms` > 0) or unmute a conversation's offline pushes for the session user.
+    Mute { conv: ConvKey, until_ms: u64 },
     /// Join a chat room on this connection and answer with its `recent` last messages.
     RoomJoin { room: String, recent: u16 },
     /// Leave a chat room, answer OK.
@@ -162,6 +186,11 @@ pub fn outbound_allowed(caps: Capabilities, frame_type: FrameType) -> bool {
         //# The server MUST NOT send a frame (or a RECEIPT kind) whose capability is not negotiated.
         FrameType::RELATION | FrameType::RELATION_PAGE => caps.contains(Capabilities::RELATIONS),
         FrameType::GROUP_INFO | FrameType::GROUP_LIST_PAGE => caps.contains(Capabilities::GROUPS),
+        //= SPEC.md#typing-presence-and-subscribe
+        //# The server relays TYPING to the other participant's Open connections that
+        //# negotiated TYPING.
+        FrameType::TYPING => caps.contains(Capabilities::TYPING),
+        FrameType::PRESENCE => caps.contains(Capabilities::PRESENCE),
         _ => true,
     }
 }
@@ -178,6 +207,9 @@ pub fn not_negotiated(caps: Capabilities, frame: &Frame<'_>) -> Option<Frame<'st
         | Body::GroupDisband(_)
         | Body::GroupList(_)
         | Body::GroupGet(_) => Capabilities::GROUPS,
+        Body::Typing(_) => Capabilities::TYPING,
+        Body::Presence(_) | Body::Subscribe(_) => Capabilities::PRESENCE,
+        Body::PushToken(_) | Body::Mute(_) => Capabilities::PUSH,
         _ => return None,
     };
     (!caps.contains(needed)).then(|| {
@@ -345,6 +377,10 @@ pub fn plan(s: &SessionInfo, frame: &Frame<'_>, limits: &Limits) -> Plan {
             Err(plan) => *plan,
         },
         Body::Relation(r) => relation_plan(s, rid, r),
+        Body::Presence(p) => crate::presence::plan_set(rid, p),
+        Body::Subscribe(sub) => crate::presence::plan_subscribe(rid, sub),
+        Body::PushToken(t) => crate::push::plan_token(rid, t),
+        Body::Mute(m) => crate::push::plan_mute(s, rid, m),
         Body::RelationList(l) => {
             //= SPEC.md#relations
             //# An unknown `kind` or a cursor the server did not issue: `INVALID_ARGUMENT`.
@@ -1295,6 +1331,38 @@ mod tests {
         };
         assert_eq!(r.op, WireRelationOp::FRIEND_ACCEPT);
         assert!(relation_notices(&change, &RelationOutcome::default()).is_empty());
+    }
+
+    #[test]
+    fn typing_and_presence_need_their_capabilities() {
+        let typing = Frame::new(
+            6,
+            Body::Typing(Typing {
+                conv: Conv::direct("bob"),
+                user: Cow::Borrowed(""),
+                state: tern_protocol::TypingState::TYPING,
+            }),
+        );
+        let refused = not_negotiated(Capabilities::RELATIONS, &typing).unwrap();
+        let Body::Error(e) = refused.body else {
+            panic!()
+        };
+        assert_eq!(
+            (refused.request_id, e.code),
+            (6, ErrorCode::INVALID_ARGUMENT)
+        );
+        assert!(not_negotiated(Capabilities::TYPING, &typing).is_none());
+        // A peer that did not negotiate TYPING or PRESENCE is not sent them.
+        assert!(!outbound_allowed(
+            Capabilities::RELATIONS,
+            FrameType::TYPING
+        ));
+        assert!(outbound_allowed(Capabilities::TYPING, FrameType::TYPING));
+        assert!(!outbound_allowed(Capabilities::TYPING, FrameType::PRESENCE));
+        assert!(outbound_allowed(
+            Capabilities::PRESENCE,
+            FrameType::PRESENCE
+        ));
     }
 
     #[test]

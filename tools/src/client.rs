@@ -28,8 +28,9 @@ use std::time::{Duration, Instant};
 
 use tern_protocol::{
     Body, Close, CloseReason, Conv, ErrorCode, Flags, Frame, FrameType, Message, MessageKind,
-    MsgId, Ping, Presence, PushAck, Recall, Receipt, Relation, RelationEntry, RelationKind,
-    RelationList, RelationOp, RelationPage, Send, SendAck, Sync, Typing,
+    MsgId, Mute, Ping, Presence, PresenceStatus, PushAck, PushToken, Recall, Receipt, Relation,
+    RelationEntry, RelationKind, RelationList, RelationOp, RelationPage, Send, SendAck, SubOp,
+    Subscribe, Sync, Typing, TypingState,
 };
 
 use crate::connection::{Connection, ConnectionError, HelloParams};
@@ -173,6 +174,10 @@ enum Cmd {
         body: Body<'static>,
         reply: Waiter<Frame<'static>>,
     },
+    /// A frame without an answer (TYPING): sent if connected, dropped otherwise.
+    Notify {
+        body: Body<'static>,
+    },
     Stop,
 }
 
@@ -222,6 +227,7 @@ impl Client {
             pending: BTreeMap::new(),
             by_msg_id: HashMap::new(),
             requests: HashMap::new(),
+            subscriptions: BTreeSet::new(),
             sync_in_flight: None,
             synced_once: false,
             last_ack: Instant::now(),
@@ -443,6 +449,92 @@ impl Client {
         Ok(out)
     }
 
+    /// Sends a request whose only answer is OK.
+    fn request_ok(&self, body: Body<'static>, timeout: Duration) -> Result<(), SendError> {
+        match self.request(body, timeout)?.body {
+            Body::Ok => Ok(()),
+            other => Err(SendError::Unexpected(other.frame_type())),
+        }
+    }
+
+    /// Sets the user's presence (SPEC.md §7, PRESENCE): ONLINE, AWAY or BUSY with a status text;
+    /// it applies to all the user's devices.
+    pub fn set_presence(
+        &self,
+        status: PresenceStatus,
+        text: &str,
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        let body = Body::Presence(Presence {
+            user: "".into(),
+            status,
+            last_seen: 0,
+            text: text.to_owned().into(),
+        });
+        self.request_ok(body, timeout)
+    }
+
+    /// Follows the presence of `users`: their current presence and every change arrive as
+    /// [`Event::Presence`]. The subscriptions are repeated after every reconnect.
+    pub fn subscribe(&self, users: &[&str], timeout: Duration) -> Result<(), SendError> {
+        self.subscription(SubOp::ADD, users, timeout)
+    }
+
+    /// Stops following the presence of `users`.
+    pub fn unsubscribe(&self, users: &[&str], timeout: Duration) -> Result<(), SendError> {
+        self.subscription(SubOp::REMOVE, users, timeout)
+    }
+
+    fn subscription(&self, op: SubOp, users: &[&str], timeout: Duration) -> Result<(), SendError> {
+        let body = Body::Subscribe(Subscribe {
+            op,
+            users: users.iter().map(|u| (*u).to_owned().into()).collect(),
+        });
+        self.request_ok(body, timeout)
+    }
+
+    /// Tells `to` that we are typing (or stopped); fire and forget, dropped when not connected.
+    pub fn typing(&self, to: &str, typing: bool) -> Result<(), SendError> {
+        let state = if typing {
+            TypingState::TYPING
+        } else {
+            TypingState::STOPPED
+        };
+        let body = Body::Typing(Typing {
+            conv: Conv::direct(to.to_owned()),
+            user: "".into(),
+            state,
+        });
+        self.tx
+            .send(Cmd::Notify { body })
+            .map_err(|_| SendError::Stopped)
+    }
+
+    /// Registers this device's push token for offline notifications (`platform`: e.g. `apns`,
+    /// `fcm`); an empty token removes it.
+    pub fn register_push_token(
+        &self,
+        platform: &str,
+        token: &str,
+        timeout: Duration,
+    ) -> Result<(), SendError> {
+        let body = Body::PushToken(PushToken {
+            platform: platform.to_owned().into(),
+            token: token.to_owned().into(),
+        });
+        self.request_ok(body, timeout)
+    }
+
+    /// Mutes offline notifications of the conversation with `with` until `until_ms` (ms since
+    /// the epoch; `u64::MAX`: until unmuted, 0: unmute).
+    pub fn mute(&self, with: &str, until_ms: u64, timeout: Duration) -> Result<(), SendError> {
+        let body = Body::Mute(Mute {
+            conv: Conv::direct(with.to_owned()),
+            until: until_ms,
+        });
+        self.request_ok(body, timeout)
+    }
+
     /// The next event, waiting at most `timeout`.
     pub fn next_event(&self, timeout: Duration) -> Option<Event> {
         self.events.recv_timeout(timeout).ok()
@@ -494,6 +586,8 @@ struct Worker {
     pending: BTreeMap<u64, Pending>,
     by_msg_id: HashMap<MsgId, u64>,
     requests: HashMap<u32, Waiter<Frame<'static>>>,
+    /// Users whose presence we follow: SUBSCRIBEd again after every reconnect (SPEC §9).
+    subscriptions: BTreeSet<String>,
     /// Request id and `after` of the SYNC in flight.
     sync_in_flight: Option<(u32, u64)>,
     /// The SYNC started after WELCOME reached `more` = false; only then may PUSH_ACK be sent.
@@ -599,6 +693,7 @@ impl Worker {
                 body,
                 waiter,
             } => self.queue(local_seq, msg_id, to, kind, body, waiter),
+            Cmd::Notify { .. } => {}
             Cmd::Request { reply, .. } => {
                 let _ = reply.send(Err(SendError::NotConnected));
             }
@@ -716,6 +811,9 @@ impl Worker {
                 return e.to_string();
             }
         }
+        if let Err(e) = self.resubscribe(&mut conn) {
+            return e.to_string();
+        }
         let mut last_out = Instant::now();
         let mut last_in = Instant::now();
         let mut ping_sent: Option<Instant> = None;
@@ -742,7 +840,13 @@ impl Worker {
                             }
                         }
                     }
+                    Cmd::Notify { body } => {
+                        if let Err(e) = conn.send(&Frame::new(0, body)) {
+                            return e.to_string();
+                        }
+                    }
                     Cmd::Request { body, reply } => {
+                        self.remember_subscription(&body);
                         let rid = conn.next_request_id();
                         if let Err(e) = conn.send(&Frame::new(rid, body)) {
                             let _ = reply.send(Err(SendError::NotConnected));
@@ -827,6 +931,35 @@ impl Worker {
                 return "no answer to PING: connection presumed dead".into();
             }
         }
+    }
+
+    /// Keeps the set of presence subscriptions up to date with a SUBSCRIBE being sent.
+    fn remember_subscription(&mut self, body: &Body<'_>) {
+        if let Body::Subscribe(s) = body {
+            for u in &s.users {
+                if s.op == SubOp::ADD {
+                    self.subscriptions.insert(u.to_string());
+                } else {
+                    self.subscriptions.remove(u.as_ref());
+                }
+            }
+        }
+    }
+
+    /// Repeats the presence subscriptions on a new connection (their OKs are not awaited).
+    fn resubscribe(&mut self, conn: &mut Connection) -> Result<(), ConnectionError> {
+        let users: Vec<String> = self.subscriptions.iter().cloned().collect();
+        for chunk in users.chunks(1_000) {
+            let rid = conn.next_request_id();
+            conn.send(&Frame::new(
+                rid,
+                Body::Subscribe(Subscribe {
+                    op: SubOp::ADD,
+                    users: chunk.iter().map(|u| u.clone().into()).collect(),
+                }),
+            ))?;
+        }
+        Ok(())
     }
 
     fn send_ack(&mut self, conn: &mut Connection) {

@@ -25,8 +25,9 @@ use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use tern_protocol::{
-    Body, Contacts, Conv, ConvKind, Direction, History, Message, MessageKind, MsgId, PushAck, Read,
-    Recall, Relation, RelationKind, RelationList, RelationOp, RoomJoin, Send, Sync,
+    Body, Contacts, Conv, ConvKind, Direction, History, Message, MessageKind, MsgId, Mute, Ping,
+    Presence, PresenceStatus, PushAck, PushToken, Read, Recall, Relation, RelationKind,
+    RelationList, RelationOp, RoomJoin, Send, Sync, Typing, TypingState,
 };
 use tern_tools::{
     token_device, Client, ClientConfig, Connection, DeviceState, Endpoints, Event, Fingerprint,
@@ -92,6 +93,38 @@ enum Cmd {
         /// Stop after this many messages.
         #[arg(long)]
         count: Option<usize>,
+        /// Also follow the presence of these users (comma-separated); friends and followed
+        /// users' changes arrive without it.
+        #[arg(long, value_delimiter = ',')]
+        presence: Vec<String>,
+    },
+    /// Set your presence (all your devices): `tern presence set busy "in a meeting"`.
+    Presence {
+        #[command(subcommand)]
+        action: PresenceCmd,
+    },
+    /// Tell a user you are typing (or, with --stop, that you stopped).
+    Typing {
+        user: String,
+        #[arg(long)]
+        stop: bool,
+    },
+    /// Register this device's push token for offline notifications (an empty token removes it).
+    PushToken {
+        /// Who issued the token, e.g. apns or fcm.
+        platform: String,
+        /// The token (named apart from the global --token, the session's JWT).
+        #[arg(value_name = "TOKEN")]
+        device_token: String,
+    },
+    /// Mute offline notifications of the conversation with a user (until --until ms since the
+    /// epoch; default: until unmuted), or unmute it with --off.
+    Mute {
+        user: String,
+        #[arg(long)]
+        until: Option<u64>,
+        #[arg(long)]
+        off: bool,
     },
     /// Pull the inbox from the saved position (or --after) to the end.
     Sync {
@@ -230,6 +263,40 @@ impl ListKind {
     }
 }
 
+#[derive(Debug, Subcommand)]
+enum PresenceCmd {
+    /// Set the status (online, away, busy) and an optional status text.
+    Set {
+        #[arg(value_enum)]
+        status: StatusArg,
+        #[arg(default_value = "")]
+        text: String,
+    },
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+enum StatusArg {
+    Online,
+    Away,
+    Busy,
+}
+
+impl StatusArg {
+    fn wire(self) -> PresenceStatus {
+        match self {
+            StatusArg::Online => PresenceStatus::ONLINE,
+            StatusArg::Away => PresenceStatus::AWAY,
+            StatusArg::Busy => PresenceStatus::BUSY,
+        }
+    }
+}
+
+/// A presence status as printed: its name in lower case, or its number.
+fn status_name(s: PresenceStatus) -> String {
+    s.name()
+        .map_or_else(|| s.0.to_string(), str::to_ascii_lowercase)
+}
+
 #[derive(Debug, Clone, Copy, clap::ValueEnum)]
 enum OnOff {
     On,
@@ -262,6 +329,18 @@ fn relation_op(cmd: &Cmd) -> Option<(RelationOp, &'static str, &str, &str)> {
 }
 
 const TIMEOUT: Duration = Duration::from_secs(10);
+
+/// An answer that must be OK.
+fn expect_ok(
+    answer: Result<tern_protocol::Frame<'static>, tern_tools::ConnectionError>,
+    what: &str,
+) -> anyhow::Result<()> {
+    let f = answer.with_context(|| what.to_owned())?;
+    match f.body {
+        Body::Ok => Ok(()),
+        _ => bail!("{what}: unexpected answer {:?}", f.frame_type()),
+    }
+}
 
 fn body_text(m: &Message<'_>) -> String {
     match std::str::from_utf8(&m.body) {
@@ -410,17 +489,31 @@ fn main() -> anyhow::Result<()> {
                 );
             }
         }
-        Cmd::Watch { seconds, count } => {
+        Cmd::Watch {
+            seconds,
+            count,
+            presence,
+        } => {
             let mut cfg =
                 ClientConfig::new(String::new(), token, device).with_endpoints(ladder.clone());
             cfg.state_path = cli.state.clone();
             let client = Client::start(cfg);
             let end = seconds.map(|s| Instant::now() + Duration::from_secs(s));
             let mut messages = 0usize;
+            let mut subscribed = presence.is_empty();
             while end.is_none_or(|e| Instant::now() < e) && count.is_none_or(|c| messages < c) {
                 let Some(ev) = client.next_event(Duration::from_millis(200)) else {
                     continue;
                 };
+                // Once connected, follow the asked users' presence (the client repeats it
+                // after a reconnect).
+                if !subscribed && matches!(ev, Event::Connected { .. }) {
+                    let users: Vec<&str> = presence.iter().map(String::as_str).collect();
+                    client
+                        .subscribe(&users, TIMEOUT)
+                        .context("subscribing to presence")?;
+                    subscribed = true;
+                }
                 match ev {
                     Event::Message(m) => {
                         messages += 1;
@@ -440,9 +533,14 @@ fn main() -> anyhow::Result<()> {
                     Event::Typing(t) => println!("[{}] {} {}", t.conv, t.user, t.state),
                     Event::Presence(p) if json => println!(
                         "{}",
-                        json!({"type": "presence", "user": p.user, "status": p.status.0, "last_seen": p.last_seen, "text": p.text})
+                        json!({"type": "presence", "user": p.user, "status": status_name(p.status), "last_seen": p.last_seen, "text": p.text})
                     ),
-                    Event::Presence(p) => println!("{} is {} {}", p.user, p.status, p.text),
+                    Event::Presence(p) if p.text.is_empty() => {
+                        println!("{} is {}", p.user, status_name(p.status))
+                    }
+                    Event::Presence(p) => {
+                        println!("{} is {}: {}", p.user, status_name(p.status), p.text)
+                    }
                     Event::Relation(r) if json => println!(
                         "{}",
                         json!({"type": "relation_notice", "op": r.op.0, "user": r.user, "note": r.note})
@@ -475,6 +573,94 @@ fn main() -> anyhow::Result<()> {
                 }
             }
             client.stop();
+        }
+        Cmd::Presence {
+            action: PresenceCmd::Set { status, text },
+        } => {
+            let mut conn = connect(&mut ladder, cli.state.as_ref(), &hello)?;
+            let body = Body::Presence(Presence {
+                user: "".into(),
+                status: status.wire(),
+                last_seen: 0,
+                text: text.as_str().into(),
+            });
+            expect_ok(conn.request(body, TIMEOUT), "setting presence")?;
+            let name = status_name(status.wire());
+            if json {
+                println!(
+                    "{}",
+                    json!({"type": "presence_set", "status": name, "text": text, "ok": true})
+                );
+            } else {
+                println!("ok: presence {name} {text}");
+            }
+        }
+        Cmd::Typing { user, stop } => {
+            let mut conn = connect(&mut ladder, cli.state.as_ref(), &hello)?;
+            let state = if *stop {
+                TypingState::STOPPED
+            } else {
+                TypingState::TYPING
+            };
+            let typing = Body::Typing(Typing {
+                conv: Conv::direct(user.as_str()),
+                user: "".into(),
+                state,
+            });
+            conn.send(&tern_protocol::Frame::new(0, typing))?;
+            // TYPING has no answer: a PING behind it shows the node has read it.
+            conn.request(Body::Ping(Ping { time: 0 }), TIMEOUT)
+                .context("typing")?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"type": "typing_sent", "to": user, "state": state.0})
+                );
+            } else {
+                println!("ok: {state} to {user}");
+            }
+        }
+        Cmd::PushToken {
+            platform,
+            device_token,
+        } => {
+            let mut conn = connect(&mut ladder, cli.state.as_ref(), &hello)?;
+            let body = Body::PushToken(PushToken {
+                platform: platform.as_str().into(),
+                token: device_token.as_str().into(),
+            });
+            expect_ok(conn.request(body, TIMEOUT), "registering the push token")?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"type": "push_token", "platform": platform, "ok": true})
+                );
+            } else {
+                println!("ok: push token registered for device {device}");
+            }
+        }
+        Cmd::Mute { user, until, off } => {
+            let mut conn = connect(&mut ladder, cli.state.as_ref(), &hello)?;
+            let until = match (off, until) {
+                (true, _) => 0,
+                (false, Some(t)) => *t,
+                (false, None) => u64::MAX,
+            };
+            let body = Body::Mute(Mute {
+                conv: Conv::direct(user.as_str()),
+                until,
+            });
+            expect_ok(conn.request(body, TIMEOUT), "muting")?;
+            if json {
+                println!(
+                    "{}",
+                    json!({"type": "mute", "with": user, "until": until, "ok": true})
+                );
+            } else if until == 0 {
+                println!("ok: unmuted {user}");
+            } else {
+                println!("ok: muted {user}");
+            }
         }
         Cmd::Sync { after } => {
             let mut conn = connect(&mut ladder, cli.state.as_ref(), &hello)?;

@@ -1,0 +1,334 @@
+//! The adapter side of presence, offline push and the content filter: the cross-core messages
+//! that keep each user's presence on the core owning their slot, the publication of a change to
+//! watchers, friends and followers, the hand-off of offline notifications to the push hook's
+//! thread, and the requests (PRESENCE, SUBSCRIBE, PUSH_TOKEN, MUTE) of a connection. The rules
+//! themselves are in [`crate::presence`], [`crate::push`] and [`crate::filter`].
+
+use std::collections::HashSet;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use tern_protocol::{Body, ErrorCode, Frame, PresenceStatus};
+use tern_storage::{AppendResult, DirectMessage, PushSetting, RelationKind, UserId};
+use tracing::debug;
+
+use super::{Connection, Core, CoreMsg, NodeShared, State};
+use crate::filter::{ContentFilter, Verdict};
+use crate::metrics::{inc, METRICS};
+use crate::presence::{self, Shown, FANOUT_BATCH, MAX_FANOUT};
+use crate::push::PushNote;
+use crate::server::{now_ms, ConnRef};
+use crate::session::{self, Plan};
+use crate::slots::Owner;
+
+/// Optional parts of a node: the push hook's queue and the content filter.
+#[derive(Debug, Default)]
+pub struct Hooks {
+    /// Where offline notifications go (the push hook's thread); `None`: no webhook configured.
+    pub push: Option<flume::Sender<PushNote>>,
+    pub filter: Option<Arc<ContentFilter>>,
+}
+
+impl Hooks {
+    /// The body a content-kind message is stored with, or `None` when the filter refuses it.
+    pub fn screen(&self, kind: u8, body: Vec<u8>) -> Option<Vec<u8>> {
+        let Some(filter) = &self.filter else {
+            return Some(body);
+        };
+        match filter.check(kind, &body) {
+            Verdict::Pass => Some(body),
+            Verdict::Masked(masked) => {
+                inc(&METRICS.filter_masked_total);
+                Some(masked)
+            }
+            Verdict::Reject => {
+                inc(&METRICS.filter_rejected_total);
+                None
+            }
+        }
+    }
+}
+
+/// The ERROR for a message the content filter refuses.
+pub(super) fn rejected(rid: u32) -> Frame<'static> {
+    session::error(
+        rid,
+        ErrorCode::CONTENT_REJECTED,
+        "the message contains a word this server does not accept; nothing was stored",
+    )
+}
+
+fn encode(frame: &Frame<'_>) -> Option<Bytes> {
+    frame.to_bytes().ok().map(Bytes::from)
+}
+
+impl Core {
+    /// The user's session count changed (a register or unregister at this, the owning, core).
+    pub(super) fn presence_devices(&self, user: &Arc<str>) {
+        let devices = self.sessions.borrow().get(user).map_or(0, Vec::len);
+        let changed = self
+            .presence
+            .borrow_mut()
+            .set_devices(user, devices, now_ms());
+        if let Some(shown) = changed {
+            self.publish_presence(user, &shown);
+        }
+    }
+
+    /// PRESENCE from one of the user's devices, at the owning core.
+    pub(super) fn presence_set(&self, user: &Arc<str>, status: PresenceStatus, text: String) {
+        let changed = self.presence.borrow_mut().set(user, status, text);
+        if let Some(shown) = changed {
+            self.publish_presence(user, &shown);
+        }
+    }
+
+    /// SUBSCRIBE of one user by `conn`, at the user's owning core: the current presence goes to
+    /// the subscriber at once.
+    pub(super) fn presence_watch(&self, user: &Arc<str>, conn: ConnRef, add: bool) {
+        if !add {
+            self.presence.borrow_mut().unwatch(user, conn);
+            return;
+        }
+        let shown = self.presence.borrow_mut().watch(user, conn);
+        if let Some(frame) = encode(&shown.frame(user)) {
+            inc(&METRICS.presence_notices_total);
+            self.route(conn.core, CoreMsg::Push { conn, frame });
+        }
+    }
+
+    /// Sends a changed presence to the user's watchers now, and to their online friends and
+    /// followers from a task that reads those lists in pages.
+    fn publish_presence(&self, user: &Arc<str>, shown: &Shown) {
+        inc(&METRICS.presence_changes_total);
+        let Some(frame) = encode(&shown.frame(user)) else {
+            return;
+        };
+        let watchers: Vec<ConnRef> = self.presence.borrow().watchers(user).to_vec();
+        for conn in watchers {
+            inc(&METRICS.presence_notices_total);
+            self.route(
+                conn.core,
+                CoreMsg::Push {
+                    conn,
+                    frame: frame.clone(),
+                },
+            );
+        }
+        let Ok(user) = UserId::new(user.as_ref()) else {
+            return;
+        };
+        monoio::spawn(fan_out_presence(Arc::clone(&self.node), user, frame));
+    }
+
+    /// A newly stored message: if the recipient has no device online at its owning core, the
+    /// push hook is told (from that core, which knows).
+    pub(super) fn offline_push(&self, msg: &DirectMessage, r: &AppendResult) {
+        if self.node.hooks.push.is_none() {
+            return;
+        }
+        // Another node serves the recipient and notifies for it.
+        if matches!(
+            self.node
+                .owners
+                .load()
+                .owner_of_user(msg.recipient.as_str()),
+            Owner::Remote(_)
+        ) {
+            return;
+        }
+        let Some(note) = PushNote::direct(msg, r) else {
+            return;
+        };
+        let owner = self.owner_core(note.user.as_str());
+        self.route(
+            owner,
+            CoreMsg::Offline {
+                note: Box::new(note),
+            },
+        );
+    }
+
+    /// At the recipient's owning core: queue the note for the hook if no device is online.
+    pub(super) fn offline(&self, mut note: PushNote) {
+        let online = self
+            .sessions
+            .borrow()
+            .get(note.user.as_str())
+            .is_some_and(|regs| !regs.is_empty());
+        let Some(tx) = &self.node.hooks.push else {
+            return;
+        };
+        if online {
+            return;
+        }
+        //= SPEC.md#offline-push
+        //# a `quiet` flag, true when the user's chosen presence is BUSY
+        note.quiet = self.presence.borrow().quiet(note.user.as_str());
+        match tx.try_send(note) {
+            Ok(()) => inc(&METRICS.push_queued_total),
+            // The hook is behind or gone: the message is in the inbox either way.
+            Err(_) => inc(&METRICS.push_dropped_total),
+        }
+    }
+}
+
+/// Tells the online friends and followers of `user` (at most [`MAX_FANOUT`], each once) in
+/// pages of [`FANOUT_BATCH`]: one page read, one round of deliveries to the cores owning them.
+async fn fan_out_presence(node: Arc<NodeShared>, user: UserId, frame: Bytes) {
+    let mut told: HashSet<UserId> = HashSet::new();
+    for kind in [RelationKind::FRIEND, RelationKind::FOLLOWER] {
+        let mut after: Option<UserId> = None;
+        while told.len() < MAX_FANOUT {
+            let page =
+                match node
+                    .store
+                    .relation_page(user.clone(), kind, after.take(), FANOUT_BATCH)
+                {
+                    Ok(c) => match c.await {
+                        Ok(p) => p,
+                        Err(e) => {
+                            debug!("presence of {user}: relation list failed: {e}");
+                            return;
+                        }
+                    },
+                    // The reader queue is full: this change reaches watchers only.
+                    Err(_) => return,
+                };
+            let full = page.len() == FANOUT_BATCH;
+            after = page.last().map(|r| r.other.clone());
+            let owners = node.owners.load();
+            for r in page {
+                if told.len() >= MAX_FANOUT || !told.insert(r.other.clone()) {
+                    continue;
+                }
+                // A user of another node is not reachable from here.
+                let Owner::Local(core) = owners.owner_of_user(r.other.as_str()) else {
+                    continue;
+                };
+                if let Some(tx) = node.peers.get(usize::from(core.0)) {
+                    inc(&METRICS.presence_notices_total);
+                    if tx
+                        .try_send(CoreMsg::Deliver {
+                            user: Arc::from(r.other.as_str()),
+                            except: None,
+                            frame: frame.clone(),
+                        })
+                        .is_err()
+                    {
+                        inc(&METRICS.core_queue_full_total);
+                    }
+                }
+            }
+            if !full {
+                break;
+            }
+        }
+    }
+}
+
+impl Connection {
+    /// PRESENCE, SUBSCRIBE, PUSH_TOKEN and MUTE.
+    pub(super) async fn notify_request(&mut self, frame: &Frame<'_>, plan: Plan) -> bool {
+        let rid = frame.request_id;
+        let Some(s) = self.session.as_ref() else {
+            return false;
+        };
+        if let Some(refusal) = session::not_negotiated(s.caps, frame) {
+            return self.write_frame(&refusal).await;
+        }
+        let user: Arc<str> = Arc::from(s.info.user.as_str());
+        let ok = Frame::new(rid, Body::Ok);
+        match plan {
+            Plan::SetPresence {
+                status,
+                text,
+                reply,
+            } => {
+                let owner = self.core.owner_core(&user);
+                self.core
+                    .route(owner, CoreMsg::PresenceSet { user, status, text });
+                !reply || self.write_frame(&ok).await
+            }
+            Plan::Subscribe { add, users } => {
+                let me = self.me;
+                let Some(s) = self.session.as_mut() else {
+                    return false;
+                };
+                let seat = s.seat.get_or_insert_with(Box::default);
+                if add {
+                    if presence::add_subscriptions(&mut seat.watching, &users).is_none() {
+                        let msg = format!(
+                            "at most {} presence subscriptions per connection",
+                            presence::MAX_SUBSCRIPTIONS
+                        );
+                        return self
+                            .write_frame(&session::error(rid, ErrorCode::LIMIT_EXCEEDED, msg))
+                            .await;
+                    }
+                } else {
+                    seat.watching
+                        .retain(|w| !users.iter().any(|u| u.as_str() == w.as_ref()));
+                }
+                // The OK first: the current presences follow it (SPEC: "right after the OK").
+                if !self.write_frame(&ok).await {
+                    return false;
+                }
+                for u in users {
+                    let watched: Arc<str> = Arc::from(u.as_str());
+                    let owner = self.core.owner_core(&watched);
+                    self.core.route(
+                        owner,
+                        CoreMsg::PresenceWatch {
+                            user: watched,
+                            conn: me,
+                            add,
+                        },
+                    );
+                }
+                true
+            }
+            Plan::PushToken { platform, token } => {
+                let setting = PushSetting::Token {
+                    user: s.info.user.clone(),
+                    device: s.info.device.clone(),
+                    platform,
+                    token,
+                };
+                self.store_setting(rid, setting).await
+            }
+            Plan::Mute { conv, until_ms } => {
+                let setting = PushSetting::Mute {
+                    user: s.info.user.clone(),
+                    conv,
+                    until_ms,
+                };
+                self.store_setting(rid, setting).await
+            }
+            _ => true,
+        }
+    }
+
+    async fn store_setting(&mut self, rid: u32, setting: PushSetting) -> bool {
+        let submitted = self.core.node.store.set_push(setting);
+        if self.storage(rid, submitted).await.is_none() {
+            return self.conn.state() == State::Open;
+        }
+        self.write_frame(&Frame::new(rid, Body::Ok)).await
+    }
+
+    /// Ends the connection's presence subscriptions (it is closing).
+    pub(super) fn unwatch_all(&self, watching: &[Arc<str>]) {
+        for user in watching {
+            let owner = self.core.owner_core(user);
+            self.core.route(
+                owner,
+                CoreMsg::PresenceWatch {
+                    user: Arc::clone(user),
+                    conn: self.me,
+                    add: false,
+                },
+            );
+        }
+    }
+}
