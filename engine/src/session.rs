@@ -452,6 +452,7 @@ pub fn op_error(request_id: u32, e: &OpError) -> Frame<'static> {
         OpError::RecallExpired => ErrorCode::RECALL_EXPIRED,
         OpError::LimitExceeded(_) => ErrorCode::LIMIT_EXCEEDED,
         OpError::Closed => ErrorCode::SHUTTING_DOWN,
+        OpError::Unavailable(_) => ErrorCode::UNAVAILABLE,
         OpError::Engine(_) => ErrorCode::INTERNAL,
     };
     error(request_id, code, e.to_string())
@@ -500,7 +501,6 @@ fn relation_plan(s: &SessionInfo, rid: u32, r: &WireRelation<'_>) -> Plan {
         return invalid(rid, "a relation needs another user");
     }
     Plan::Relate {
-        OpError::Unavailable(_) => ErrorCode::UNAVAILABLE,
         change: RelationChange {
             user: s.user.clone(),
             other,

@@ -346,26 +346,6 @@ pub fn remote_refusal(table: &OwnerTable, session: &SessionInfo, plan: &Plan) ->
             }
             None => (true, None),
         },
-        // A group's timeline and rows live at the group's slot; its members' inboxes are
-        // written there too, so a group is served only where its slot is (members served by
-        // other nodes are not reached yet).
-        Plan::Group(g) => match crate::groups::group_of(g) {
-            Some(group) => {
-                let conv = ConvKey::Group(group.clone());
-                (
-                    true,
-                    Some(Needed::new(
-                        "group",
-                        group.as_str().to_owned(),
-                        match table.owner(conversation_slot(&conv)) {
-                            Owner::Remote(o) => Some(o.node.clone()),
-                            Owner::Local(_) => None,
-                        },
-                    )),
-                )
-            }
-            None => (true, None),
-        },
     };
     // The session's own user: its slot moved away since HELLO (a membership change; handing
     // the session over is not implemented yet).
