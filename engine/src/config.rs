@@ -273,6 +273,9 @@ pub struct TimersFile {
     pub handshake_secs: Option<u64>,
     pub heartbeat_secs: Option<u64>,
     pub idle_secs: Option<u64>,
+    /// Milliseconds without traffic after which an idle native connection parks (gives up
+    /// its task until its socket or a delivery wakes it); 0 never parks. Default 100.
+    pub park_ms: Option<u64>,
 }
 
 /// `[limits]`.
@@ -570,6 +573,7 @@ impl Settings {
                 .heartbeat_secs
                 .map_or(d.heartbeat_ms, |s| s * 1000),
             idle_ms: file.timers.idle_secs.map_or(d.idle_ms, |s| s * 1000),
+            park_ms: file.timers.park_ms.unwrap_or(d.park_ms),
         };
         if timers.heartbeat_ms == 0 || timers.idle_ms <= timers.heartbeat_ms {
             bail!("timers: idle_secs must be greater than heartbeat_secs (> 0)");

@@ -214,6 +214,9 @@ pub struct Timers {
     pub handshake_ms: u64,
     pub heartbeat_ms: u64,
     pub idle_ms: u64,
+    /// Traffic-free time after which a native connection parks without a task
+    /// ([`crate::park`]); 0 never parks.
+    pub park_ms: u64,
 }
 
 impl Default for Timers {
@@ -222,6 +225,7 @@ impl Default for Timers {
             handshake_ms: 10_000,
             heartbeat_ms: 30_000,
             idle_ms: 90_000,
+            park_ms: 100,
         }
     }
 }

@@ -14,6 +14,7 @@ pub mod front;
 pub mod groups;
 pub mod link;
 pub mod metrics;
+pub mod park;
 pub mod pool;
 pub mod presence;
 pub mod push;

@@ -487,6 +487,16 @@ impl Link {
     }
 
     /// The socket underneath, if there is one of our own.
+    /// The socket of a plain native connection (no TLS, WebSocket or tunnel), which is what
+    /// may park ([`crate::park`]).
+    pub fn plain_fd(&self) -> Option<std::os::fd::RawFd> {
+        use std::os::fd::AsRawFd;
+        match self {
+            Link::Tcp(s) => Some(s.as_raw_fd()),
+            Link::Wire(_) | Link::Tunnel(_) => None,
+        }
+    }
+
     pub fn socket(&mut self) -> Option<&mut TcpStream> {
         match self {
             Link::Tcp(s) => Some(s),

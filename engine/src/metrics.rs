@@ -29,6 +29,8 @@ macro_rules! counters {
 counters! {
     /// Connections currently open.
     connections_open: "gauge",
+    /// Idle connections parked without a task (part of `connections_open`).
+    connections_parked: "gauge",
     /// Connections accepted since start.
     connections_accepted_total: "counter",
     /// Sessions authenticated since start.
@@ -120,6 +122,7 @@ counters! {
 /// The process's counters.
 pub static METRICS: Metrics = Metrics {
     connections_open: AtomicU64::new(0),
+    connections_parked: AtomicU64::new(0),
     connections_accepted_total: AtomicU64::new(0),
     sessions_authenticated_total: AtomicU64::new(0),
     auth_failures_total: AtomicU64::new(0),

@@ -59,7 +59,6 @@ use crate::transport::proxy::Cidr;
 use crate::transport::tls::{self as tls, Reloadable};
 
 mod group_serve;
-
 mod notify;
 pub use notify::Hooks;
 
@@ -245,7 +244,10 @@ pub struct NodeShared {
 pub struct ConnShared {
     queue: RefCell<VecDeque<Bytes>>,
     kick: Cell<Option<CloseReason>>,
-    waker: RefCell<Option<Waker>>,
+    waiter: RefCell<Waiter>,
+    /// When the connection last moved bytes (ms since the epoch): it parks after
+    /// `Timers::park_ms` without traffic.
+    active_ms: Cell<u64>,
     /// The connection's next timer deadline (ms since the epoch, 0: none), checked by the
     /// core's sweeper so that an idle connection does not keep a timer of its own.
     deadline_ms: Cell<u64>,
@@ -255,6 +257,27 @@ pub struct ConnShared {
     input: Cell<bool>,
 }
 
+/// What a connection that waits for something left behind to be woken with.
+#[derive(Default)]
+enum Waiter {
+    #[default]
+    None,
+    /// Its task, waiting in `ConnShared::notified`.
+    Task(Waker),
+    /// Its whole state: the connection is parked ([`crate::park`]) and has no task.
+    Parked(Box<Connection>),
+}
+
+impl std::fmt::Debug for Waiter {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Waiter::None => "None",
+            Waiter::Task(_) => "Task",
+            Waiter::Parked(_) => "Parked",
+        })
+    }
+}
+
 impl ConnShared {
     /// Marks input ready (tunnel sessions) and wakes the connection.
     pub fn wake_input(&self) {
@@ -262,10 +285,19 @@ impl ConnShared {
         self.wake();
     }
 
+    /// Wakes the connection's task, or gives a parked connection a task again.
     fn wake(&self) {
-        if let Some(w) = self.waker.borrow_mut().take() {
-            w.wake();
+        let waiter = std::mem::take(&mut *self.waiter.borrow_mut());
+        match waiter {
+            Waiter::None => {}
+            Waiter::Task(w) => w.wake(),
+            Waiter::Parked(c) => c.unpark(),
         }
+    }
+
+    /// Keeps a parked connection's state until something wakes it.
+    fn park(&self, c: Box<Connection>) {
+        *self.waiter.borrow_mut() = Waiter::Parked(c);
     }
 
     /// Queues a frame; a full queue marks the connection a slow consumer (it is closed, the
@@ -300,7 +332,7 @@ impl ConnShared {
             if self.kick.get().is_some() {
                 Poll::Ready(())
             } else {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                *self.waiter.borrow_mut() = Waiter::Task(cx.waker().clone());
                 Poll::Pending
             }
         })
@@ -328,7 +360,7 @@ impl ConnShared {
             {
                 Poll::Ready(())
             } else {
-                *self.waker.borrow_mut() = Some(cx.waker().clone());
+                *self.waiter.borrow_mut() = Waiter::Task(cx.waker().clone());
                 Poll::Pending
             }
         })
@@ -366,10 +398,20 @@ pub struct Core {
     /// Where frames for other connections are encoded before being copied out at their exact
     /// size: encoding into a fresh vector grows it several times per frame.
     scratch: RefCell<Vec<u8>>,
+    /// Where idle native connections wait without a task; `None` when parking is off
+    /// (`park_ms` 0) or the epoll instance could not be made.
+    parking: Option<crate::park::Parking>,
 }
 
 impl Core {
     pub fn new(id: u16, node: Arc<NodeShared>) -> Core {
+        let parking = if node.cfg.timers.park_ms > 0 {
+            crate::park::Parking::new()
+                .map_err(|e| tracing::warn!("core {id}: idle connections cannot park: {e}"))
+                .ok()
+        } else {
+            None
+        };
         Core {
             id,
             node,
@@ -384,6 +426,7 @@ impl Core {
             next_id: Cell::new(1),
             pool: BufPool::new(POOL_BUF, 64),
             scratch: RefCell::new(Vec::with_capacity(1024)),
+            parking,
         }
     }
 
@@ -746,6 +789,10 @@ struct Connection {
     partial: Vec<u8>,
     /// The peer closed its side: nothing to drain when we close.
     peer_closed: bool,
+    /// `run` returned to park the connection, not because it ended.
+    parking: bool,
+    /// Parking failed once (the epoll registration): this connection keeps its task.
+    park_off: bool,
 }
 
 /// An accepted socket on its way through the front door.
@@ -792,7 +839,9 @@ impl Connection {
         core.conns.borrow_mut().insert(id, Rc::clone(&shared));
         inc(&METRICS.connections_open);
         let me = ConnRef { core: core.id, id };
-        let conn = Conn::new(now_ms(), &core.node.cfg.timers);
+        let now = now_ms();
+        shared.active_ms.set(now);
+        let conn = Conn::new(now, &core.node.cfg.timers);
         Box::new(Connection {
             core,
             link: opened.link,
@@ -804,6 +853,8 @@ impl Connection {
             // The bytes the front door read: the first frames.
             partial: opened.initial,
             peer_closed: false,
+            parking: false,
+            park_off: false,
         })
     }
 
@@ -811,7 +862,22 @@ impl Connection {
         if !self.partial.is_empty() && !Box::pin(self.on_initial()).await {
             self.conn.apply(Trigger::PeerClose);
         }
-        self.run().await;
+        self.live().await;
+    }
+
+    /// Runs the connection until it ends or parks.
+    async fn live(mut self: Box<Self>) {
+        loop {
+            self.run().await;
+            if !self.parking {
+                break;
+            }
+            self.parking = false;
+            match self.try_park() {
+                Ok(()) => return,
+                Err(c) => self = c,
+            }
+        }
         Box::pin(self.finish()).await;
         let core = Rc::clone(&self.core);
         let me = self.me;
@@ -831,7 +897,80 @@ impl Connection {
     }
 }
 
+/// Wakes the parked connections whose sockets became ready.
+async fn unpark_loop(core: Rc<Core>, watch: TcpStream) {
+    let Some(parking) = &core.parking else {
+        return;
+    };
+    let mut ids = Vec::new();
+    loop {
+        if let Err(e) = watch.readable(false).await {
+            tracing::error!("core {}: parked connections unwatched: {e}", core.id);
+            return;
+        }
+        ids.clear();
+        if let Err(e) = parking.ready(&mut ids) {
+            tracing::error!("core {}: parked connections unwatched: {e}", core.id);
+            return;
+        }
+        for id in &ids {
+            let shared = core.conns.borrow().get(id).cloned();
+            if let Some(shared) = shared {
+                shared.wake();
+            }
+        }
+    }
+}
+
 impl Connection {
+    /// Registers the socket with the core's parking and leaves the state with the shared
+    /// part; gives the connection back (it keeps its task from now on) when that fails.
+    fn try_park(mut self: Box<Self>) -> Result<(), Box<Self>> {
+        let (Some(parking), Some(fd)) = (&self.core.parking, self.link.plain_fd()) else {
+            self.park_off = true;
+            return Err(self);
+        };
+        if let Err(e) = parking.add(fd, self.me.id) {
+            tracing::debug!("connection {}: cannot park: {e}", self.me.id);
+            self.park_off = true;
+            return Err(self);
+        }
+        inc(&METRICS.connections_parked);
+        let shared = Rc::clone(&self.shared);
+        shared.park(self);
+        Ok(())
+    }
+
+    /// Gives a parked connection a task again (its socket is ready, or something was queued
+    /// for it, or its timer is due).
+    fn unpark(self: Box<Self>) {
+        if let (Some(parking), Some(fd)) = (&self.core.parking, self.link.plain_fd()) {
+            parking.remove(fd);
+        }
+        dec(&METRICS.connections_parked);
+        // Whatever woke it is traffic: without this, the connection would park again before
+        // reading what its socket holds.
+        self.shared.active_ms.set(now_ms());
+        monoio::spawn(self.live());
+    }
+
+    /// When this connection may park: a native connection past its handshake, holding no
+    /// partial frame or held output, once `park_ms` passed without traffic.
+    fn park_at(&self) -> Option<u64> {
+        let park_ms = self.core.node.cfg.timers.park_ms;
+        if park_ms == 0
+            || self.park_off
+            || self.core.parking.is_none()
+            || self.conn.state() != State::Open
+            || self.link.plain_fd().is_none()
+            || !self.partial.is_empty()
+            || self.link.has_held()
+        {
+            return None;
+        }
+        Some(self.shared.active_ms.get().saturating_add(park_ms))
+    }
+
     async fn run(&mut self) {
         loop {
             if self.conn.state() == State::Closed {
@@ -850,12 +989,14 @@ impl Connection {
                 if !Box::pin(self.on_readable()).await {
                     return;
                 }
+                self.shared.active_ms.set(now_ms());
                 continue;
             }
             if !self.shared.queue.borrow().is_empty() {
                 if !Box::pin(self.flush_queue()).await {
                     return;
                 }
+                self.shared.active_ms.set(now_ms());
                 continue;
             }
             if self.shared.timer_due.replace(false) {
@@ -873,11 +1014,21 @@ impl Connection {
             let Some(deadline) = self.conn.next_deadline() else {
                 return;
             };
-            self.shared.deadline_ms.set(deadline);
+            // The sweeper also marks the moment to park (see `park_at`).
+            let park_at = self.park_at();
+            self.shared
+                .deadline_ms
+                .set(park_at.map_or(deadline, |at| deadline.min(at)));
             // Boxed: this future is part of every idle connection's state.
             if self.link.has_held() && Box::pin(self.flush_held()).await.is_err() {
                 self.peer_closed = true;
                 self.conn.apply(Trigger::PeerClose);
+                return;
+            }
+            if self.park_at().is_some_and(|at| at <= now_ms()) {
+                // Parked, only the connection's own timers need the sweeper.
+                self.shared.deadline_ms.set(deadline);
+                self.parking = true;
                 return;
             }
             // No timer of our own: the core's sweeper marks the deadline due (see `sweep`).
@@ -899,6 +1050,7 @@ impl Connection {
                     if !Box::pin(self.on_readable()).await {
                         return;
                     }
+                    self.shared.active_ms.set(now_ms());
                 }
                 Event::Notified => {}
             }
@@ -1505,8 +1657,7 @@ impl Connection {
                 else {
                     return self.conn.state() == State::Open;
                 };
-                let mut page =
-                    session::sync_page(rid, &info.user, after, entries, limit, max_out);
+                let mut page = session::sync_page(rid, &info.user, after, entries, limit, max_out);
                 if !self
                     .merge_group_sync(rid, &info, &mut page, limit, max_out)
                     .await
@@ -2328,6 +2479,19 @@ async fn core_main(
             sweep_core.sweep(now_ms());
         }
     });
+    if let Some(parking) = &core.parking {
+        // The runtime waits on the epoll instance like on a socket: its descriptor only needs
+        // to poll readable, which an epoll descriptor does when a registered socket is ready.
+        match parking
+            .watch_fd()
+            .and_then(|fd| TcpStream::from_std(std::net::TcpStream::from(fd)))
+        {
+            Ok(watch) => {
+                monoio::spawn(unpark_loop(Rc::clone(&core), watch));
+            }
+            Err(e) => tracing::error!("core {i}: cannot watch parked connections: {e}"),
+        }
+    }
     let mut accepting = Vec::new();
     for (listener, kind) in listeners {
         match TcpListener::from_std(listener) {
