@@ -358,7 +358,8 @@ fn ternbench_runs_every_scenario_small() {
     let (ok, v, err) = bench(&node, &["idle", "--conns", "200", "--hold", "1"]);
     assert!(ok, "idle: {v} {err}");
     assert_eq!(v["connected"], 200);
-    assert!(v["node_bytes_per_conn"].as_f64().is_some(), "{v}");
+    assert!(v["node_bytes_per_conn_connected"].as_f64().is_some(), "{v}");
+    assert!(v["node_bytes_per_conn_idle"].as_f64().is_some(), "{v}");
 
     let (ok, v, err) = bench(
         &node,

@@ -312,6 +312,8 @@ fn main() -> Result<()> {
     let mut ready = 0;
     let mut exited = 0;
     let mut rss_held = None;
+    let mut rss_idle = None;
+    let mut held = 0;
     let mut started = None;
     while exited < workers {
         let Ok((index, line)) = rx.recv_timeout(Duration::from_millis(500)) else {
@@ -331,6 +333,18 @@ fn main() -> Result<()> {
                 // Everyone is set up: measure memory of idle connections, release the storm.
                 rss_held = cli.node_pid.and_then(rss_kib);
                 started = Some(Instant::now());
+                for (c, _) in &mut children {
+                    if let Some(stdin) = c.stdin.as_mut() {
+                        let _ = writeln!(stdin, "go");
+                    }
+                }
+            }
+        } else if line == "held" {
+            held += 1;
+            if held == workers {
+                // The idle scenario's connections sat through the hold: their memory now is
+                // what an idle connection costs.
+                rss_idle = cli.node_pid.and_then(rss_kib);
                 for (c, _) in &mut children {
                     if let Some(stdin) = c.stdin.as_mut() {
                         let _ = writeln!(stdin, "go");
@@ -358,7 +372,12 @@ fn main() -> Result<()> {
             workers - reports.len()
         );
     }
-    summarize(&cli, &scenario, params, &reports, rss_before, rss_held, ok)
+    let mem = MemSamples {
+        before: rss_before,
+        connected: rss_held,
+        idle: rss_idle,
+    };
+    summarize(&cli, &scenario, params, &reports, mem, ok)
 }
 
 /// `--target`, else the listener of the transport in the node's `ports.json`, else the
@@ -388,10 +407,34 @@ fn target(cli: &Cli) -> Result<SocketAddr> {
         .with_context(|| format!("{}: bad address {addr:?}", path.display()))
 }
 
-fn rss_kib(pid: u32) -> Option<u64> {
+/// The node's memory before the connections, once they are all up, and after they sat idle
+/// through the hold (the idle scenario only).
+#[derive(Debug, Clone, Copy)]
+struct MemSamples {
+    before: Option<NodeMem>,
+    connected: Option<NodeMem>,
+    idle: Option<NodeMem>,
+}
+
+/// The node's resident memory: all of it, and the anonymous part (heap, stacks, buffers).
+/// Connections grow the anonymous part; the file-backed rest is mostly the node's code, paged in
+/// as the first connections run through it, which is why both are reported.
+#[derive(Debug, Clone, Copy)]
+struct NodeMem {
+    rss_kib: u64,
+    anon_kib: u64,
+}
+
+fn rss_kib(pid: u32) -> Option<NodeMem> {
     let s = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let line = s.lines().find(|l| l.starts_with("VmRSS:"))?;
-    line.split_whitespace().nth(1)?.parse().ok()
+    let field = |name: &str| -> Option<u64> {
+        let line = s.lines().find(|l| l.starts_with(name))?;
+        line.split_whitespace().nth(1)?.parse().ok()
+    };
+    Some(NodeMem {
+        rss_kib: field("VmRSS:")?,
+        anon_kib: field("RssAnon:")?,
+    })
 }
 
 fn merge(reports: &[Report], pick: fn(&Report) -> &String) -> Histogram<u64> {
@@ -419,8 +462,7 @@ fn summarize(
     scenario: &Scenario,
     params: serde_json::Value,
     reports: &[Report],
-    rss_before: Option<u64>,
-    rss_held: Option<u64>,
+    mem: MemSamples,
     workers_ok: bool,
 ) -> Result<()> {
     let sum = |f: fn(&Report) -> u64| reports.iter().map(f).sum::<u64>();
@@ -440,16 +482,33 @@ fn summarize(
             rows.push(("connections held".into(), connected.to_string()));
             rows.push(("failed".into(), sum(|r| r.failed).to_string()));
             rows.push(("connect rate".into(), format!("{rate:.0} /s ({secs:.2} s)")));
-            if let (Some(a), Some(b)) = (rss_before, rss_held) {
-                let per = (b.saturating_sub(a) as f64 * 1024.0) / connected.max(1) as f64;
-                result["node_rss_kib_before"] = json!(a);
-                result["node_rss_kib_held"] = json!(b);
-                result["node_bytes_per_conn"] = json!(per);
-                rows.push(("node RSS".into(), format!("{a} KiB -> {b} KiB")));
-                rows.push((
-                    "node memory per connection".into(),
-                    format!("{per:.0} bytes"),
-                ));
+            let samples = [("connected", mem.connected), ("idle", mem.idle)];
+            if let Some(a) = mem.before {
+                let per = |x: u64, y: u64| {
+                    (y.saturating_sub(x) as f64 * 1024.0) / connected.max(1) as f64
+                };
+                result["node_rss_kib_before"] = json!(a.rss_kib);
+                result["node_anon_kib_before"] = json!(a.anon_kib);
+                for (when, b) in samples {
+                    let Some(b) = b else { continue };
+                    let rss = per(a.rss_kib, b.rss_kib);
+                    let anon = per(a.anon_kib, b.anon_kib);
+                    result[format!("node_rss_kib_{when}")] = json!(b.rss_kib);
+                    result[format!("node_anon_kib_{when}")] = json!(b.anon_kib);
+                    result[format!("node_bytes_per_conn_{when}")] = json!(rss);
+                    result[format!("node_anon_bytes_per_conn_{when}")] = json!(anon);
+                    rows.push((
+                        format!("node RSS, {when}"),
+                        format!(
+                            "{} KiB -> {} KiB ({} -> {} KiB anonymous)",
+                            a.rss_kib, b.rss_kib, a.anon_kib, b.anon_kib
+                        ),
+                    ));
+                    rows.push((
+                        format!("node memory per connection, {when}"),
+                        format!("{rss:.0} bytes ({anon:.0} anonymous)"),
+                    ));
+                }
             } else {
                 rows.push((
                     "node memory per connection".into(),

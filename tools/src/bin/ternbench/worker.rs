@@ -123,7 +123,12 @@ fn source(spec: &Spec, n: usize) -> IpAddr {
 
 /// Tells the parent this worker is set up and waits for its `go` (a barrier over all workers).
 async fn ready_and_wait() -> Result<()> {
-    say("ready");
+    barrier("ready").await
+}
+
+/// Says `word` and waits for the parent's `go`, which comes once every worker said it.
+async fn barrier(word: &str) -> Result<()> {
+    say(word);
     tokio::task::spawn_blocking(|| {
         let mut line = String::new();
         let _ = std::io::stdin().lock().read_line(&mut line);
@@ -245,11 +250,13 @@ async fn idle(
     }
     say(&format!("progress {since_progress}"));
     r.connect_secs = start.elapsed().as_secs_f64();
-    say("ready");
+    ready_and_wait().await?;
     // Hold the connections idle, answering nothing: the node must keep them for its idle
     // timeout, which is longer than any hold.
     tokio::time::sleep(Duration::from_secs(hold_secs)).await;
     r.elapsed_secs = start.elapsed().as_secs_f64();
+    // The parent measures the node's memory of idle connections before they go.
+    barrier("held").await?;
     drop(held);
     Ok(r)
 }
