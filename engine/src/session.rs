@@ -1039,7 +1039,11 @@ mod tests {
                 body: Cow::Borrowed(b""),
             }),
         );
-        assert!(matches!(plan(&me(), &group, &l), Plan::Reply(_)));
+        // Groups are served: a SEND to one is a group send, stored by the group's writer.
+        assert!(matches!(
+            plan(&me(), &group, &l),
+            Plan::Group(p) if matches!(*p, crate::groups::GroupPlan::Send { .. })
+        ));
     }
 
     #[test]

@@ -116,12 +116,38 @@ fn corrupted_manifest_is_reported() {
         .pop()
         .unwrap();
     let mut bytes = fs::read(&manifest).unwrap();
-    let len = bytes.len();
-    for b in &mut bytes[len / 3..len / 3 + 64] {
+    // Damage the payload of the record a third of the way in. Damage that lands on a record's
+    // length field can make the record look cut off at the end of the file, which RocksDB
+    // reads as a torn tail and tolerates; a payload that fails its checksum is corruption.
+    let (start, len) = record_at(&bytes, bytes.len() / 3);
+    for b in &mut bytes[start + len / 4..start + len / 4 + (len / 2).max(1)] {
         *b ^= 0x5A;
     }
     fs::write(&manifest, bytes).unwrap();
     expect_corrupted(dir.path(), &manifest);
+}
+
+/// The payload (offset, length) of the first record of a RocksDB log file (the MANIFEST's
+/// format) that starts at or after `at`: 32 KiB blocks of records, each behind a 7-byte header
+/// (checksum u32, length u16 little-endian, type u8); a block's last bytes that cannot hold a
+/// header are padding.
+fn record_at(log: &[u8], at: usize) -> (usize, usize) {
+    const BLOCK: usize = 32 * 1024;
+    const HEADER: usize = 7;
+    let mut pos = 0;
+    loop {
+        let left_in_block = BLOCK - pos % BLOCK;
+        if left_in_block < HEADER {
+            pos += left_in_block;
+            continue;
+        }
+        assert!(pos + HEADER <= log.len(), "no record at or after {at}");
+        let len = u16::from_le_bytes([log[pos + 4], log[pos + 5]]) as usize;
+        if pos >= at && len > 0 {
+            return (pos + HEADER, len);
+        }
+        pos += HEADER + len;
+    }
 }
 
 #[test]

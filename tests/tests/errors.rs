@@ -167,11 +167,15 @@ fn garbage_oversize_and_early_frames_get_a_clear_error_and_close() {
         error_code(&recv_until_closed(&mut alice)),
         ErrorCode::UNEXPECTED_FRAME
     );
-    // Invalid requests keep the connection: kind 0 and a group conversation.
+    // Refused requests keep the connection: kind 0, and a group that does not exist.
     let mut alice = node.connect("alice", "phone");
-    for (to, kind) in [
-        (Conv::direct("bob"), MessageKind(0)),
-        (Conv::group("g1"), MessageKind::TEXT),
+    for (to, kind, expected) in [
+        (
+            Conv::direct("bob"),
+            MessageKind(0),
+            ErrorCode::INVALID_ARGUMENT,
+        ),
+        (Conv::group("g1"), MessageKind::TEXT, ErrorCode::NOT_FOUND),
     ] {
         let f = Frame::new(
             0,
@@ -183,9 +187,7 @@ fn garbage_oversize_and_early_frames_get_a_clear_error_and_close() {
             }),
         );
         match alice.request(f.body, WAIT) {
-            Err(ConnectionError::Server { code, .. }) => {
-                assert_eq!(code, ErrorCode::INVALID_ARGUMENT)
-            }
+            Err(ConnectionError::Server { code, .. }) => assert_eq!(code, expected),
             other => panic!("{other:?}"),
         }
     }

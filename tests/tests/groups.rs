@@ -2,6 +2,8 @@
 //! read diffusion, a group crossing the write-diffusion size both ways, and a node killed with
 //! SIGKILL in the middle of group sends.
 
+#![allow(clippy::unwrap_used)]
+
 use std::collections::{BTreeMap, HashSet};
 use std::time::{Duration, Instant};
 
