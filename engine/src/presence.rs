@@ -55,9 +55,17 @@ impl Shown {
 
 #[derive(Debug)]
 struct Entry {
-    devices: usize,
+    /// The user's Open sessions on this node.
+    devices: u32,
     /// ONLINE, AWAY or BUSY, as last chosen by one of the user's devices.
     chosen: PresenceStatus,
+    /// What few users have: a status text, a last-seen time, subscribers. Boxed, so that the
+    /// entry of every connected user (most of them plain ONLINE) stays 16 bytes.
+    more: Option<Box<More>>,
+}
+
+#[derive(Debug, Default)]
+struct More {
     text: String,
     /// When the last device closed (ms); 0: not since the node started.
     last_seen: u64,
@@ -70,39 +78,60 @@ impl Default for Entry {
         Entry {
             devices: 0,
             chosen: PresenceStatus::ONLINE,
-            text: String::new(),
-            last_seen: 0,
-            watchers: Vec::new(),
+            more: None,
         }
     }
 }
 
 impl Entry {
+    fn text(&self) -> &str {
+        self.more.as_ref().map_or("", |m| m.text.as_str())
+    }
+
+    fn last_seen(&self) -> u64 {
+        self.more.as_ref().map_or(0, |m| m.last_seen)
+    }
+
+    fn watchers(&self) -> &[ConnRef] {
+        self.more.as_ref().map_or(&[], |m| m.watchers.as_slice())
+    }
+
+    fn more(&mut self) -> &mut More {
+        self.more.get_or_insert_with(Box::default)
+    }
+
+    /// Drops the boxed part once it holds nothing.
+    fn trim(&mut self) {
+        if self
+            .more
+            .as_ref()
+            .is_some_and(|m| m.text.is_empty() && m.last_seen == 0 && m.watchers.is_empty())
+        {
+            self.more = None;
+        }
+    }
+
     fn shown(&self) -> Shown {
         //= SPEC.md#typing-presence-and-subscribe
         //# a user is online as long as any of their devices is
         if self.devices == 0 {
             Shown {
                 status: PresenceStatus::OFFLINE,
-                last_seen: self.last_seen,
-                text: self.text.clone(),
+                last_seen: self.last_seen(),
+                text: self.text().to_owned(),
             }
         } else {
             Shown {
                 status: self.chosen,
                 last_seen: 0,
-                text: self.text.clone(),
+                text: self.text().to_owned(),
             }
         }
     }
 
     /// Nothing worth keeping: no device, no watcher, nothing chosen, never seen.
     fn idle(&self) -> bool {
-        self.devices == 0
-            && self.watchers.is_empty()
-            && self.chosen == PresenceStatus::ONLINE
-            && self.text.is_empty()
-            && self.last_seen == 0
+        self.devices == 0 && self.chosen == PresenceStatus::ONLINE && self.more.is_none()
     }
 }
 
@@ -118,6 +147,7 @@ impl Book {
         let e = self.users.entry(Arc::clone(user)).or_default();
         let before = e.shown();
         f(e);
+        e.trim();
         let after = e.shown();
         if e.idle() {
             self.users.remove(user);
@@ -129,9 +159,9 @@ impl Book {
     pub fn set_devices(&mut self, user: &Arc<str>, devices: usize, now: u64) -> Option<Shown> {
         self.change(user, |e| {
             if devices == 0 && e.devices > 0 {
-                e.last_seen = now;
+                e.more().last_seen = now;
             }
-            e.devices = devices;
+            e.devices = u32::try_from(devices).unwrap_or(u32::MAX);
         })
     }
 
@@ -139,15 +169,17 @@ impl Book {
     pub fn set(&mut self, user: &Arc<str>, status: PresenceStatus, text: String) -> Option<Shown> {
         self.change(user, |e| {
             e.chosen = status;
-            e.text = text;
+            if !text.is_empty() || e.more.is_some() {
+                e.more().text = text;
+            }
         })
     }
 
     /// Subscribes `conn` to `user` (once) and returns the user's presence.
     pub fn watch(&mut self, user: &Arc<str>, conn: ConnRef) -> Shown {
         let e = self.users.entry(Arc::clone(user)).or_default();
-        if !e.watchers.contains(&conn) {
-            e.watchers.push(conn);
+        if !e.watchers().contains(&conn) {
+            e.more().watchers.push(conn);
         }
         e.shown()
     }
@@ -155,7 +187,10 @@ impl Book {
     /// Ends a subscription (if any).
     pub fn unwatch(&mut self, user: &Arc<str>, conn: ConnRef) {
         if let Some(e) = self.users.get_mut(user) {
-            e.watchers.retain(|c| *c != conn);
+            if let Some(m) = e.more.as_mut() {
+                m.watchers.retain(|c| *c != conn);
+            }
+            e.trim();
             if e.idle() {
                 self.users.remove(user);
             }
@@ -164,7 +199,7 @@ impl Book {
 
     /// The connections subscribed to `user`.
     pub fn watchers(&self, user: &str) -> &[ConnRef] {
-        self.users.get(user).map_or(&[], |e| &e.watchers)
+        self.users.get(user).map_or(&[], Entry::watchers)
     }
 
     /// Whether offline pushes to `user` are quiet: the user chose BUSY.
@@ -282,6 +317,12 @@ mod tests {
 
     fn conn(id: u32) -> ConnRef {
         ConnRef { core: 0, id }
+    }
+
+    #[test]
+    fn the_entry_of_a_plain_online_user_stays_small() {
+        // Every connected user has one: the per-connection memory target counts it.
+        assert!(std::mem::size_of::<Entry>() <= 16);
     }
 
     #[test]
