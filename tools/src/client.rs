@@ -35,6 +35,7 @@ use tern_protocol::{
 
 use crate::connection::{Connection, ConnectionError, HelloParams};
 use crate::endpoint::Endpoints;
+use crate::group::GroupEvent;
 use crate::state::DeviceState;
 
 /// Client settings.
@@ -113,6 +114,12 @@ pub enum Event {
     },
     /// A message, delivered once.
     Message(Message<'static>),
+    /// A change to a group (a GROUP_EVENT message of a group conversation, delivered once like
+    /// a message), with its body decoded.
+    GroupEvent {
+        message: Message<'static>,
+        event: GroupEvent,
+    },
     /// A message of ours is durable on the server.
     SendAcked {
         local_seq: u64,
@@ -165,7 +172,7 @@ enum Cmd {
     Send {
         local_seq: u64,
         msg_id: MsgId,
-        to: String,
+        to: Conv<'static>,
         kind: MessageKind,
         body: Vec<u8>,
         waiter: Option<Waiter<SendAck>>,
@@ -229,6 +236,7 @@ impl Client {
             requests: HashMap::new(),
             subscriptions: BTreeSet::new(),
             sync_in_flight: None,
+            group_page_held: false,
             synced_once: false,
             last_ack: Instant::now(),
             stopped: false,
@@ -253,12 +261,36 @@ impl Client {
         kind: MessageKind,
         body: Vec<u8>,
     ) -> Result<PendingSend, SendError> {
+        self.enqueue(Conv::direct(to.to_owned()), kind, body, None)
+    }
+
+    /// Queues a message to any conversation the node accepts SENDs for (DIRECT, GROUP); it is
+    /// sent (and retransmitted) until acknowledged.
+    pub fn send_to(
+        &self,
+        to: Conv<'static>,
+        kind: MessageKind,
+        body: Vec<u8>,
+    ) -> Result<PendingSend, SendError> {
         self.enqueue(to, kind, body, None)
+    }
+
+    /// [`Client::send_to`], waiting for the SEND_ACK.
+    pub fn send_to_wait(
+        &self,
+        to: Conv<'static>,
+        kind: MessageKind,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<SendAck, SendError> {
+        let (tx, rx) = mpsc::channel();
+        self.enqueue(to, kind, body, Some(tx))?;
+        rx.recv_timeout(timeout).map_err(|_| SendError::Timeout)?
     }
 
     fn enqueue(
         &self,
-        to: &str,
+        to: Conv<'static>,
         kind: MessageKind,
         body: Vec<u8>,
         waiter: Option<Waiter<SendAck>>,
@@ -272,7 +304,7 @@ impl Client {
             .send(Cmd::Send {
                 local_seq,
                 msg_id,
-                to: to.to_owned(),
+                to,
                 kind,
                 body,
                 waiter,
@@ -289,9 +321,7 @@ impl Client {
         body: Vec<u8>,
         timeout: Duration,
     ) -> Result<SendAck, SendError> {
-        let (tx, rx) = mpsc::channel();
-        self.enqueue(to, kind, body, Some(tx))?;
-        rx.recv_timeout(timeout).map_err(|_| SendError::Timeout)?
+        self.send_to_wait(Conv::direct(to.to_owned()), kind, body, timeout)
     }
 
     /// Sends a request (HISTORY, CONTACTS, READ…) on the current connection and waits for the
@@ -450,7 +480,11 @@ impl Client {
     }
 
     /// Sends a request whose only answer is OK.
-    fn request_ok(&self, body: Body<'static>, timeout: Duration) -> Result<(), SendError> {
+    pub(crate) fn request_ok(
+        &self,
+        body: Body<'static>,
+        timeout: Duration,
+    ) -> Result<(), SendError> {
         match self.request(body, timeout)?.body {
             Body::Ok => Ok(()),
             other => Err(SendError::Unexpected(other.frame_type())),
@@ -561,7 +595,7 @@ impl Drop for Client {
 
 struct Pending {
     msg_id: MsgId,
-    to: String,
+    to: Conv<'static>,
     kind: MessageKind,
     body: Vec<u8>,
     last_rid: u32,
@@ -590,6 +624,10 @@ struct Worker {
     subscriptions: BTreeSet<String>,
     /// Request id and `after` of the SYNC in flight.
     sync_in_flight: Option<(u32, u64)>,
+    /// The last SYNC_PAGE carried read-diffused group messages (inbox seq 0): the node records
+    /// them as held only on the next SYNC or PUSH_ACK, so one is due even if the inbox
+    /// position did not move (SPEC.md, SYNC, "Order").
+    group_page_held: bool,
     /// The SYNC started after WELCOME reached `more` = false; only then may PUSH_ACK be sent.
     synced_once: bool,
     last_ack: Instant,
@@ -705,7 +743,7 @@ impl Worker {
         &mut self,
         local_seq: u64,
         msg_id: MsgId,
-        to: String,
+        to: Conv<'static>,
         kind: MessageKind,
         body: Vec<u8>,
         waiter: Option<Waiter<SendAck>>,
@@ -756,7 +794,7 @@ impl Worker {
         let mut frame = Frame::new(
             rid,
             Body::Send(Send {
-                to: Conv::direct(p.to.as_str()),
+                to: p.to.clone(),
                 msg_id: p.msg_id,
                 kind: p.kind,
                 body: p.body.as_slice().into(),
@@ -781,8 +819,9 @@ impl Worker {
                 limit: self.cfg.sync_page,
             }),
         ))?;
-        // SYNC after X acknowledges X.
+        // SYNC after X acknowledges X (and the previous page's group messages).
         self.acked_sent = self.acked_sent.max(after);
+        self.group_page_held = false;
         self.sync_in_flight = Some((rid, after));
         Ok(())
     }
@@ -899,7 +938,7 @@ impl Worker {
                 }
             }
             if self.synced_once
-                && self.state.inbox_seq > self.acked_sent
+                && (self.state.inbox_seq > self.acked_sent || self.group_page_held)
                 && now.duration_since(self.last_ack) >= self.cfg.ack_delay
             {
                 self.send_ack(&mut conn);
@@ -963,13 +1002,14 @@ impl Worker {
     }
 
     fn send_ack(&mut self, conn: &mut Connection) {
-        if self.state.inbox_seq > self.acked_sent {
+        if self.state.inbox_seq > self.acked_sent || self.group_page_held {
             let seq = self.state.inbox_seq;
             if conn
                 .send(&Frame::new(0, Body::PushAck(PushAck { inbox_seq: seq })))
                 .is_ok()
             {
                 self.acked_sent = seq;
+                self.group_page_held = false;
             }
         }
         self.last_ack = Instant::now();
@@ -1014,7 +1054,10 @@ impl Worker {
                     self.seen.remove(&old);
                 }
             }
-            self.emit(Event::Message(m));
+            match GroupEvent::of(&m) {
+                Some(event) => self.emit(Event::GroupEvent { message: m, event }),
+                None => self.emit(Event::Message(m)),
+            }
         }
     }
 
@@ -1025,11 +1068,8 @@ impl Worker {
                 if let Some(local_seq) = self.by_msg_id.remove(&ack.msg_id) {
                     if let Some(p) = self.pending.remove(&local_seq) {
                         // Our own message: the sending device knows it, other devices get PUSHes.
-                        self.seen.insert((
-                            tern_protocol::ConvKind::DIRECT.0,
-                            p.to.clone(),
-                            ack.conv_seq,
-                        ));
+                        self.seen
+                            .insert((p.to.kind.0, p.to.id.to_string(), ack.conv_seq));
                         if let Some(w) = p.waiter {
                             let _ = w.send(Ok(ack));
                         }
@@ -1043,6 +1083,7 @@ impl Worker {
                 let from = self.sync_in_flight.take().map_or(0, |(_, after)| after);
                 let mut last = from;
                 for m in page.messages {
+                    self.group_page_held |= m.inbox_seq == 0;
                     last = last.max(m.inbox_seq);
                     self.on_message(m);
                 }

@@ -11,10 +11,15 @@
 //!   device's inbox position persisted in a local file and acknowledged in batches, reconnect
 //!   with exponential backoff and a resync (SYNC from the persisted position) after every
 //!   connect.
+//!
+//! Groups ([`group`]): the client's calls for every group operation of SPEC.md §7 (create,
+//! update, members, leave, transfer, disband, list, get), sending to a group through the same
+//! send queue, group history, and GROUP_EVENT messages decoded into [`GroupEvent`]s.
 
 pub mod client;
 pub mod connection;
 pub mod endpoint;
+pub mod group;
 pub mod state;
 pub mod tls;
 pub mod transport;
@@ -23,6 +28,7 @@ pub mod tunnel;
 pub use client::{Client, ClientConfig, Event, PendingSend, SendError};
 pub use connection::{token_device, Connection, ConnectionError, HelloParams};
 pub use endpoint::{Endpoints, Rung, RungFailure, TransportKind, TunnelMode};
+pub use group::{GroupEvent, GroupEventKind};
 pub use state::DeviceState;
 pub use tls::{Fingerprint, TlsError, Trust};
 pub use transport::TransportOptions;

@@ -10,6 +10,9 @@
 //! tern --token $T relations --kind pending
 //! tern --token $T block mallory
 //! tern --token $T friends-only on
+//! tern --token $T group create friends --member bob --member carol   # prints the group id
+//! tern --token $T group send G "hi all"
+//! tern --token $T group history G
 //! tern --server tls://chat.example.com:443 --ca cert.pem --token $T watch
 //! tern --server 10.0.0.5:14000,https://chat.example.com --proxy squid:3128 --token $T watch
 //! ```
@@ -17,22 +20,29 @@
 //! and `https://` for the HTTP tunnel) or a bare host (the default ladder: native on 14000, TLS
 //! on 443, the tunnel on 80 and 8080), repeated or comma-separated: the rungs are tried in order.
 //! `--json` prints one JSON object per line.
+//!
+//! Exit status: 0 on success, 3 when the node refused the request with an ERROR (its code and
+//! message are printed; with `--json` also as `{"type":"error",...}` on stdout), 1 for any other
+//! failure, 2 for bad arguments.
 
 use std::path::PathBuf;
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, Context as _};
 use clap::{Parser, Subcommand};
 use serde_json::json;
 use tern_protocol::{
-    Body, Contacts, Conv, ConvKind, Direction, History, Message, MessageKind, MsgId, Mute, Ping,
-    Presence, PresenceStatus, PushAck, PushToken, Read, Recall, Relation, RelationKind,
+    Body, Contacts, Conv, ConvKind, Direction, ErrorCode, History, Message, MessageKind, MsgId,
+    Mute, Ping, Presence, PresenceStatus, PushAck, PushToken, Read, Recall, Relation, RelationKind,
     RelationList, RelationOp, RoomJoin, Send, Sync, Typing, TypingState,
 };
 use tern_tools::{
-    token_device, Client, ClientConfig, Connection, DeviceState, Endpoints, Event, Fingerprint,
-    HelloParams, TransportOptions,
+    token_device, Client, ClientConfig, Connection, ConnectionError, DeviceState, Endpoints, Event,
+    Fingerprint, GroupEvent, HelloParams, SendError, TransportOptions,
 };
+
+mod group;
 
 #[derive(Debug, Parser)]
 #[command(name = "tern", version, about = "tern command-line client")]
@@ -208,6 +218,11 @@ enum Cmd {
         #[arg(value_enum, value_name = "on|off")]
         setting: OnOff,
     },
+    /// Groups: create, change, list, send, history (`tern group --help`).
+    Group {
+        #[command(subcommand)]
+        action: group::GroupCmd,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -367,7 +382,9 @@ fn message_json(m: &Message<'_>) -> serde_json::Value {
 }
 
 fn print_message(json: bool, m: &Message<'_>) {
-    if json {
+    if let Some(event) = GroupEvent::of(m) {
+        group::print_event(json, m, &event);
+    } else if json {
         println!("{}", message_json(m));
     } else {
         println!(
@@ -427,9 +444,51 @@ fn connect(
     Ok(conn)
 }
 
-fn main() -> anyhow::Result<()> {
+fn main() -> ExitCode {
     let cli = Cli::parse();
-    let mut ladder = endpoints(&cli)?;
+    let json = cli.json;
+    match run(&cli) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => report(&e, json),
+    }
+}
+
+/// The node's refusal somewhere in an error's chain: its code and message.
+fn refusal(e: &anyhow::Error) -> Option<(ErrorCode, String)> {
+    e.chain().find_map(|c| {
+        if let Some(SendError::Server { code, message }) = c.downcast_ref::<SendError>() {
+            return Some((*code, message.clone()));
+        }
+        if let Some(ConnectionError::Server { code, message }) = c.downcast_ref::<ConnectionError>()
+        {
+            return Some((*code, message.clone()));
+        }
+        None
+    })
+}
+
+/// Prints a failure and picks the exit status: 3 for a refusal by the node, 1 otherwise.
+fn report(e: &anyhow::Error, json: bool) -> ExitCode {
+    match refusal(e) {
+        Some((code, message)) => {
+            if json {
+                println!(
+                    "{}",
+                    json!({"type": "error", "code": code.to_string(), "code_num": code.0, "message": message, "context": e.to_string()})
+                );
+            }
+            eprintln!("error: {e}: refused by the node with {code}: {message}");
+            ExitCode::from(3)
+        }
+        None => {
+            eprintln!("Error: {e:?}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(cli: &Cli) -> anyhow::Result<()> {
+    let mut ladder = endpoints(cli)?;
     let Some(token) = cli.token.clone() else {
         bail!("--token (or TERN_TOKEN) is required; in dev mode mint one with `ternd token --user U --device D`");
     };
@@ -518,6 +577,10 @@ fn main() -> anyhow::Result<()> {
                     Event::Message(m) => {
                         messages += 1;
                         print_message(json, &m);
+                    }
+                    Event::GroupEvent { message, event } => {
+                        messages += 1;
+                        group::print_event(json, &message, &event);
                     }
                     Event::Receipt(r) if json => println!(
                         "{}",
@@ -925,6 +988,19 @@ fn main() -> anyhow::Result<()> {
         | Cmd::Unblock { .. }
         | Cmd::FriendsOnly { .. } => {
             // Answered by the relation operation above.
+        }
+        Cmd::Group { action } => {
+            let mut cfg =
+                ClientConfig::new(String::new(), token, device).with_endpoints(ladder.clone());
+            cfg.state_path = cli.state.clone();
+            let mut ctx = group::Ctx {
+                ladder: &mut ladder,
+                state: cli.state.as_ref(),
+                hello: &hello,
+                client: cfg,
+                json,
+            };
+            group::run(&mut ctx, action)?;
         }
     }
     Ok(())
