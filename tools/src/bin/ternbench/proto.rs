@@ -183,7 +183,16 @@ impl Dialer {
     /// with the client's Finished: one segment and one wakeup of the node fewer per connection
     /// than writing them after the handshake.
     async fn stream(&self, source: IpAddr, first: &[u8]) -> Result<(Rd, Wr)> {
-        let mut tcp = connect(source, self.target).await?;
+        self.stream_to(source, self.target, first).await
+    }
+
+    async fn stream_to(
+        &self,
+        source: IpAddr,
+        target: SocketAddr,
+        first: &[u8],
+    ) -> Result<(Rd, Wr)> {
+        let mut tcp = connect(source, target).await?;
         let Some((connector, name)) = &self.tls else {
             if !first.is_empty() {
                 tcp.write_all(first).await?;
@@ -490,35 +499,64 @@ pub async fn login(
             client: "ternbench".into(),
         }),
     );
-    let mut c = match d.transport {
-        Transport::Native | Transport::Tls => {
-            let mut first = Vec::new();
-            hello.encode(&mut first).map_err(|e| anyhow!("{e}"))?;
-            let (rd, wr) = d.stream(source, &first).await?;
-            Conn {
-                reader: FrameReader::new(rd, Unwrap::None, Vec::new()),
-                writer: FrameWriter::new(Sink::Stream(wr)),
+    let mut target = d.target;
+    // A cluster node that does not own the user answers REDIRECT (SPEC §6); native clients
+    // follow it, so a run can be pointed at any node of a cluster.
+    for _hop in 0..MAX_REDIRECTS {
+        let mut c = match d.transport {
+            Transport::Native | Transport::Tls => {
+                let mut first = Vec::new();
+                hello.encode(&mut first).map_err(|e| anyhow!("{e}"))?;
+                let (rd, wr) = d.stream_to(source, target, &first).await?;
+                Conn {
+                    reader: FrameReader::new(rd, Unwrap::None, Vec::new()),
+                    writer: FrameWriter::new(Sink::Stream(wr)),
+                }
             }
+            Transport::Ws | Transport::Wss => {
+                let mut c = ws_open(d, source).await?;
+                c.writer.send(&hello).await?;
+                c
+            }
+            Transport::Tunnel | Transport::TunnelTls => tunnel_open(d, source, &hello).await?,
+        };
+        match c.reader.next().await? {
+            Some(Frame {
+                body: Body::Welcome(_),
+                ..
+            }) => return Ok(c),
+            Some(Frame {
+                body: Body::Redirect(r),
+                ..
+            }) => target = redirect_target(d.transport, &r)?,
+            Some(Frame {
+                body: Body::Error(e),
+                ..
+            }) => bail!("HELLO refused: {} {}", e.code, e.message),
+            Some(other) => bail!("expected WELCOME, got {}", other.frame_type()),
+            None => bail!("node closed the connection during the handshake"),
         }
-        Transport::Ws | Transport::Wss => {
-            let mut c = ws_open(d, source).await?;
-            c.writer.send(&hello).await?;
-            c
-        }
-        Transport::Tunnel | Transport::TunnelTls => tunnel_open(d, source, &hello).await?,
-    };
-    match c.reader.next().await? {
-        Some(Frame {
-            body: Body::Welcome(_),
-            ..
-        }) => Ok(c),
-        Some(Frame {
-            body: Body::Error(e),
-            ..
-        }) => bail!("HELLO refused: {} {}", e.code, e.message),
-        Some(other) => bail!("expected WELCOME, got {}", other.frame_type()),
-        None => bail!("node closed the connection during the handshake"),
     }
+    bail!("more than {MAX_REDIRECTS} REDIRECTs in a row")
+}
+
+/// REDIRECTs followed for one login: one is the normal case; more mean ownership is moving.
+const MAX_REDIRECTS: usize = 3;
+
+/// Where a REDIRECT sends a native client. Other transports are not followed: every dev node
+/// has its own certificate, and the WebSocket and tunnel dialers are bound to one target.
+fn redirect_target(transport: Transport, r: &tern_protocol::Redirect<'_>) -> Result<SocketAddr> {
+    if transport != Transport::Native {
+        bail!("REDIRECT is followed over the native transport only");
+    }
+    let a = r
+        .addrs
+        .iter()
+        .find(|a| a.transport == tern_protocol::Transport::NATIVE)
+        .context("REDIRECT without a native address")?;
+    a.addr
+        .parse()
+        .with_context(|| format!("REDIRECT to a bad address {:?}", a.addr))
 }
 
 /// Reads a response head; the bytes after it stay in `buf`.
