@@ -104,6 +104,52 @@ wire_struct! {
 }
 
 wire_struct! {
+    /// SEND with its trailing `mentions` field (SPEC.md §7.1): the members a group message
+    /// mentions, an empty string standing for every member (@all). The decoder returns it for a
+    /// SEND whose mention list is present and not empty, and [`Send`] for every other SEND, so
+    /// code that builds the four-field SEND is unaffected by the appended field.
+    pub struct SendWithMentions<'a> {
+        pub to: Conv<'a>,
+        pub msg_id: MsgId,
+        pub kind: MessageKind,
+        pub body: Cow<'a, [u8]>,
+        pub mentions: Vec<Cow<'a, str>>,
+    }
+}
+
+impl<'a> SendWithMentions<'a> {
+    /// The four fields every SEND has.
+    pub fn send(&self) -> Send<'a> {
+        Send {
+            to: self.to.clone(),
+            msg_id: self.msg_id,
+            kind: self.kind,
+            body: self.body.clone(),
+        }
+    }
+}
+
+/// Decodes a SEND body: the four fields, then the optional `mentions` list (a body that ends
+/// after `body` has none, SPEC.md §3 "Forward compatibility").
+fn get_send<'a>(r: &mut Reader<'a>) -> Result<Body<'a>, BodyError> {
+    let send = <Send<'a> as Wire<'a>>::get(r)?;
+    if r.remaining() == 0 {
+        return Ok(Body::Send(send));
+    }
+    let mentions = <Vec<Cow<'a, str>> as Wire<'a>>::get(r)?;
+    if mentions.is_empty() {
+        return Ok(Body::Send(send));
+    }
+    Ok(Body::SendWithMentions(SendWithMentions {
+        to: send.to,
+        msg_id: send.msg_id,
+        kind: send.kind,
+        body: send.body,
+        mentions,
+    }))
+}
+
+wire_struct! {
     /// SEND_ACK, server → client: the message is durable (SPEC.md §7.1).
     pub struct SendAck {
         pub msg_id: MsgId,
@@ -401,6 +447,36 @@ wire_struct! {
     }
 }
 
+wire_struct! {
+    /// GROUP_RECEIPTS, client → server: read receipts of messages of a group (SPEC.md, Groups,
+    /// "Receipts").
+    pub struct GroupReceipts<'a> {
+        pub group: Cow<'a, str>,
+        pub seqs: Vec<u64>,
+        pub readers: bool,
+    }
+}
+
+wire_struct! {
+    /// How many members have read one message, and who when asked.
+    pub struct ReadCount<'a> {
+        pub conv_seq: u64,
+        pub members: u64,
+        pub read: u64,
+        pub readers: Vec<Cow<'a, str>>,
+    }
+}
+
+wire_struct! {
+    /// GROUP_RECEIPTS_PAGE, the reply to GROUP_RECEIPTS.
+    pub struct GroupReceiptsPage<'a> {
+        pub group: Cow<'a, str>,
+        pub diffusion: Diffusion,
+        pub read_seq: u64,
+        pub messages: Vec<ReadCount<'a>>,
+    }
+}
+
 /// Declares [`Body`]: one variant per frame type, with its type code and body struct.
 macro_rules! bodies {
     ($( $variant:ident($ty:ty) = $ft:ident ),* $(,)?) => {
@@ -411,6 +487,8 @@ macro_rules! bodies {
         pub enum Body<'a> {
             /// OK has no body.
             Ok,
+            /// A SEND that carries mentions (frame type SEND).
+            SendWithMentions(SendWithMentions<'a>),
             $( $variant($ty), )*
         }
 
@@ -418,6 +496,7 @@ macro_rules! bodies {
             pub fn frame_type(&self) -> FrameType {
                 match self {
                     Body::Ok => FrameType::OK,
+                    Body::SendWithMentions(_) => FrameType::SEND,
                     $( Body::$variant(_) => FrameType::$ft, )*
                 }
             }
@@ -425,6 +504,7 @@ macro_rules! bodies {
             pub(crate) fn put(&self, out: &mut Vec<u8>) {
                 match self {
                     Body::Ok => {}
+                    Body::SendWithMentions(b) => b.put(out),
                     $( Body::$variant(b) => b.put(out), )*
                 }
             }
@@ -432,6 +512,9 @@ macro_rules! bodies {
             /// Parses a body of a known type; `None` for a type this revision does not know.
             #[inline]
             pub(crate) fn get(ft: FrameType, r: &mut Reader<'a>) -> Option<Result<Self, BodyError>> {
+                if ft == FrameType::SEND {
+                    return Some(get_send(r));
+                }
                 Some(match ft {
                     FrameType::OK => Ok(Body::Ok),
                     $( FrameType::$ft => <$ty as Wire<'a>>::get(r).map(Body::$variant), )*
@@ -445,6 +528,13 @@ macro_rules! bodies {
                 use crate::wire::arb::Arb;
                 let all = FrameType::KNOWN;
                 let ft = all[g.below(all.len() as u64) as usize];
+                if ft == FrameType::SEND && g.below(2) == 0 {
+                    let mut m = <SendWithMentions<'static> as Arb>::arb(g);
+                    if m.mentions.is_empty() {
+                        m.mentions.push(Cow::Borrowed(""));
+                    }
+                    return Body::SendWithMentions(m);
+                }
                 match ft {
                     $( FrameType::$ft => Body::$variant(<$ty as Arb>::arb(g).into_owned()), )*
                     _ => Body::Ok,
@@ -455,6 +545,7 @@ macro_rules! bodies {
             pub fn into_owned(self) -> Body<'static> {
                 match self {
                     Body::Ok => Body::Ok,
+                    Body::SendWithMentions(b) => Body::SendWithMentions(IntoOwned::into_owned(b)),
                     $( Body::$variant(b) => Body::$variant(IntoOwned::into_owned(b)), )*
                 }
             }
@@ -496,6 +587,8 @@ bodies! {
     GroupListPage(GroupListPage<'a>) = GROUP_LIST_PAGE,
     GroupGet(GroupRef<'a>) = GROUP_GET,
     GroupInfo(GroupInfo<'a>) = GROUP_INFO,
+    GroupReceipts(GroupReceipts<'a>) = GROUP_RECEIPTS,
+    GroupReceiptsPage(GroupReceiptsPage<'a>) = GROUP_RECEIPTS_PAGE,
     RoomJoin(RoomJoin<'a>) = ROOM_JOIN,
     RoomLeave(GroupRef<'a>) = ROOM_LEAVE,
     TopicSub(TopicSub<'a>) = TOPIC_SUB,

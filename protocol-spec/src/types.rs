@@ -16,7 +16,7 @@ wire_enum! {
         RECEIPT = 0x1B, RECALL = 0x1C, TYPING = 0x1D, PRESENCE = 0x1E, SUBSCRIBE = 0x1F,
         GROUP_CREATE = 0x30, GROUP_UPDATE = 0x31, GROUP_MEMBERS = 0x32, GROUP_LEAVE = 0x33,
         GROUP_TRANSFER = 0x34, GROUP_DISBAND = 0x35, GROUP_LIST = 0x36, GROUP_LIST_PAGE = 0x37,
-        GROUP_GET = 0x38, GROUP_INFO = 0x39,
+        GROUP_GET = 0x38, GROUP_INFO = 0x39, GROUP_RECEIPTS = 0x3A, GROUP_RECEIPTS_PAGE = 0x3B,
         ROOM_JOIN = 0x40, ROOM_LEAVE = 0x41, TOPIC_SUB = 0x42,
         RELATION = 0x48, RELATION_LIST = 0x49, RELATION_PAGE = 0x4A,
         PUSH_TOKEN = 0x50, MUTE = 0x51,
@@ -150,6 +150,11 @@ wire_enum! {
 wire_enum! {
     /// GROUP_MEMBERS operation.
     pub struct MemberOp(u8) { ADD = 1, REMOVE = 2, MUTE = 3, UNMUTE = 4, SET_ROLE = 5 }
+}
+
+wire_enum! {
+    /// How a group delivers its messages (SPEC.md, Groups, "Diffusion").
+    pub struct Diffusion(u8) { WRITE = 1, READ = 2 }
 }
 
 wire_enum! {

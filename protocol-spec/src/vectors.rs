@@ -539,6 +539,50 @@ pub fn valid_frames() -> Vec<(&'static str, &'static str, Frame<'static>)> {
             ),
         ),
         (
+            "group_receipts",
+            "GROUP_RECEIPTS: who has read message 41 of g1",
+            f(
+                28,
+                Body::GroupReceipts(GroupReceipts {
+                    group: s("g1"),
+                    seqs: vec![41],
+                    readers: true,
+                }),
+            ),
+        ),
+        (
+            "group_receipts_page",
+            "GROUP_RECEIPTS_PAGE: message 41 read by 1 of 2 (carol); the asker has read up to 42",
+            f(
+                28,
+                Body::GroupReceiptsPage(GroupReceiptsPage {
+                    group: s("g1"),
+                    diffusion: Diffusion::WRITE,
+                    read_seq: 42,
+                    messages: vec![ReadCount {
+                        conv_seq: 41,
+                        members: 2,
+                        read: 1,
+                        readers: vec![s("carol")],
+                    }],
+                }),
+            ),
+        ),
+        (
+            "send_mentions",
+            "SEND to group g1 mentioning carol and everyone (@all, the empty string)",
+            f(
+                29,
+                Body::SendWithMentions(SendWithMentions {
+                    to: Conv::group("g1"),
+                    msg_id: id(7),
+                    kind: MessageKind::TEXT,
+                    body: Cow::Borrowed(b"@carol @all lunch?"),
+                    mentions: vec![s("carol"), s("")],
+                }),
+            ),
+        ),
+        (
             "room_join",
             "ROOM_JOIN asking for the last 50 messages",
             f(
