@@ -32,6 +32,8 @@
 
 mod groups;
 mod push;
+
+pub(crate) use groups::{mention_all_key, mention_key};
 mod relations;
 mod routed;
 
@@ -1096,6 +1098,7 @@ impl<E: KvEngine> WriterCore<E> {
         };
         let u = self.user_slot(user_key);
         let total = self.total(u)?;
+        let previous = state.read_seq;
         let read_seq = state.read_seq.max(req.up_to.min(state.last_seq));
         let unread = if read_seq >= state.last_seq {
             0
@@ -1115,6 +1118,7 @@ impl<E: KvEngine> WriterCore<E> {
             read_seq,
             unread,
             total_unread: total,
+            previous_read_seq: previous,
         })
     }
 

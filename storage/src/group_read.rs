@@ -9,8 +9,8 @@ use crate::keys::{self, prefix_end, KeyReader};
 use crate::read::{self, last_seq_in};
 use crate::records::{access, bad, stored_message, ArchivedCursorRecord, ArchivedMessageRecord};
 use crate::types::{
-    Diffusion, GroupInfo, GroupReaders, GroupSyncPage, HistoryDirection, Member,
-    RecentConversation, StoredMessage,
+    Diffusion, GroupInfo, GroupReaders, GroupReceipts, GroupSyncPage, HistoryDirection, Member,
+    MessageReads, RecentConversation, StoredMessage,
 };
 
 /// Most messages a SYNC page's group part scans per group beyond what it returns (entries
@@ -200,9 +200,10 @@ pub(crate) fn read_diffusion_recent(
         keys::conv_prefix(&mut key, &conv);
         let last = last_seq_in(engine, Cf::Messages, &key)?;
         keys::member_key(&mut key, &m.group, user);
-        let (_, read_seq, _) = cursor_at(engine, &key)?;
+        let (_, read_seq, since) = cursor_at(engine, &key)?;
         let read_seq = read_seq.min(last.0);
         let unread = u32::try_from(last.0 - read_seq).unwrap_or(u32::MAX);
+        let mentioned = mention_mark(engine, &m.group, user)? > read_seq.max(since);
         total += u64::from(unread);
         let last_message = read::message(engine, &conv, last)?;
         out.push(RecentConversation {
@@ -212,11 +213,25 @@ pub(crate) fn read_diffusion_recent(
             last_message: None,
             unread,
             read_seq: Seq(read_seq),
-            mentioned: false,
+            mentioned,
             updated_ms: info.updated_ms,
         });
     }
     Ok((out, total))
+}
+
+/// The seq of the last message of a read-diffusion group that mentions `user`, by name or as
+/// everyone (@all); zero when none does.
+fn mention_mark(
+    engine: &impl KvEngine,
+    group: &GroupId,
+    user: &UserId,
+) -> Result<u64, EngineError> {
+    let mut key = Vec::new();
+    crate::core::mention_key(&mut key, group, user);
+    let own = cursor_at(engine, &key)?.0;
+    crate::core::mention_all_key(&mut key, group);
+    Ok(own.max(cursor_at(engine, &key)?.0))
 }
 
 /// A page of a group's history for a member: `NotFound` without the group, `NotAllowed` for
@@ -332,4 +347,131 @@ pub(crate) fn readers(
         readers,
         my_read_seq,
     }))
+}
+
+/// Read receipts of messages `seqs` of a group, for a member: under write diffusion, for each
+/// seq naming a message, how many current members besides its sender have read it (their
+/// recent row's read position reaches it) and, with `with_readers`, who; under read diffusion
+/// only the member's own read position (members keep cursors, which are not scanned per
+/// message). `NotFound` without the group, `NotAllowed` for a non-member.
+pub(crate) fn receipts(
+    engine: &impl KvEngine,
+    group: &GroupId,
+    user: &UserId,
+    seqs: &[Seq],
+    with_readers: bool,
+) -> Result<Result<GroupReceipts, OpError>, EngineError> {
+    let Some((info, _, _)) = group_state(engine, group)? else {
+        return Ok(Err(OpError::NotFound("group")));
+    };
+    if member(engine, group, user)?.is_none() {
+        return Ok(Err(OpError::NotAllowed("not a member of the group")));
+    }
+    let mut key = Vec::new();
+    if info.diffusion == Diffusion::READ {
+        keys::member_key(&mut key, group, user);
+        let (_, read_seq, _) = cursor_at(engine, &key)?;
+        return Ok(Ok(GroupReceipts {
+            diffusion: Diffusion::READ,
+            my_read_seq: Seq(read_seq),
+            messages: Vec::new(),
+        }));
+    }
+    let conv = ConvKey::Group(group.clone());
+    // Every member's read position, read once for all the asked messages.
+    let mut positions = Vec::new();
+    let mut my_read_seq = Seq::ZERO;
+    for m in read::members(engine, group)? {
+        keys::recent_key(&mut key, &m.user, &conv);
+        let pos = engine
+            .get_with(Cf::Recent, &key, |v| {
+                access::<crate::records::ArchivedRecentRecord>(Cf::Recent, v)
+                    .map(|r| Seq(r.read_seq.to_native()))
+            })?
+            .transpose()?
+            .unwrap_or(Seq::ZERO);
+        if m.user == *user {
+            my_read_seq = pos;
+        }
+        positions.push((m.user, pos));
+    }
+    let mut messages = Vec::with_capacity(seqs.len());
+    for &seq in seqs {
+        let Some(message) = read::message(engine, &conv, seq)? else {
+            continue;
+        };
+        let mut entry = MessageReads {
+            seq,
+            members: 0,
+            read: 0,
+            readers: Vec::new(),
+        };
+        for (u, pos) in &positions {
+            if *u == message.sender {
+                continue;
+            }
+            entry.members += 1;
+            if *pos >= seq {
+                entry.read += 1;
+                if with_readers {
+                    entry.readers.push(u.clone());
+                }
+            }
+        }
+        messages.push(entry);
+    }
+    Ok(Ok(GroupReceipts {
+        diffusion: Diffusion::WRITE,
+        my_read_seq,
+        messages,
+    }))
+}
+
+/// The senders (but `reader`) of the content messages of a write-diffusion group in
+/// `(after, up_to]`, looking at no more than the `scan` newest of them: who gets a read receipt
+/// when `reader` reads that far. Empty under read diffusion.
+pub(crate) fn read_senders(
+    engine: &impl KvEngine,
+    group: &GroupId,
+    reader: &UserId,
+    after: Seq,
+    up_to: Seq,
+    scan: usize,
+) -> Result<Vec<UserId>, EngineError> {
+    if up_to <= after {
+        return Ok(Vec::new());
+    }
+    match group_state(engine, group)? {
+        Some((info, _, _)) if info.diffusion == Diffusion::WRITE => {}
+        _ => return Ok(Vec::new()),
+    }
+    let conv = ConvKey::Group(group.clone());
+    let mut from = Vec::new();
+    keys::message_key(&mut from, &conv, after.next());
+    let mut to = Vec::new();
+    keys::message_key(&mut to, &conv, up_to.next());
+    let mut senders: Vec<UserId> = Vec::new();
+    engine.scan(
+        Cf::Messages,
+        ScanRange {
+            start: &from,
+            end: Some(&to),
+        },
+        Direction::Backward,
+        scan,
+        &mut |_, v| {
+            let rec = access::<ArchivedMessageRecord>(Cf::Messages, v)?;
+            if crate::ids::MessageKind(rec.kind).is_event()
+                || rec.sender.as_str() == reader.as_str()
+            {
+                return Ok(());
+            }
+            if !senders.iter().any(|s| s.as_str() == rec.sender.as_str()) {
+                let s = UserId::new(rec.sender.as_str()).map_err(|e| bad(Cf::Messages, e))?;
+                senders.push(s);
+            }
+            Ok(())
+        },
+    )?;
+    Ok(senders)
 }

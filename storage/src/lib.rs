@@ -37,6 +37,8 @@
 //! | `member_of` | `id(user) ‖ id(group)`             | role u8, joined ms (reverse index of `members`)                    |
 //! | `cursors`   | `id(group) ‖ id(user)`             | last acked seq, last read seq (read-diffusion groups), updated ms, seq before the member joined |
 //! | `cursors`   | `id(group) ‖ id(user) ‖ id(device)` | the device's SYNC position in the group's read-diffused messages  |
+//! | `cursors`   | `id(group) ‖ id(user) ‖ 00`        | read-diffusion groups: seq of the last message mentioning the member |
+//! | `cursors`   | `id(group) ‖ 00`                   | read-diffusion groups: seq of the last message mentioning everyone (@all) |
 //! | `relations` | `id(user) ‖ kind u8 ‖ id(other)`   | since ms, note (kind: 1 following, 2 follower, 3 friend, 4 blocked, 5 pending request from `other`, 6 request sent to `other`) |
 //! | `relations` | `id(user)`                         | relation settings: friends only, updated ms                        |
 //! | `outbox`    | `seq` (u64 BE)                     | a write owed to another node of a cluster (module `remote`)        |
@@ -145,10 +147,11 @@ pub use store::{
 pub use types::{
     AppendResult, CursorUpdate, DevicePosition, DevicePositionEntry, Diffusion, DirectMessage,
     GroupAppendResult, GroupCursor, GroupEventKind, GroupFanout, GroupInfo, GroupLimits,
-    GroupMessage, GroupOp, GroupOutcome, GroupReaders, GroupRequest, GroupSyncPage, GroupUpdate,
-    HistoryDirection, InboxMessage, MarkRead, Member, MemberRole, MemberUpdate, Membership,
-    PositionUpdate, ReadState, Recall, RecallResult, RecentConversation, RecentCursor, RecentList,
-    RecentPage, Relation, RelationChange, RelationKind, RelationOp, RelationOutcome, StoredMessage,
+    GroupMessage, GroupOp, GroupOutcome, GroupReaders, GroupReceipts, GroupRequest, GroupSyncPage,
+    GroupUpdate, HistoryDirection, InboxMessage, MarkRead, Member, MemberRole, MemberUpdate,
+    Membership, MessageReads, PositionUpdate, ReadState, Recall, RecallResult, RecentConversation,
+    RecentCursor, RecentList, RecentPage, Relation, RelationChange, RelationKind, RelationOp,
+    RelationOutcome, StoredMessage,
 };
 
 /// Test and benchmark support: writes raw records the way an older or newer version would.

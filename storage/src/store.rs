@@ -27,10 +27,10 @@ use crate::remote::{self, ApplyResult, OutboxEntry, RemoteSide, RemoteWrite};
 use crate::types::{
     AppendResult, CursorUpdate, DevicePosition, DevicePositionEntry, DirectMessage,
     GroupAppendResult, GroupCursor, GroupInfo, GroupLimits, GroupMessage, GroupOutcome,
-    GroupReaders, GroupRequest, GroupSyncPage, GroupUpdate, HistoryDirection, InboxMessage,
-    MarkRead, Member, MemberUpdate, Membership, PositionUpdate, ReadState, Recall, RecallResult,
-    RecentCursor, RecentList, RecentPage, Relation, RelationChange, RelationKind, RelationOutcome,
-    StoredMessage,
+    GroupReaders, GroupReceipts, GroupRequest, GroupSyncPage, GroupUpdate, HistoryDirection,
+    InboxMessage, MarkRead, Member, MemberUpdate, Membership, PositionUpdate, ReadState, Recall,
+    RecallResult, RecentCursor, RecentList, RecentPage, Relation, RelationChange, RelationKind,
+    RelationOutcome, StoredMessage,
 };
 
 /// Where the writer gets the time it stamps on messages and derives expiry cutoffs from. The
@@ -874,6 +874,31 @@ impl<E: KvEngine> Store<E> {
         seq: Seq,
     ) -> Result<Completion<GroupReaders>, SubmitError> {
         self.query_op(move |e| group_read::readers(e, &group, &user, seq))
+    }
+
+    /// Read receipts of messages `seqs` of a group, for a member (`with_readers`: who read
+    /// each, not only how many).
+    pub fn group_receipts(
+        &self,
+        group: GroupId,
+        user: UserId,
+        seqs: Vec<Seq>,
+        with_readers: bool,
+    ) -> Result<Completion<GroupReceipts>, SubmitError> {
+        self.query_op(move |e| group_read::receipts(e, &group, &user, &seqs, with_readers))
+    }
+
+    /// The senders (but `reader`) of a write-diffusion group's content messages in
+    /// `(after, up_to]`, among its `scan` newest there: whom `reader`'s READ is a receipt for.
+    pub fn group_read_senders(
+        &self,
+        group: GroupId,
+        reader: UserId,
+        after: Seq,
+        up_to: Seq,
+        scan: usize,
+    ) -> Result<Completion<Vec<UserId>>, SubmitError> {
+        self.query(move |e| group_read::read_senders(e, &group, &reader, after, up_to, scan))
     }
 
     /// Up to `limit` outbox entries with a seq above `after`, in the order they were written.

@@ -148,6 +148,9 @@ pub struct ReadState {
     pub unread: u32,
     /// The user's unread total over all conversations.
     pub total_unread: u64,
+    /// The read position before this READ (equal to `read_seq` when it moved nothing), so a
+    /// caller can tell the senders of the messages it newly covers.
+    pub previous_read_seq: Seq,
 }
 
 /// Recall of a message by its sender.
@@ -609,6 +612,11 @@ pub struct GroupMessage {
     pub kind: MessageKind,
     /// Opaque body.
     pub body: Vec<u8>,
+    /// Members the message mentions (SPEC.md, Groups, "Mentions"): each raises their mention
+    /// flag until they read past it. Users who are not members, and the sender, are skipped.
+    pub mentions: Vec<UserId>,
+    /// The message mentions every member (@all).
+    pub mention_all: bool,
 }
 
 /// How a new group timeline entry (a message or an event) reaches the members' devices.
@@ -659,6 +667,30 @@ pub struct GroupSyncPage {
     pub positions: Vec<(GroupId, Seq)>,
     /// More read-diffused messages wait beyond this page.
     pub more: bool,
+}
+
+/// Read receipts of some messages of a group, for a member (SPEC.md, GROUP_RECEIPTS).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct GroupReceipts {
+    /// Diffusion of the group: per-message counts exist under write diffusion only.
+    pub diffusion: Diffusion,
+    /// The asking member's own read position.
+    pub my_read_seq: Seq,
+    /// One entry per asked seq that names a message, in the order asked (write diffusion).
+    pub messages: Vec<MessageReads>,
+}
+
+/// Who has read one message of a write-diffusion group.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct MessageReads {
+    /// The message.
+    pub seq: Seq,
+    /// Current members besides the message's sender.
+    pub members: u32,
+    /// How many of them have a read position at or past the message.
+    pub read: u32,
+    /// Those readers, when asked for (member id byte order).
+    pub readers: Vec<UserId>,
 }
 
 /// Who has read a message of a write-diffusion group.

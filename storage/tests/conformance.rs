@@ -401,7 +401,8 @@ fn unread_counts_and_mark_read<H: Harness>() {
         ReadState {
             read_seq: Seq(1),
             unread: 2,
-            total_unread: 3
+            total_unread: 3,
+            previous_read_seq: Seq(0),
         }
     );
     // Reading past the end clamps to the last message and clears the conversation.
@@ -419,7 +420,8 @@ fn unread_counts_and_mark_read<H: Harness>() {
         ReadState {
             read_seq: Seq(3),
             unread: 0,
-            total_unread: 1
+            total_unread: 1,
+            previous_read_seq: Seq(1),
         }
     );
     // Read positions never move back.

@@ -70,6 +70,8 @@ fn send<E: KvEngine>(
             client_msg_id: ClientMsgId([id; 16]),
             kind: MessageKind::TEXT,
             body: vec![id],
+            mentions: Vec::new(),
+            mention_all: false,
         })
         .unwrap()
         .wait()

@@ -110,6 +110,40 @@ struct Entry<'a> {
     client_msg_id: [u8; 16],
     kind: MessageKind,
     body: Vec<u8>,
+    /// Members whose mention flag the entry raises (members only, never the sender).
+    mentioned: Mentioned<'a>,
+}
+
+/// Whom an entry mentions.
+#[derive(Clone, Copy)]
+enum Mentioned<'a> {
+    Nobody,
+    Some(&'a [UserId]),
+    All,
+}
+
+impl Mentioned<'_> {
+    fn includes(&self, user: &UserId) -> bool {
+        match self {
+            Mentioned::Nobody => false,
+            Mentioned::Some(users) => users.contains(user),
+            Mentioned::All => true,
+        }
+    }
+}
+
+/// The `cursors` key of a read-diffusion group's @all mark: `id(group) ‖ 00`. A zero byte
+/// never starts an `id` (ids are at least one byte long), so no member key collides with it.
+pub(crate) fn mention_all_key(out: &mut Vec<u8>, group: &GroupId) {
+    keys::group_key(out, group);
+    out.push(0);
+}
+
+/// The `cursors` key of a member's mention mark in a read-diffusion group:
+/// `id(group) ‖ id(user) ‖ 00` (a device key has an `id` where the zero byte is).
+pub(crate) fn mention_key(out: &mut Vec<u8>, group: &GroupId, user: &UserId) {
+    keys::member_key(out, group, user);
+    out.push(0);
 }
 
 impl<E: KvEngine> WriterCore<E> {
@@ -336,6 +370,8 @@ impl<E: KvEngine> WriterCore<E> {
         keys::member_key(&mut key, group, user);
         self.batch.delete(Cf::Members, &key);
         self.batch.delete(Cf::Cursors, &key);
+        key.push(0);
+        self.batch.delete(Cf::Cursors, &key);
         keys::member_of_key(&mut key, user, group);
         self.batch.delete(Cf::MemberOf, &key);
     }
@@ -443,6 +479,9 @@ impl<E: KvEngine> WriterCore<E> {
             if counts && !mine {
                 state.unread = state.unread.saturating_add(1);
                 self.set_total(t.u, t.total + 1);
+                if entry.mentioned.includes(&t.user) {
+                    state.mentioned = true;
+                }
             }
             self.set_recent(t.recent, state);
             if mine {
@@ -534,6 +573,20 @@ impl<E: KvEngine> WriterCore<E> {
                     },
                 )?;
                 self.set_total(u, total.saturating_sub(u64::from(state.unread)));
+                if state.mentioned && last.0 > read {
+                    // The flag becomes a mark at the last seq: up until the member reads
+                    // everything stored under write diffusion.
+                    let mut mark = Vec::new();
+                    mention_key(&mut mark, group, user);
+                    let rec = CursorRecord {
+                        acked: last.0,
+                        read: 0,
+                        updated_ms: self.now,
+                        since: 0,
+                    };
+                    self.put(Cf::Cursors, &mark, &rec)?;
+                }
+                state.mentioned = false;
                 state.unread = 0;
                 state.read_seq = Seq(read);
                 state.updated_ms = self.now;
@@ -874,6 +927,7 @@ impl<E: KvEngine> WriterCore<E> {
                     client_msg_id: [0; 16],
                     kind: MessageKind::GROUP_EVENT,
                     body,
+                    mentioned: Mentioned::Nobody,
                 };
                 let (event, _) = self.append_entry(&group, &conv_bytes, entry, &[])?;
                 for u in &everyone {
@@ -950,6 +1004,7 @@ impl<E: KvEngine> WriterCore<E> {
             client_msg_id: [0; 16],
             kind: MessageKind::GROUP_EVENT,
             body,
+            mentioned: Mentioned::Nobody,
         };
         let (event, _) = self.append_entry(group, conv_bytes, entry, removed)?;
         Ok(GroupOutcome {
@@ -1010,16 +1065,59 @@ impl<E: KvEngine> WriterCore<E> {
         } else {
             None
         };
+        // Only members other than the sender are mentioned; other names are ignored (a
+        // member may leave while a message naming them is on its way).
+        let mentioned: Vec<UserId> = if msg.mention_all {
+            Vec::new()
+        } else {
+            let g = self.groups.get(&msg.group);
+            let mut v: Vec<UserId> = msg
+                .mentions
+                .iter()
+                .filter(|u| **u != msg.sender && g.is_some_and(|g| g.members.contains_key(*u)))
+                .cloned()
+                .collect();
+            v.sort();
+            v.dedup();
+            v
+        };
         let entry = Entry {
             sender: &msg.sender,
             sender_device: &msg.sender_device,
             client_msg_id: msg.client_msg_id.0,
             kind: msg.kind,
             body: msg.body,
+            mentioned: if msg.mention_all {
+                Mentioned::All
+            } else if mentioned.is_empty() {
+                Mentioned::Nobody
+            } else {
+                Mentioned::Some(&mentioned)
+            },
         };
         let (fanout, sender_inbox_seq) = self.append_entry(&msg.group, &conv_bytes, entry, &[])?;
         let seq = fanout.message.seq;
         let now = self.now;
+        if read_mode {
+            // Read diffusion keeps no row per member for a message: a mention is one mark per
+            // mentioned member, or one for the whole group (@all), holding the message's seq;
+            // the flag is up while the mark is past the member's read position.
+            let mark = CursorRecord {
+                acked: seq.0,
+                read: 0,
+                updated_ms: now,
+                since: 0,
+            };
+            let mut key = Vec::new();
+            if msg.mention_all {
+                mention_all_key(&mut key, &msg.group);
+                self.put(Cf::Cursors, &key, &mark)?;
+            }
+            for u in &mentioned {
+                mention_key(&mut key, &msg.group, u);
+                self.put(Cf::Cursors, &key, &mark)?;
+            }
+        }
         let dedup = DedupRecordRef {
             conv: &conv_bytes,
             conv_seq: seq.0,
@@ -1102,6 +1200,7 @@ impl<E: KvEngine> WriterCore<E> {
             read_seq: Seq(read),
             unread: u32::try_from(last.0.saturating_sub(read)).unwrap_or(u32::MAX),
             total_unread: 0,
+            previous_read_seq: Seq(cursor.read),
         }))
     }
 
