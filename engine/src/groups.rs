@@ -7,8 +7,9 @@
 use std::borrow::Cow;
 
 use tern_protocol::{
-    Body, Conv, ConvKind, Direction, ErrorCode, Frame, GroupInfo as WireGroupInfo, GroupListPage,
-    GroupMember, GroupSummary, HistoryPage, MemberOp, MessageKind as WireKind, MsgId, Role,
+    Body, Conv, ConvKind, Diffusion as WireDiffusion, Direction, ErrorCode, Frame,
+    GroupInfo as WireGroupInfo, GroupListPage, GroupMember, GroupReceiptsPage, GroupSummary,
+    HistoryPage, MemberOp, MessageKind as WireKind, MsgId, ReadCount, Receipt, ReceiptKind, Role,
     SendAck, SyncPage,
 };
 use tern_storage::{
@@ -30,6 +31,11 @@ pub const MAX_AVATAR: usize = 1024;
 pub const MAX_USERS_PER_REQUEST: usize = 1000;
 /// Most members a GROUP_INFO lists (`member_count` is the total).
 pub const INFO_MEMBERS: usize = 500;
+/// Most messages one GROUP_RECEIPTS asks about, and most users one SEND mentions.
+pub const MAX_RECEIPT_SEQS: usize = 100;
+pub const MAX_MENTIONS: usize = 100;
+/// Newest messages of a READ's range whose senders get a RECEIPT (SPEC.md, Groups, "Receipts").
+pub const RECEIPT_SCAN: usize = 100;
 /// GROUP_LIST page sizes.
 pub const LIST_DEFAULT: usize = 100;
 pub const LIST_MAX: usize = 500;
@@ -59,6 +65,12 @@ pub enum GroupPlan {
     },
     /// One group's metadata and members, for a member.
     Get { group: GroupId },
+    /// Read receipts of some messages, for a member.
+    Receipts {
+        group: GroupId,
+        seqs: Vec<Seq>,
+        readers: bool,
+    },
 }
 
 /// The group a plan acts on (`None` for GROUP_CREATE, whose id the node picks, and for
@@ -68,7 +80,8 @@ pub fn group_of(p: &GroupPlan) -> Option<&GroupId> {
         GroupPlan::Change { group, .. }
         | GroupPlan::History { group, .. }
         | GroupPlan::Read { group, .. }
-        | GroupPlan::Get { group } => Some(group),
+        | GroupPlan::Get { group }
+        | GroupPlan::Receipts { group, .. } => Some(group),
         GroupPlan::Send { msg, .. } => Some(&msg.group),
         GroupPlan::Create { .. } | GroupPlan::List { .. } => None,
     }
@@ -217,23 +230,36 @@ fn plan_inner(s: &SessionInfo, frame: &Frame<'_>, limits: &Limits) -> Result<Pla
         Body::GroupGet(g) => plan_of(GroupPlan::Get {
             group: group_id(rid, &g.group)?,
         }),
-        Body::Send(m) => {
-            if m.kind.0 == 0 || m.kind.0 >= 0x40 {
+        Body::Send(m) => send_plan(rid, s, m, &[])?,
+        Body::SendWithMentions(m) => {
+            //= SPEC.md#groups
+            //# `mentions` in a SEND to a conversation that is not a GROUP: `INVALID_ARGUMENT`.
+            if m.to.kind != ConvKind::GROUP {
                 return Err(Box::new(invalid(
                     rid,
-                    "message kind must be a content kind (1..=0x3f)",
+                    "mentions are only for group conversations",
                 )));
             }
-            plan_of(GroupPlan::Send {
-                msg: GroupMessage {
-                    group: group_id(rid, &m.to.id)?,
-                    sender: s.user.clone(),
-                    sender_device: s.device.clone(),
-                    client_msg_id: ClientMsgId(m.msg_id.0),
-                    kind: MessageKind(m.kind.0),
-                    body: m.body.to_vec(),
-                },
-                msg_id: m.msg_id,
+            send_plan(rid, s, &m.send(), &m.mentions)?
+        }
+        Body::GroupReceipts(q) => {
+            if q.seqs.len() > MAX_RECEIPT_SEQS {
+                return Err(Box::new(Plan::Reply(error(
+                    rid,
+                    ErrorCode::LIMIT_EXCEEDED,
+                    format!("at most {MAX_RECEIPT_SEQS} messages per request"),
+                ))));
+            }
+            if q.readers && q.seqs.len() > 1 {
+                return Err(Box::new(invalid(
+                    rid,
+                    "readers are listed for one message at a time",
+                )));
+            }
+            plan_of(GroupPlan::Receipts {
+                group: group_id(rid, &q.group)?,
+                seqs: q.seqs.iter().map(|&n| Seq(n)).collect(),
+                readers: q.readers,
             })
         }
         Body::History(h) => {
@@ -262,6 +288,44 @@ fn plan_inner(s: &SessionInfo, frame: &Frame<'_>, limits: &Limits) -> Result<Pla
     })
 }
 
+/// The plan of a SEND to a group, with the members it mentions (SPEC.md, Groups, "Mentions":
+/// the empty string is @all).
+fn send_plan(
+    rid: u32,
+    s: &SessionInfo,
+    m: &tern_protocol::Send<'_>,
+    mentions: &[Cow<'_, str>],
+) -> Result<Plan, Box<Plan>> {
+    if m.kind.0 == 0 || m.kind.0 >= 0x40 {
+        return Err(Box::new(invalid(
+            rid,
+            "message kind must be a content kind (1..=0x3f)",
+        )));
+    }
+    if mentions.len() > MAX_MENTIONS {
+        return Err(Box::new(Plan::Reply(error(
+            rid,
+            ErrorCode::LIMIT_EXCEEDED,
+            format!("at most {MAX_MENTIONS} mentions per message"),
+        ))));
+    }
+    let mention_all = mentions.iter().any(|u| u.is_empty());
+    let named: Vec<Cow<'_, str>> = mentions.iter().filter(|u| !u.is_empty()).cloned().collect();
+    Ok(plan_of(GroupPlan::Send {
+        msg: GroupMessage {
+            group: group_id(rid, &m.to.id)?,
+            sender: s.user.clone(),
+            sender_device: s.device.clone(),
+            client_msg_id: ClientMsgId(m.msg_id.0),
+            kind: MessageKind(m.kind.0),
+            body: m.body.to_vec(),
+            mentions: user_ids(rid, &named)?,
+            mention_all,
+        },
+        msg_id: m.msg_id,
+    }))
+}
+
 /// Whether a frame is served by this module: a GROUP_* request, or a SEND, HISTORY or READ
 /// naming a GROUP conversation.
 pub fn is_group_request(frame: &Frame<'_>) -> bool {
@@ -273,8 +337,11 @@ pub fn is_group_request(frame: &Frame<'_>) -> bool {
         | Body::GroupTransfer(_)
         | Body::GroupDisband(_)
         | Body::GroupList(_)
-        | Body::GroupGet(_) => true,
+        | Body::GroupGet(_)
+        | Body::GroupReceipts(_) => true,
         Body::Send(m) => m.to.kind == ConvKind::GROUP,
+        // Mentions exist in groups only; `plan` refuses them elsewhere.
+        Body::SendWithMentions(_) => true,
         Body::History(h) => h.conv.kind == ConvKind::GROUP,
         Body::Read(r) => r.conv.kind == ConvKind::GROUP,
         _ => false,
@@ -473,6 +540,69 @@ pub fn reached(groups: &GroupSyncPage, taken: usize) -> Vec<(GroupId, Seq)> {
             _ => out.push((g.clone(), m.seq)),
         }
     }
+    out
+}
+
+/// GROUP_RECEIPTS_PAGE from storage's receipts.
+pub fn receipts_page(rid: u32, group: &GroupId, r: &tern_storage::GroupReceipts) -> Frame<'static> {
+    Frame::new(
+        rid,
+        Body::GroupReceiptsPage(GroupReceiptsPage {
+            group: Cow::Owned(group.as_str().to_owned()),
+            diffusion: WireDiffusion(r.diffusion.0),
+            read_seq: r.my_read_seq.0,
+            messages: r
+                .messages
+                .iter()
+                .map(|m| ReadCount {
+                    conv_seq: m.seq.0,
+                    members: u64::from(m.members),
+                    read: u64::from(m.read),
+                    readers: m
+                        .readers
+                        .iter()
+                        .map(|u| Cow::Owned(u.as_str().to_owned()))
+                        .collect(),
+                })
+                .collect(),
+        }),
+    )
+}
+
+/// RECEIPT(READ) deliveries after `reader` read a group up to `read_seq`: to the senders of
+/// the messages newly read (write diffusion; `senders` from storage) and to the reader's other
+/// devices (SPEC.md, Groups, "Receipts").
+pub fn read_receipts(
+    s: &SessionInfo,
+    group: &GroupId,
+    senders: &[UserId],
+    read_seq: Seq,
+    now_ms: u64,
+) -> Vec<GroupPush> {
+    let frame = Frame::new(
+        0,
+        Body::Receipt(Receipt {
+            conv: Conv::group(group.as_str().to_owned()),
+            user: Cow::Owned(s.user.as_str().to_owned()),
+            kind: ReceiptKind::READ,
+            conv_seq: read_seq.0,
+            time: now_ms,
+        }),
+    );
+    let mut out: Vec<GroupPush> = senders
+        .iter()
+        .filter(|u| **u != s.user)
+        .map(|u| GroupPush {
+            user: u.clone(),
+            except_session: None,
+            frame: frame.clone(),
+        })
+        .collect();
+    out.push(GroupPush {
+        user: s.user.clone(),
+        except_session: Some(s.session_id),
+        frame,
+    });
     out
 }
 

@@ -185,7 +185,9 @@ pub fn outbound_allowed(caps: Capabilities, frame_type: FrameType) -> bool {
         //= SPEC.md#hello
         //# The server MUST NOT send a frame (or a RECEIPT kind) whose capability is not negotiated.
         FrameType::RELATION | FrameType::RELATION_PAGE => caps.contains(Capabilities::RELATIONS),
-        FrameType::GROUP_INFO | FrameType::GROUP_LIST_PAGE => caps.contains(Capabilities::GROUPS),
+        FrameType::GROUP_INFO | FrameType::GROUP_LIST_PAGE | FrameType::GROUP_RECEIPTS_PAGE => {
+            caps.contains(Capabilities::GROUPS)
+        }
         //= SPEC.md#typing-presence-and-subscribe
         //# The server relays TYPING to the other participant's Open connections that
         //# negotiated TYPING.
@@ -206,7 +208,8 @@ pub fn not_negotiated(caps: Capabilities, frame: &Frame<'_>) -> Option<Frame<'st
         | Body::GroupTransfer(_)
         | Body::GroupDisband(_)
         | Body::GroupList(_)
-        | Body::GroupGet(_) => Capabilities::GROUPS,
+        | Body::GroupGet(_)
+        | Body::GroupReceipts(_) => Capabilities::GROUPS,
         Body::Typing(_) => Capabilities::TYPING,
         Body::Presence(_) | Body::Subscribe(_) => Capabilities::PRESENCE,
         Body::PushToken(_) | Body::Mute(_) => Capabilities::PUSH,
@@ -415,6 +418,7 @@ pub fn plan(s: &SessionInfo, frame: &Frame<'_>, limits: &Limits) -> Plan {
         | Body::Receipt(_)
         | Body::GroupListPage(_)
         | Body::GroupInfo(_)
+        | Body::GroupReceiptsPage(_)
         | Body::RelationPage(_) => Plan::Unexpected,
         // Valid requests of features this version does not serve yet (groups, rooms, topics,
         // relations, presence, recall): a non-closing error, so a client can degrade.

@@ -148,13 +148,54 @@ impl Connection {
             GroupPlan::Read { group, up_to } => {
                 let req = MarkRead {
                     user: info.user.clone(),
-                    conv: tern_storage::ConvKey::Group(group),
+                    conv: tern_storage::ConvKey::Group(group.clone()),
                     up_to,
                 };
-                if self.storage(rid, store.mark_read(req)).await.is_none() {
+                let Some(state) = self.storage(rid, store.mark_read(req)).await else {
                     return open(self);
+                };
+                let ok = self.write_frame(&Frame::new(rid, Body::Ok)).await;
+                if state.read_seq > state.previous_read_seq {
+                    // Who the READ is a receipt for; a failed lookup only loses the notices
+                    // (GROUP_RECEIPTS still tells).
+                    let senders = match store.group_read_senders(
+                        group.clone(),
+                        info.user.clone(),
+                        state.previous_read_seq,
+                        state.read_seq,
+                        groups::RECEIPT_SCAN,
+                    ) {
+                        Ok(c) => c.await.unwrap_or_default(),
+                        Err(_) => Vec::new(),
+                    };
+                    let receipts = groups::read_receipts(
+                        info,
+                        &group,
+                        &senders,
+                        state.read_seq,
+                        super::now_ms(),
+                    );
+                    for p in receipts {
+                        self.core.deliver(Delivery {
+                            user: p.user,
+                            except_session: p.except_session,
+                            frame: p.frame,
+                        });
+                    }
                 }
-                self.write_frame(&Frame::new(rid, Body::Ok)).await
+                ok
+            }
+            GroupPlan::Receipts {
+                group,
+                seqs,
+                readers,
+            } => {
+                let q = store.group_receipts(group.clone(), info.user.clone(), seqs, readers);
+                let Some(r) = self.storage(rid, q).await else {
+                    return open(self);
+                };
+                self.write_frame(&groups::receipts_page(rid, &group, &r))
+                    .await
             }
             GroupPlan::List { after, limit } => {
                 let Some(all) = self.storage(rid, store.my_groups(info.user.clone())).await else {
