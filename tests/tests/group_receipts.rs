@@ -263,3 +263,60 @@ fn read_diffusion_receipts_and_mentions() {
     read(&mut bob, &g, all);
     assert!(!mentioned(&mut bob, &g));
 }
+
+#[test]
+fn the_sdk_marks_read_and_asks_for_receipts() {
+    use std::time::{Duration, Instant};
+    use tern_tools::{Client, ClientConfig, Event};
+
+    let node = Node::start();
+    let client = |user: &str| {
+        let mut cfg = ClientConfig::new(
+            node.native.clone(),
+            node.token(user, Some("phone"), 3600),
+            "phone",
+        );
+        cfg.backoff_min = Duration::from_millis(50);
+        cfg.backoff_max = Duration::from_millis(500);
+        Client::start(cfg)
+    };
+    let wait_for = |c: &Client, pick: &dyn Fn(&Event) -> bool| {
+        let end = Instant::now() + WAIT;
+        while Instant::now() < end {
+            if let Some(e) = c.next_event(Duration::from_millis(50)) {
+                if pick(&e) {
+                    return Some(e);
+                }
+            }
+        }
+        None
+    };
+    let alice = client("alice");
+    let bob = client("bob");
+    for c in [&alice, &bob] {
+        assert!(wait_for(c, &|e| matches!(e, Event::Synced { .. })).is_some());
+    }
+    let g = alice
+        .group_create("team", &["bob"], WAIT)
+        .unwrap()
+        .group
+        .to_string();
+    let ack = alice
+        .send_group_wait(&g, MessageKind::TEXT, b"hi".to_vec(), WAIT)
+        .unwrap();
+    bob.mark_read(Conv::group(g.clone()), ack.conv_seq, WAIT)
+        .unwrap();
+    let got = wait_for(
+        &alice,
+        &|e| matches!(e, Event::Receipt(r) if r.user == "bob"),
+    );
+    let Some(Event::Receipt(r)) = got else {
+        panic!("alice gets bob's RECEIPT")
+    };
+    assert_eq!(r.conv_seq, ack.conv_seq);
+    let p = alice
+        .group_receipts(&g, &[ack.conv_seq], true, WAIT)
+        .unwrap();
+    assert_eq!((p.messages[0].members, p.messages[0].read), (1, 1));
+    assert_eq!(p.messages[0].readers, vec![Cow::Borrowed("bob")]);
+}

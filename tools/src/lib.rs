@@ -15,11 +15,14 @@
 //! Groups ([`group`]): the client's calls for every group operation of SPEC.md §7 (create,
 //! update, members, leave, transfer, disband, list, get), sending to a group through the same
 //! send queue, group history, and GROUP_EVENT messages decoded into [`GroupEvent`]s.
+//! Read positions and group receipts ([`receipts`]): READ, and "read by k of n" of group
+//! messages.
 
 pub mod client;
 pub mod connection;
 pub mod endpoint;
 pub mod group;
+pub mod receipts;
 pub mod state;
 pub mod tls;
 pub mod transport;
