@@ -406,6 +406,22 @@ fn ternbench_runs_every_scenario_small() {
     assert!(ok, "fanout: {v} {err}");
     assert_eq!(v["delivered"], 30 * 9);
     assert!(v["send_to_last_push"]["p99_us"].as_u64().is_some(), "{v}");
+    // A group past the write-diffusion size (read diffusion): every member gets every message.
+    let (ok, v, err) = bench(
+        &node,
+        &[
+            "fanout",
+            "--group",
+            "--members",
+            "250",
+            "--messages",
+            "20",
+            "--window",
+            "8",
+        ],
+    );
+    assert!(ok, "group fanout: {v} {err}");
+    assert_eq!(v["delivered"], 20 * 249, "{v}");
     // Past the rate the publisher is refused: the run ends and says so rather than hanging.
     let (ok, v, err) = bench(&node, &["fanout", "--members", "4", "--messages", "100"]);
     assert!(!ok, "a refused publisher must fail the run: {v} {err}");

@@ -138,6 +138,10 @@ enum Cmd {
         /// Room name (default: one per run).
         #[arg(long)]
         room: Option<String>,
+        /// A group instead of a room: the publisher creates it with every member (read
+        /// diffusion above the node's `group_write_diffusion_max`), members stay online.
+        #[arg(long)]
+        group: bool,
     },
     #[command(hide = true, name = "__worker")]
     Worker { spec: String },
@@ -219,12 +223,14 @@ fn main() -> Result<()> {
             window,
             body,
             room,
+            group,
         } => {
             if members < 2 {
                 bail!("fanout needs at least 2 members (one publishes)");
             }
             Scenario::Fanout {
                 members,
+                group,
                 room: room.unwrap_or_else(|| format!("bench-{run_id}")),
                 load: Load {
                     messages,

@@ -64,6 +64,9 @@ pub enum Scenario {
     Fanout {
         members: usize,
         room: String,
+        /// A group of every member instead of a room (`room` is its name).
+        #[serde(default)]
+        group: bool,
         load: Load,
     },
 }
@@ -205,8 +208,9 @@ async fn scenario(spec: &Spec) -> Result<Report> {
         Scenario::Fanout {
             members,
             room,
+            group,
             load,
-        } => fanout(spec, &d, &secret, members, load, &room).await,
+        } => fanout(spec, &d, &secret, members, load, &room, group).await,
     }?;
     r.tls_full = d.tls_full.load(Ordering::Relaxed);
     r.tls_resumed = d.tls_resumed.load(Ordering::Relaxed);
@@ -659,6 +663,7 @@ async fn fanout(
     members: usize,
     load: Load,
     room: &str,
+    group: bool,
 ) -> Result<Report> {
     let mine = slice(spec, members);
     let mut r = Report::default();
@@ -667,6 +672,12 @@ async fn fanout(
     for i in mine.clone() {
         let user = format!("{}-m{i}", spec.run_id);
         let mut c = login(d, source(spec, i), &token(secret, &user, "d")?, "d", 0).await?;
+        if group {
+            // Group members need no join: being online is enough to get the PUSH.
+            conns.push((i, c));
+            r.connected += 1;
+            continue;
+        }
         c.writer
             .send(&Frame::new(
                 1,
@@ -706,21 +717,37 @@ async fn fanout(
     let delivered = Arc::new(AtomicU64::new(0));
     let mut publisher = None;
     let mut receivers = tokio::task::JoinSet::new();
+    // What members listen for: the room's messages, or any group's (the run's only group,
+    // whose id the node picks); group events are told apart by their kind.
+    let (kind, only) = if group {
+        (ConvKind::GROUP, None)
+    } else {
+        (ConvKind::ROOM, Some(room.to_owned()))
+    };
     for (i, c) in conns {
         if i == 0 {
             publisher = Some(c);
             continue;
         }
         let (last, delivered) = (Arc::clone(&last), Arc::clone(&delivered));
-        let room = room.to_owned();
-        receivers.spawn(async move { receive_room(c, i, &room, count, &last, &delivered).await });
+        let only = only.clone();
+        receivers.spawn(async move {
+            receive_room(c, i, kind, only.as_deref(), count, &last, &delivered).await
+        });
     }
     let progress = report_progress(Arc::clone(&delivered));
     let mut ack_h = hist();
     if let Some(mut c) = publisher {
-        let to = Conv {
-            kind: ConvKind::ROOM,
-            id: room.to_owned().into(),
+        let to = if group {
+            Conv {
+                kind: ConvKind::GROUP,
+                id: create_group(&mut c, spec, room, members).await?.into(),
+            }
+        } else {
+            Conv {
+                kind: ConvKind::ROOM,
+                id: room.to_owned().into(),
+            }
         };
         let (sent, acked, h, v) = send_paced(&mut c, &load, "publisher", |seq, _| {
             let mut id = [0u8; 16];
@@ -837,10 +864,64 @@ const MEMBER_IDLE: Duration = Duration::from_secs(5);
 
 /// A member: expects `count` room messages in order, records each one's latency and the latest
 /// arrival per message.
+/// Creates the run's group with members `1..members` (their user ids are the run's) and
+/// returns its id. Members are added in batches that fit a frame.
+async fn create_group(c: &mut Conn, spec: &Spec, name: &str, members: usize) -> Result<String> {
+    const BATCH: usize = 1000;
+    let info = request(
+        c,
+        Body::GroupCreate(GroupCreate {
+            name: name.to_owned().into(),
+            members: Vec::new(),
+        }),
+    )
+    .await?;
+    let Body::GroupInfo(info) = info else {
+        bail!("GROUP_CREATE answered with {info:?}");
+    };
+    let id = info.group.into_owned();
+    let users: Vec<String> = (1..members)
+        .map(|i| format!("{}-m{i}", spec.run_id))
+        .collect();
+    for chunk in users.chunks(BATCH) {
+        let answer = request(
+            c,
+            Body::GroupMembers(GroupMembers {
+                group: id.clone().into(),
+                op: MemberOp::ADD,
+                users: chunk.iter().map(|u| u.clone().into()).collect(),
+                arg: 0,
+            }),
+        )
+        .await?;
+        if !matches!(answer, Body::Ok) {
+            bail!("adding members to {id}: {answer:?}");
+        }
+    }
+    Ok(id)
+}
+
+/// One request on the publisher's connection before the run (request id 7), its answer.
+async fn request(c: &mut Conn, body: Body<'static>) -> Result<Body<'static>> {
+    const RID: u32 = 7;
+    c.writer.send(&Frame::new(RID, body)).await?;
+    loop {
+        match c.reader.next().await? {
+            Some(f) if f.request_id == RID => match f.body {
+                Body::Error(e) => bail!("ERROR {} {}", e.code, e.message),
+                b => return Ok(b),
+            },
+            Some(_) => {}
+            None => bail!("the node closed the publisher's connection"),
+        }
+    }
+}
+
 async fn receive_room(
     mut c: Conn,
     member: usize,
-    room: &str,
+    kind: ConvKind,
+    only: Option<&str>,
     count: u64,
     last: &[AtomicU64],
     delivered: &AtomicU64,
@@ -852,7 +933,11 @@ async fn receive_room(
         // The publisher may stop early (a refusal, in another worker): a member that hears
         // nothing for a while reports what it got instead of waiting for the run's time limit.
         let arrival = c.reader.next_with(|f| match &f.body {
-            Body::Push(m) if m.conv.kind == ConvKind::ROOM && m.conv.id == room => {
+            Body::Push(m)
+                if m.conv.kind == kind
+                    && m.kind == MessageKind::CUSTOM
+                    && only.is_none_or(|id| m.conv.id == id) =>
+            {
                 Some(unstamp(&m.body))
             }
             _ => None,
