@@ -9,13 +9,12 @@ use std::borrow::Cow;
 use tern_protocol::{
     Body, Conv, ConvKind, Diffusion as WireDiffusion, Direction, ErrorCode, Frame,
     GroupInfo as WireGroupInfo, GroupListPage, GroupMember, GroupReceiptsPage, GroupSummary,
-    HistoryPage, MemberOp, MessageKind as WireKind, MsgId, ReadCount, Receipt, ReceiptKind, Role,
-    SendAck, SyncPage,
+    MemberOp, MessageKind as WireKind, MsgId, ReadCount, Receipt, ReceiptKind, Role, SendAck,
+    SyncPage,
 };
 use tern_storage::{
     ClientMsgId, Diffusion, GroupAppendResult, GroupFanout, GroupId, GroupInfo, GroupMessage,
-    GroupOp, GroupSyncPage, HistoryDirection, Member, MemberRole, MessageKind, Seq, StoredMessage,
-    UserId,
+    GroupOp, GroupSyncPage, HistoryDirection, Member, MemberRole, MessageKind, Seq, UserId,
 };
 
 use crate::auth::valid_id;
@@ -424,33 +423,6 @@ pub fn send_ack(rid: u32, msg_id: MsgId, r: &GroupAppendResult) -> Frame<'static
     )
 }
 
-/// HISTORY_PAGE of a group from a query of `limit + 1` messages.
-pub fn history_page(
-    rid: u32,
-    viewer: &UserId,
-    group: &GroupId,
-    direction: HistoryDirection,
-    mut msgs: Vec<StoredMessage>,
-    limit: usize,
-) -> Frame<'static> {
-    let more = msgs.len() > limit;
-    msgs.truncate(limit);
-    if direction == HistoryDirection::Before {
-        msgs.reverse();
-    }
-    Frame::new(
-        rid,
-        Body::HistoryPage(HistoryPage {
-            conv: Conv::group(group.as_str().to_owned()),
-            more,
-            messages: msgs
-                .iter()
-                .map(|m| wire_message(m, viewer, Seq::ZERO))
-                .collect(),
-        }),
-    )
-}
-
 /// One PUSH to route: to every session of `user` but `except`.
 #[derive(Debug)]
 pub struct GroupPush {
@@ -504,15 +476,21 @@ pub fn merge_sync(
     let Body::SyncPage(SyncPage { more, messages, .. }) = &mut page.body else {
         return 0;
     };
-    // The same estimate as the inbox part's (page overhead, message fields, ids, body).
-    let mut used: usize = 160
+    // The same estimate as the inbox part's (`session::message_size`); the inbox messages are
+    // already wire messages, with the same fields.
+    let mut used: usize = crate::session::PAGE_OVERHEAD
         + messages
             .iter()
-            .map(|m| 80 + m.body.len() + m.sender.len() + m.sender_device.len() + 128)
+            .map(|m| {
+                80 + m.body.len()
+                    + m.sender.len()
+                    + m.sender_device.len()
+                    + 2 * tern_storage::MAX_ID_LEN
+            })
             .sum::<usize>();
     let mut added = 0;
     for m in &groups.messages {
-        used += 80 + m.body.len() + m.sender.as_str().len() + m.sender_device.as_str().len() + 128;
+        used += crate::session::message_size(m);
         if used > max_body as usize && !messages.is_empty() {
             *more = true;
             return added;

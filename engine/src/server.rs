@@ -1692,7 +1692,13 @@ impl Connection {
                     return self.conn.state() == State::Open;
                 };
                 self.write_frame(&session::history_page(
-                    rid, &info.user, &peer, direction, msgs, limit, max_out,
+                    rid,
+                    &info.user,
+                    tern_protocol::Conv::direct(peer.to_string()),
+                    direction,
+                    msgs,
+                    limit,
+                    max_out,
                 ))
                 .await
             }

@@ -815,7 +815,7 @@ pub fn sync_page(
 pub fn history_page(
     request_id: u32,
     viewer: &UserId,
-    peer: &str,
+    conv: Conv<'static>,
     direction: HistoryDirection,
     mut msgs: Vec<StoredMessage>,
     limit: usize,
@@ -839,30 +839,34 @@ pub fn history_page(
     Frame::new(
         request_id,
         Body::HistoryPage(HistoryPage {
-            conv: Conv::direct(peer.to_owned()),
+            conv,
             more,
             messages,
         }),
     )
 }
 
+/// Page fields other than the messages: head/more or conv/more, and the list count.
+pub const PAGE_OVERHEAD: usize = 160;
+
+/// At most how many bytes `m` takes in a page: its ids and body, the fields besides them
+/// (conv kind, varints, msgid, kind, flags: 80) and the conversation id.
+pub fn message_size(m: &StoredMessage) -> usize {
+    80 + m.body.len()
+        + m.sender.as_str().len()
+        + m.sender_device.as_str().len()
+        + 2 * tern_storage::MAX_ID_LEN
+}
+
 /// How many of `msgs`, in order, fit in a page body of at most `max_body` bytes (at least one,
 /// so that paging always advances; a client whose limit is below one message cannot receive it
 /// in any form).
 fn fitting<'m>(msgs: impl Iterator<Item = &'m StoredMessage>, max_body: u32) -> usize {
-    // Page fields other than the messages: head/more or conv/more, and the list count.
-    const PAGE_OVERHEAD: usize = 160;
-    // Message fields besides the ids and the body: conv kind, varints, msgid, kind, flags.
-    const MESSAGE_OVERHEAD: usize = 80;
     let budget = (max_body as usize).saturating_sub(PAGE_OVERHEAD);
     let mut used = 0;
     let mut n = 0;
     for m in msgs {
-        used += MESSAGE_OVERHEAD
-            + m.body.len()
-            + m.sender.as_str().len()
-            + m.sender_device.as_str().len()
-            + 2 * tern_storage::MAX_ID_LEN;
+        used += message_size(m);
         if used > budget && n > 0 {
             break;
         }

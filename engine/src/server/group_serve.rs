@@ -4,7 +4,7 @@
 //! messages a page hands out are recorded as the device's position once the device shows it
 //! holds them (its next SYNC or PUSH_ACK on this connection).
 
-use tern_protocol::{Body, Capabilities, ErrorCode, Frame};
+use tern_protocol::{Body, Capabilities, ErrorCode, Frame, MIN_MAX_BODY};
 use tern_storage::{GroupId, GroupRequest, MarkRead, Seq};
 
 use super::{Connection, Delivery, State};
@@ -140,8 +140,15 @@ impl Connection {
                 let Some(msgs) = self.storage(rid, q).await else {
                     return open(self);
                 };
-                self.write_frame(&groups::history_page(
-                    rid, &info.user, &group, direction, msgs, limit,
+                let max_out = self.session.as_ref().map_or(MIN_MAX_BODY, |s| s.max_out);
+                self.write_frame(&session::history_page(
+                    rid,
+                    &info.user,
+                    tern_protocol::Conv::group(group.as_str().to_owned()),
+                    direction,
+                    msgs,
+                    limit,
+                    max_out,
                 ))
                 .await
             }
