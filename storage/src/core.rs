@@ -964,6 +964,25 @@ impl<E: KvEngine> WriterCore<E> {
             self.set_recent(sender_r, state);
         }
 
+        Ok(self.appended_direct(
+            msg,
+            c,
+            sender_u,
+            [conv_seq, sender_inbox_seq, recipient_inbox_seq],
+        ))
+    }
+
+    /// The result of a new one-to-one append, remembered until its batch is durable so that a
+    /// retransmission in the meantime gets the same answer. `seqs`: the conversation's, the
+    /// sender's inbox and the recipient's inbox sequences.
+    fn appended_direct(
+        &mut self,
+        msg: DirectMessage,
+        c: u32,
+        sender_u: u32,
+        [conv_seq, sender_inbox_seq, recipient_inbox_seq]: [Seq; 3],
+    ) -> AppendResult {
+        let now = self.now;
         self.pending_dedup.insert(
             (sender_u, msg.client_msg_id.0),
             PendingAppend {
@@ -975,14 +994,14 @@ impl<E: KvEngine> WriterCore<E> {
                 gen: self.gen,
             },
         );
-        Ok(AppendResult {
+        AppendResult {
             conv: ConvKey::Direct(DirectPair::new(msg.sender, msg.recipient)),
             conv_seq,
             sender_inbox_seq,
             recipient_inbox_seq,
             time_ms: now,
             duplicate: false,
-        })
+        }
     }
 
     fn update_position(&mut self, update: PositionUpdate) -> Result<DevicePosition, OpError> {

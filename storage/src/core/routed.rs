@@ -12,7 +12,7 @@ use std::mem;
 
 use crate::engine::{Cf, KvEngine};
 use crate::error::OpError;
-use crate::ids::{ConvKey, DirectPair, MessageFlags, Seq, UserId};
+use crate::ids::{MessageFlags, Seq, UserId};
 use crate::keys::{self, decode_conv};
 use crate::records::{bad, DedupRecordRef, MessageRecordRef};
 use crate::remote::{outbox_key, ApplyResult, OutboxEntry, OutboxRecord, RemoteSide, RemoteWrite};
@@ -190,25 +190,12 @@ impl<E: KvEngine> WriterCore<E> {
             created_ms: now,
             write,
         });
-        self.pending_dedup.insert(
-            (sender_u, msg.client_msg_id.0),
-            PendingAppend {
-                conv: c,
-                conv_seq,
-                sender_inbox_seq,
-                recipient_inbox_seq,
-                time_ms: now,
-                gen: self.gen,
-            },
-        );
-        Ok(AppendResult {
-            conv: ConvKey::Direct(DirectPair::new(msg.sender, msg.recipient)),
-            conv_seq,
-            sender_inbox_seq,
-            recipient_inbox_seq,
-            time_ms: now,
-            duplicate: false,
-        })
+        Ok(self.appended_direct(
+            msg,
+            c,
+            sender_u,
+            [conv_seq, sender_inbox_seq, recipient_inbox_seq],
+        ))
     }
 
     /// Applies the half of a message another node stored: see the module docs. Idempotent by
