@@ -197,6 +197,17 @@ pub fn valid_frames() -> Vec<(&'static str, &'static str, Frame<'static>)> {
                 }),
             ),
         ),
+        (
+            "error_no_quorum",
+            "ERROR: the node is cut off from a majority of the cluster and takes no writes",
+            f(
+                17,
+                Body::Error(Error {
+                    code: ErrorCode::NO_QUORUM,
+                    message: s("this node sees 2 of 5 members; writes need 3"),
+                }),
+            ),
+        ),
         ("ok", "OK answering request 13", f(13, Body::Ok)),
         (
             "send_text",

@@ -1135,12 +1135,13 @@ impl Worker {
                     .iter()
                     .find(|(_, p)| p.last_rid == rid && rid != 0)
                 {
-                    // OVERLOADED, RATE_LIMITED and UNAVAILABLE are retried by the timer; other
-                    // refusals are final.
+                    // OVERLOADED, RATE_LIMITED, UNAVAILABLE and NO_QUORUM are retried by the
+                    // timer; other refusals are final.
                     if ![
                         ErrorCode::OVERLOADED,
                         ErrorCode::RATE_LIMITED,
                         ErrorCode::UNAVAILABLE,
+                        ErrorCode::NO_QUORUM,
                     ]
                     .contains(&e.code)
                     {
