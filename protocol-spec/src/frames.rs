@@ -330,7 +330,7 @@ wire_struct! {
 }
 
 wire_struct! {
-    /// GROUP_LIST and RELATION_LIST paging request.
+    /// GROUP_LIST, TOPIC_LIST and RELATION_LIST paging request.
     pub struct ListRequest<'a> {
         pub cursor: Cow<'a, str>,
         pub limit: u16,
@@ -389,6 +389,27 @@ wire_struct! {
     pub struct TopicSub<'a> {
         pub op: SubOp,
         pub topic: Cow<'a, str>,
+    }
+}
+
+wire_struct! {
+    /// One subscription in a TOPIC_LIST_PAGE.
+    pub struct TopicSummary<'a> {
+        pub topic: Cow<'a, str>,
+        /// Current subscribers of the topic.
+        pub subscribers: u64,
+        /// The topic's last `conv_seq` (0 = no message yet).
+        pub last_seq: u64,
+        /// The user's read position in the topic.
+        pub read_seq: u64,
+    }
+}
+
+wire_struct! {
+    /// TOPIC_LIST_PAGE: the user's topic subscriptions, in topic id byte order.
+    pub struct TopicListPage<'a> {
+        pub next_cursor: Cow<'a, str>,
+        pub topics: Vec<TopicSummary<'a>>,
     }
 }
 
@@ -592,6 +613,8 @@ bodies! {
     RoomJoin(RoomJoin<'a>) = ROOM_JOIN,
     RoomLeave(GroupRef<'a>) = ROOM_LEAVE,
     TopicSub(TopicSub<'a>) = TOPIC_SUB,
+    TopicList(ListRequest<'a>) = TOPIC_LIST,
+    TopicListPage(TopicListPage<'a>) = TOPIC_LIST_PAGE,
     Relation(Relation<'a>) = RELATION,
     RelationList(RelationList<'a>) = RELATION_LIST,
     RelationPage(RelationPage<'a>) = RELATION_PAGE,

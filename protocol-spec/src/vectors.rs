@@ -621,6 +621,68 @@ pub fn valid_frames() -> Vec<(&'static str, &'static str, Frame<'static>)> {
             ),
         ),
         (
+            "topic_unsub",
+            "TOPIC_SUB unsubscribe",
+            f(
+                33,
+                Body::TopicSub(TopicSub {
+                    op: SubOp::REMOVE,
+                    topic: s("news"),
+                }),
+            ),
+        ),
+        (
+            "topic_list",
+            "TOPIC_LIST first page, server default size",
+            f(
+                34,
+                Body::TopicList(ListRequest {
+                    cursor: s(""),
+                    limit: 0,
+                }),
+            ),
+        ),
+        (
+            "topic_list_page",
+            "TOPIC_LIST_PAGE with two subscriptions and a next cursor",
+            f(
+                34,
+                Body::TopicListPage(TopicListPage {
+                    next_cursor: s("sports"),
+                    topics: vec![
+                        TopicSummary {
+                            topic: s("news"),
+                            subscribers: 1200,
+                            last_seq: 300,
+                            read_seq: 298,
+                        },
+                        TopicSummary {
+                            topic: s("sports"),
+                            subscribers: 7,
+                            last_seq: 0,
+                            read_seq: 0,
+                        },
+                    ],
+                }),
+            ),
+        ),
+        (
+            "send_topic",
+            "SEND to a topic",
+            f(
+                35,
+                Body::Send(Send {
+                    to: Conv {
+                        kind: ConvKind::TOPIC,
+                        id: s("news"),
+                    },
+                    msg_id: id(9),
+                    kind: MessageKind::TEXT,
+                    body: Cow::Borrowed(b"rates unchanged"),
+                }),
+            ),
+        ),
+        (
             "relation",
             "RELATION: friend request with a note",
             f(
