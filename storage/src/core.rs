@@ -36,6 +36,7 @@ mod push;
 pub(crate) use groups::{mention_all_key, mention_key};
 mod relations;
 mod routed;
+mod topics;
 
 use std::collections::HashMap;
 use std::mem;
@@ -85,6 +86,20 @@ pub(crate) enum WriteCmd {
     AppendGroup(GroupMessage, Reply<GroupAppendResult>),
     /// A device's SYNC positions in read-diffused groups.
     GroupPositions(UserId, DeviceId, Vec<(GroupId, Seq)>, Reply<()>),
+    /// Subscribe (with the limits to check) or unsubscribe (`None`) a user (`topics` module).
+    TopicSub(
+        crate::ids::TopicId,
+        UserId,
+        Option<crate::topics::TopicLimits>,
+        Reply<bool>,
+    ),
+    /// A topic message.
+    AppendTopic(
+        crate::topics::TopicMessage,
+        Reply<crate::topics::TopicAppendResult>,
+    ),
+    /// A device's SYNC positions in its topics.
+    TopicPositions(UserId, DeviceId, Vec<(crate::ids::TopicId, Seq)>, Reply<()>),
     /// A one-to-one append whose given side another node (named) serves (`routed` module).
     AppendRouted(DirectMessage, RemoteSide, String, Reply<AppendResult>),
     /// The half of a message another node stored, for a user this node serves.
@@ -300,6 +315,8 @@ pub(crate) struct WriterCore<E: KvEngine> {
     pending_dedup: HashMap<(u32, [u8; 16]), PendingAppend>,
     /// Groups touched so far (`groups` module).
     groups: HashMap<GroupId, groups::GroupState>,
+    /// Topics and users' subscription counts loaded so far (`topics` module).
+    topics: topics::TopicCache,
     /// `cf ‖ key` of rows in rarely written families changed by this batch.
     touched: HashMap<Vec<u8>, u64>,
     /// Every batch up to this generation has been written (or failed).
@@ -340,6 +357,7 @@ impl<E: KvEngine> WriterCore<E> {
             pending_dedup: HashMap::new(),
             touched: HashMap::new(),
             groups: HashMap::new(),
+            topics: topics::TopicCache::default(),
             durable: 0,
             k1: Vec::new(),
             k2: Vec::new(),
@@ -449,7 +467,8 @@ impl<E: KvEngine> WriterCore<E> {
             + self.users.len()
             + self.recents.len()
             + self.positions.len()
-            + self.groups.len();
+            + self.groups.len()
+            + self.topics.len();
         cached > self.config.max_cached_entries
     }
 
@@ -463,6 +482,7 @@ impl<E: KvEngine> WriterCore<E> {
         self.pending_dedup.clear();
         self.touched.clear();
         self.groups.clear();
+        self.topics.clear();
         self.reset_outbox();
     }
 
@@ -499,6 +519,9 @@ impl<E: KvEngine> WriterCore<E> {
             }
             WriteCmd::MarkRead(req, tx) if matches!(req.conv, ConvKey::Group(_)) => {
                 return self.apply_group_read(req, tx)
+            }
+            WriteCmd::MarkRead(req, tx) if matches!(req.conv, ConvKey::Topic(_)) => {
+                return self.apply_topic_read(req, tx)
             }
             WriteCmd::MarkRead(req, tx) => match self.mark_read_needs_barrier(&req) {
                 Ok(true) => return Applied::Barrier(WriteCmd::MarkRead(req, tx)),
@@ -576,6 +599,9 @@ impl<E: KvEngine> WriterCore<E> {
             cmd @ (WriteCmd::Group(..)
             | WriteCmd::AppendGroup(..)
             | WriteCmd::GroupPositions(..)) => return self.apply_group(cmd),
+            cmd @ (WriteCmd::TopicSub(..)
+            | WriteCmd::AppendTopic(..)
+            | WriteCmd::TopicPositions(..)) => return self.apply_topic(cmd),
             WriteCmd::AppendRouted(msg, remote, dest, tx) => {
                 if remote == RemoteSide::Sender && self.append_gate_in_flight(&msg) {
                     return Applied::Barrier(WriteCmd::AppendRouted(msg, remote, dest, tx));

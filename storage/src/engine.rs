@@ -37,11 +37,14 @@ pub enum Cf {
     Outbox,
     /// Offline push settings: device push tokens and muted conversations (module `push`).
     Push,
+    /// Topic subscriptions, per topic and per user, and devices' SYNC positions (module
+    /// `topics`).
+    Topics,
 }
 
 impl Cf {
     /// Number of families.
-    pub const COUNT: usize = 13;
+    pub const COUNT: usize = 14;
 
     /// Every family, in index order.
     pub const ALL: [Cf; Cf::COUNT] = [
@@ -58,6 +61,7 @@ impl Cf {
         Cf::Relations,
         Cf::Outbox,
         Cf::Push,
+        Cf::Topics,
     ];
 
     /// The family's name on disk.
@@ -76,6 +80,7 @@ impl Cf {
             Cf::Relations => "relations",
             Cf::Outbox => "outbox",
             Cf::Push => "push",
+            Cf::Topics => "topics",
         }
     }
 

@@ -44,6 +44,7 @@
 //! | `outbox`    | `seq` (u64 BE)                     | a write owed to another node of a cluster (module `remote`)        |
 //! | `push`      | `id(user) ‖ 1 ‖ id(device)`        | the device's push token: platform, token, updated ms (module `push`) |
 //! | `push`      | `id(user) ‖ 2 ‖ conv`              | the conversation is muted for offline push until ms, updated ms     |
+//! | `topics`    | `01..04 ‖ …` (module `topics`)     | topic rows, subscriptions per topic and per user, devices' SYNC positions in topics |
 //!
 //! A user's rows in `inbox`, `positions`, `recent`, `member_of` and `relations` all start with
 //! `id(user)`, so each is one prefix scan; a bare `id(user)` key (inbox head, total unread) sorts
@@ -124,6 +125,7 @@ mod records;
 mod remote;
 mod rocks;
 mod store;
+mod topics;
 mod types;
 
 pub use engine::{
@@ -144,6 +146,7 @@ pub use store::{
     Clock, Completion, Durability, ManualClock, OutboxHook, Resolver, Store, StoreConfig,
     SystemClock, WriterStats,
 };
+pub use topics::{Subscription, TopicAppendResult, TopicLimits, TopicMessage, TopicSyncPage};
 pub use types::{
     AppendResult, CursorUpdate, DevicePosition, DevicePositionEntry, Diffusion, DirectMessage,
     GroupAppendResult, GroupCursor, GroupEventKind, GroupFanout, GroupInfo, GroupLimits,

@@ -304,7 +304,10 @@ pub(crate) fn recent_page(
         },
     )?;
     // Read-diffusion groups keep no recent rows up to date: their entries come from cursors.
-    let (groups, group_unread) = crate::group_read::read_diffusion_recent(engine, user)?;
+    let (mut groups, group_unread) = crate::group_read::read_diffusion_recent(engine, user)?;
+    // Topics are read-diffused too: their entries also come from cursors.
+    let (topics, topic_unread) = crate::topics::recent(engine, user)?;
+    groups.extend(topics);
     if !groups.is_empty() {
         conversations.retain(|c| !groups.iter().any(|g| g.conv == c.conv));
         conversations.extend(groups.into_iter().filter(|g| match after {
@@ -333,7 +336,7 @@ pub(crate) fn recent_page(
     }
     Ok(RecentPage {
         conversations,
-        total_unread: total_unread(engine, user)? + group_unread,
+        total_unread: total_unread(engine, user)? + group_unread + topic_unread,
         more,
     })
 }

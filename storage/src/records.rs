@@ -177,6 +177,26 @@ pub(crate) struct CursorRecord {
     pub since: u64,
 }
 
+/// `topics` value of a topic's row (`01 ‖ id(topic)`).
+#[derive(Archive, Serialize, Debug, Clone, PartialEq)]
+pub(crate) struct TopicRecord {
+    pub subscribers: u32,
+    pub created_ms: u64,
+    pub updated_ms: u64,
+}
+
+/// `topics` value of a subscription, under both `02 ‖ id(topic) ‖ id(user)` and
+/// `03 ‖ id(user) ‖ id(topic)` (the read position is kept in the second only).
+#[derive(Archive, Serialize, Debug, Clone, PartialEq)]
+pub(crate) struct SubscriptionRecord {
+    /// The topic's last seq when the user subscribed: SYNC serves what comes after it.
+    pub since: u64,
+    /// The user's read position.
+    pub read: u64,
+    pub subscribed_ms: u64,
+    pub updated_ms: u64,
+}
+
 /// `relations` value.
 #[derive(Archive, Serialize, Debug, Clone, PartialEq)]
 pub(crate) struct RelationRecord {
@@ -220,6 +240,8 @@ const _: () = {
     assert!(align_of::<ArchivedMemberRecord>() == 1);
     assert!(align_of::<ArchivedMemberOfRecord>() == 1);
     assert!(align_of::<ArchivedCursorRecord>() == 1);
+    assert!(align_of::<ArchivedTopicRecord>() == 1);
+    assert!(align_of::<ArchivedSubscriptionRecord>() == 1);
     assert!(align_of::<ArchivedRelationRecord>() == 1);
     assert!(align_of::<ArchivedRelationSettingsRecord>() == 1);
     assert!(align_of::<ArchivedSchemaRecord>() == 1);

@@ -627,7 +627,7 @@ impl<E: KvEngine> Store<E> {
         }
     }
 
-    fn submit<T>(
+    pub(crate) fn submit<T>(
         &self,
         make: impl FnOnce(oneshot::Sender<Result<T, OpError>>) -> WriteCmd,
     ) -> Result<Completion<T>, SubmitError> {
@@ -640,7 +640,7 @@ impl<E: KvEngine> Store<E> {
         }
     }
 
-    fn query<T: Send + 'static>(
+    pub(crate) fn query<T: Send + 'static>(
         &self,
         f: impl FnOnce(&E) -> Result<T, EngineError> + Send + 'static,
     ) -> Result<Completion<T>, SubmitError> {
