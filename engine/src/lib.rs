@@ -5,6 +5,7 @@
 //! deterministically in tests.
 
 pub mod admin;
+pub mod alloc;
 pub mod auth;
 pub mod cluster;
 pub mod config;

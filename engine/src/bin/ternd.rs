@@ -9,6 +9,21 @@ use tern_engine::auth::mint_hs256;
 use tern_engine::config::{AuthKey, Cli, Command, Settings};
 use tern_engine::server;
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// Sets the allocator's options before anything allocates (see `tern_engine::alloc`): an ELF
+/// constructor with a priority runs before the unprioritised one that initialises mimalloc.
+#[allow(unsafe_code)]
+#[used]
+#[link_section = ".init_array.00200"]
+static TUNE_ALLOCATOR: extern "C" fn() = {
+    extern "C" fn tune() {
+        tern_engine::alloc::tune_mimalloc();
+    }
+    tune
+};
+
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
