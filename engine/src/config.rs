@@ -197,6 +197,26 @@ pub struct FileConfig {
     pub limits: LimitsFile,
     #[serde(default)]
     pub rooms: RoomsFile,
+    #[serde(default)]
+    pub topics: TopicsFile,
+}
+
+/// `[topics]`: publish/subscribe topics (SPEC.md, Topics).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TopicsFile {
+    /// Most subscribers a topic may have; default 100,000.
+    pub max_subscribers: Option<u32>,
+    /// Most topics one user may subscribe to; default 1,000.
+    pub max_per_user: Option<u32>,
+    /// Messages one user may publish per second (default 10), and the burst on top
+    /// (default 20).
+    pub posts_per_sec: Option<u32>,
+    pub post_burst: Option<u32>,
+    /// Reserved topic id prefixes and the only users who may publish under each, e.g.
+    /// `"news/" = ["newsroom"]`; topics under no reserved prefix accept anyone.
+    #[serde(default)]
+    pub publishers: std::collections::BTreeMap<String, Vec<String>>,
 }
 
 /// `[rooms]`: chat rooms.
@@ -350,6 +370,8 @@ pub struct Settings {
     pub storage_write_queue: usize,
     pub storage_read_queue: usize,
     pub rooms: RoomConfig,
+    /// Topic caps, publish rate and reserved publishers.
+    pub topics: crate::topics::TopicConfig,
     /// Cluster membership; `None`: a single node serving every user.
     pub cluster: Option<ClusterSettings>,
     /// The offline push webhook, when configured.
@@ -642,6 +664,23 @@ impl Settings {
                     rate_per_sec: r.rate_per_sec.unwrap_or(d.rate_per_sec),
                     burst: r.burst.unwrap_or(d.burst).max(1),
                 }
+            },
+            topics: {
+                let d = crate::topics::TopicConfig::default();
+                let t = &file.topics;
+                crate::topics::TopicConfig {
+                    max_subscribers: t.max_subscribers.unwrap_or(d.max_subscribers).max(1),
+                    max_per_user: t.max_per_user.unwrap_or(d.max_per_user).max(1),
+                    posts_per_sec: t.posts_per_sec.unwrap_or(d.posts_per_sec),
+                    post_burst: t.post_burst.unwrap_or(d.post_burst).max(1),
+                    publishers: Vec::new(),
+                }
+                .with_publishers(
+                    t.publishers
+                        .iter()
+                        .map(|(p, users)| (p.clone(), users.clone()))
+                        .collect(),
+                )
             },
             cluster,
             push,

@@ -23,6 +23,7 @@ pub mod rooms;
 pub mod server;
 pub mod session;
 pub mod slots;
+pub mod topics;
 pub mod transport;
 pub mod tunnel;
 pub mod webhook;

@@ -1,4 +1,4 @@
-//! Chat rooms (SPEC §7, "Rooms and topics"): membership per connection that is never persisted,
+//! Chat rooms (SPEC §7, "Rooms"): membership per connection that is never persisted,
 //! a bounded window of recent messages, delivery to the members online now and nothing in any
 //! inbox. A room's state lives on the core owning the room's slot; this module is that state's
 //! logic and the per-member send limit, with no sockets and no clock.

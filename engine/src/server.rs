@@ -60,6 +60,7 @@ use crate::transport::tls::{self as tls, Reloadable};
 
 mod group_serve;
 mod notify;
+mod topic_serve;
 pub use notify::Hooks;
 
 /// The store a node serves from.
@@ -73,6 +74,7 @@ const SERVED_CAPABILITIES: Capabilities = Capabilities(
         | Capabilities::ROOMS.0
         | Capabilities::RELATIONS.0
         | Capabilities::GROUPS.0
+        | Capabilities::TOPICS.0
         | Capabilities::PUSH.0,
 );
 
@@ -220,6 +222,8 @@ pub struct ConnConfig {
     pub node_id: String,
     pub limits: Limits,
     pub rooms: RoomConfig,
+    /// Topic settings and the per-user publish rate, shared by every core.
+    pub topics: Arc<crate::topics::TopicService>,
 }
 
 /// What every core shares.
@@ -764,6 +768,8 @@ struct Seat {
     /// Read-diffused group positions the last SYNC_PAGE handed out, recorded once the device
     /// shows it holds them (`group_serve`).
     group_pulled: Vec<(tern_storage::GroupId, Seq)>,
+    /// The same for topics (`topic_serve`).
+    topic_pulled: Vec<(tern_storage::TopicId, Seq)>,
     limit: RateLimit,
     typing: RateLimit,
     /// Users whose presence this connection subscribed to.
@@ -1616,6 +1622,7 @@ impl Connection {
             }
             Plan::PushAck { inbox_seq, reply } => {
                 self.ack_group_positions(&info).await;
+                self.ack_topic_positions(&info).await;
                 let update = PositionUpdate {
                     user: info.user.clone(),
                     device: info.device.clone(),
@@ -1634,6 +1641,7 @@ impl Connection {
             }
             Plan::Sync { after, limit } => {
                 self.ack_group_positions(&info).await;
+                self.ack_topic_positions(&info).await;
                 //= SPEC.md#sync
                 //# Asking for the page after X acknowledges everything up to X.
                 // The page does not wait for the position to be durable, and a full write queue
@@ -1661,6 +1669,9 @@ impl Connection {
                 if !self
                     .merge_group_sync(rid, &info, &mut page, limit, max_out)
                     .await
+                    || !self
+                        .merge_topic_sync(rid, &info, &mut page, limit, max_out)
+                        .await
                 {
                     return self.conn.state() == State::Open;
                 }
@@ -1816,6 +1827,7 @@ impl Connection {
                 Box::pin(self.relation(frame, plan, &info, max_out)).await
             }
             Plan::Group(g) => Box::pin(self.group(frame, *g, &info)).await,
+            Plan::Topic(t) => Box::pin(self.topic(frame, *t, &info)).await,
             Plan::Typing { peer, frame: relay } => {
                 let caps = self.session.as_ref().map_or(Capabilities::NONE, |s| s.caps);
                 if let Some(refusal) = session::not_negotiated(caps, frame) {
@@ -2295,6 +2307,7 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
                 ..Limits::default()
             },
             rooms: settings.rooms,
+            topics: Arc::new(crate::topics::TopicService::new(settings.topics.clone())),
         },
     });
 
@@ -2597,6 +2610,7 @@ mod tests {
                 node_id: "t".into(),
                 limits: Limits::default(),
                 rooms: RoomConfig::default(),
+                topics: Arc::default(),
             },
             hooks: Hooks::default(),
         });
@@ -2699,6 +2713,7 @@ mod tests {
                 node_id: "t".into(),
                 limits: Limits::default(),
                 rooms: RoomConfig::default(),
+                topics: Arc::default(),
             },
             hooks: Hooks::default(),
         });

@@ -167,6 +167,8 @@ pub enum Plan {
     FriendsOnly { on: bool },
     /// A group request (`groups` module).
     Group(Box<crate::groups::GroupPlan>),
+    /// A topic request (`topics` module).
+    Topic(Box<crate::topics::TopicPlan>),
     /// Page one of the session user's relation lists; answer with [`relation_page`].
     RelationList {
         kind: RelationKind,
@@ -192,6 +194,7 @@ pub fn outbound_allowed(caps: Capabilities, frame_type: FrameType) -> bool {
         //# The server relays TYPING to the other participant's Open connections that
         //# negotiated TYPING.
         FrameType::TYPING => caps.contains(Capabilities::TYPING),
+        FrameType::TOPIC_LIST_PAGE => caps.contains(Capabilities::TOPICS),
         FrameType::PRESENCE => caps.contains(Capabilities::PRESENCE),
         _ => true,
     }
@@ -210,6 +213,7 @@ pub fn not_negotiated(caps: Capabilities, frame: &Frame<'_>) -> Option<Frame<'st
         | Body::GroupList(_)
         | Body::GroupGet(_)
         | Body::GroupReceipts(_) => Capabilities::GROUPS,
+        Body::TopicSub(_) | Body::TopicList(_) => Capabilities::TOPICS,
         Body::Typing(_) => Capabilities::TYPING,
         Body::Presence(_) | Body::Subscribe(_) => Capabilities::PRESENCE,
         Body::PushToken(_) | Body::Mute(_) => Capabilities::PUSH,
@@ -269,6 +273,7 @@ pub fn plan(s: &SessionInfo, frame: &Frame<'_>, limits: &Limits) -> Plan {
         Body::Ping(p) => Plan::Reply(Frame::new(rid, Body::Pong(Ping { time: p.time }))),
         Body::Pong(_) | Body::Close(_) | Body::Error(_) => Plan::Ignore,
         _ if crate::groups::is_group_request(frame) => crate::groups::plan(s, frame, limits),
+        _ if crate::topics::is_topic_request(frame) => crate::topics::plan(s, frame, limits),
         Body::Send(m) if m.to.kind == ConvKind::ROOM => {
             if !crate::rooms::valid_room(&m.to.id) {
                 return invalid(rid, "invalid room name");
@@ -419,6 +424,7 @@ pub fn plan(s: &SessionInfo, frame: &Frame<'_>, limits: &Limits) -> Plan {
         | Body::GroupListPage(_)
         | Body::GroupInfo(_)
         | Body::GroupReceiptsPage(_)
+        | Body::TopicListPage(_)
         | Body::RelationPage(_) => Plan::Unexpected,
         // Valid requests of features this version does not serve yet (groups, rooms, topics,
         // relations, presence, recall): a non-closing error, so a client can degrade.

@@ -346,6 +346,24 @@ pub fn remote_refusal(table: &OwnerTable, session: &SessionInfo, plan: &Plan) ->
             }
             None => (true, None),
         },
+        // A topic's timeline and subscriptions live at the topic's slot, like a group's.
+        Plan::Topic(t) => match crate::topics::topic_of(t) {
+            Some(topic) => {
+                let conv = ConvKey::Topic(topic.clone());
+                (
+                    true,
+                    Some(Needed::new(
+                        "topic",
+                        topic.as_str().to_owned(),
+                        match table.owner(conversation_slot(&conv)) {
+                            Owner::Remote(o) => Some(o.node.clone()),
+                            Owner::Local(_) => None,
+                        },
+                    )),
+                )
+            }
+            None => (true, None),
+        },
     };
     // The session's own user: its slot moved away since HELLO (a membership change; handing
     // the session over is not implemented yet).
