@@ -1047,7 +1047,16 @@ impl Membership {
     /// included). A node without quorum must refuse writes: it may be the small side of a
     /// partition, and the large side may already own its slots.
     pub fn has_quorum(&self, configured_size: usize) -> bool {
-        self.foca.num_members() + 1 >= majority(configured_size)
+        // Distinct node ids: an identity superseded by a restart is not a second vote.
+        let mut ids: Vec<&NodeId> = self
+            .foca
+            .iter_members()
+            .map(|m| &m.id().id)
+            .filter(|id| **id != self.foca.identity().id)
+            .collect();
+        ids.sort_unstable();
+        ids.dedup();
+        ids.len() + 1 >= majority(configured_size)
     }
 
     /// Stronger than [`Membership::has_quorum`]: a majority of the configured size (itself
@@ -1109,12 +1118,56 @@ impl Membership {
             .apply_many(std::iter::empty(), true, &mut self.runtime);
     }
 
+    /// Declares down every live identity that a newer identity of the same node supersedes:
+    /// this node's own earlier identities, and for another node every identity but its
+    /// highest generation. foca tells identities apart by cluster address, so a node that
+    /// restarts on a new address (port 0) would otherwise be listed twice, the old entry kept
+    /// alive by gossip about it until failure detection happens to remove it. One node id is
+    /// one process: a lower generation of an id is dead once a higher one speaks.
+    fn retire_superseded(&mut self) {
+        let me = self.foca.identity();
+        let mut newest: HashMap<&NodeId, u64> = HashMap::new();
+        for m in self.foca.iter_members() {
+            let id = m.id();
+            if !id.is_placeholder() {
+                let g = newest.entry(&id.id).or_insert(id.generation);
+                *g = (*g).max(id.generation);
+            }
+        }
+        let stale: Vec<NodeIdentity> = self
+            .foca
+            .iter_members()
+            .map(|m| m.id())
+            .filter(|id| {
+                !id.is_placeholder()
+                    && (id.id == me.id || newest.get(&id.id).is_some_and(|g| *g > id.generation))
+            })
+            .cloned()
+            .collect();
+        if !stale.is_empty() {
+            let _ =
+                self.foca
+                    .apply_many(stale.into_iter().map(Member::down), true, &mut self.runtime);
+        }
+    }
+
     /// Turns what foca accumulated into [`Outputs`].
     fn drain_outputs(&mut self) -> Outputs {
         let mut out = Outputs::default();
         let mut notifications = Vec::new();
         while let Some(n) = self.runtime.to_notify() {
             notifications.push(n);
+        }
+        if notifications.iter().any(|n| {
+            matches!(
+                n,
+                OwnedNotification::MemberUp(_) | OwnedNotification::Rename(..)
+            )
+        }) {
+            self.retire_superseded();
+            while let Some(n) = self.runtime.to_notify() {
+                notifications.push(n);
+            }
         }
         if notifications
             .iter()
