@@ -785,8 +785,6 @@ enum Event {
 struct Connection {
     core: Rc<Core>,
     link: Link,
-    /// The client's address (from a PROXY header when a trusted balancer sent one).
-    peer: SocketAddr,
     shared: Rc<ConnShared>,
     me: ConnRef,
     conn: Conn,
@@ -848,10 +846,12 @@ impl Connection {
         let now = now_ms();
         shared.active_ms.set(now);
         let conn = Conn::new(now, &core.node.cfg.timers);
+        // The client's address (from a PROXY header when a trusted balancer sent one) is logged
+        // here and not kept: an idle connection would carry its 32 bytes for nothing.
+        debug!(session = me.session_id(), peer = %opened.peer, "connection open");
         Box::new(Connection {
             core,
             link: opened.link,
-            peer: opened.peer,
             shared,
             me,
             conn,
@@ -1527,7 +1527,7 @@ impl Connection {
                 node: cfg.node_id.clone().into(),
             }),
         );
-        debug!(conn = ?self.me, peer = %self.peer, user = %info.user, device = %info.device, max_frame = h.max_frame.max(MIN_MAX_BODY), "session open");
+        debug!(session = self.me.session_id(), user = %info.user, device = %info.device, max_frame = h.max_frame.max(MIN_MAX_BODY), "session open");
         let max_out = h.max_frame.clamp(MIN_MAX_BODY, tern_protocol::ABS_MAX_BODY);
         // The session keeps no copy of the registry's key: an idle connection pays for one
         // user id, and the Unregister at the end builds its own.

@@ -30,7 +30,7 @@ use tern_tools::{Connection, Rung, TransportOptions};
 const PROXY_SOURCE: &str = "127.0.0.9";
 /// How long a proxy may take to start listening.
 const START: Duration = Duration::from_secs(15);
-/// The node's log filter for the tests that read its log: `session open` (with `peer=`) and the
+/// The node's log filter for the tests that read its log: `connection open` (with `peer=`), `session open` and the
 /// PROXY decisions are debug lines of the engine.
 const DEBUG_LOG: &str = "warn,tern_engine=debug";
 
@@ -124,12 +124,21 @@ fn session_line(node: &Node, device: &str) -> String {
     })
 }
 
-/// The peer address the node logged for `device`'s session.
+/// The peer address the node logged for `device`'s connection (`connection open`, matched to
+/// the `session open` line by its session id).
 fn session_peer(node: &Node, device: &str) -> SocketAddr {
     let line = session_line(node, device);
-    log_field(&line, "peer")
+    let session = log_field(&line, "session")
+        .unwrap_or_else(|| panic!("no session id in {line:?}"))
+        .to_owned();
+    let open = node
+        .wait_log_line(WAIT, |l| {
+            l.contains("connection open") && log_field(l, "session") == Some(session.as_str())
+        })
+        .unwrap_or_else(|| panic!("no `connection open` for session {session}"));
+    log_field(&open, "peer")
         .and_then(|p| p.parse().ok())
-        .unwrap_or_else(|| panic!("no peer address in {line:?}"))
+        .unwrap_or_else(|| panic!("no peer address in {open:?}"))
 }
 
 fn hello_bytes(token: &str, device: &str) -> Vec<u8> {
