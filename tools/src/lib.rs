@@ -17,6 +17,8 @@
 //! send queue, group history, and GROUP_EVENT messages decoded into [`GroupEvent`]s.
 //! Read positions and group receipts ([`receipts`]): READ, and "read by k of n" of group
 //! messages.
+//! Topics ([`topic`]): subscribe, unsubscribe, list subscriptions, publish through the send
+//! queue and page a topic's history.
 
 pub mod client;
 pub mod connection;
@@ -24,6 +26,7 @@ pub mod endpoint;
 pub mod group;
 pub mod receipts;
 pub mod state;
+pub mod topic;
 pub mod tls;
 pub mod transport;
 pub mod tunnel;

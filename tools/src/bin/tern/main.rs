@@ -43,6 +43,7 @@ use tern_tools::{
 };
 
 mod group;
+mod topic;
 
 #[derive(Debug, Parser)]
 #[command(name = "tern", version, about = "tern command-line client")]
@@ -222,6 +223,11 @@ enum Cmd {
     Group {
         #[command(subcommand)]
         action: group::GroupCmd,
+    },
+    /// Topics: sub, unsub, list, post, history (`tern topic --help`).
+    Topic {
+        #[command(subcommand)]
+        action: topic::TopicCmd,
     },
 }
 
@@ -1001,6 +1007,19 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 json,
             };
             group::run(&mut ctx, action)?;
+        }
+        Cmd::Topic { action } => {
+            let mut cfg =
+                ClientConfig::new(String::new(), token, device).with_endpoints(ladder.clone());
+            cfg.state_path = cli.state.clone();
+            let mut ctx = topic::Ctx {
+                ladder: &mut ladder,
+                state: cli.state.as_ref(),
+                hello: &hello,
+                client: cfg,
+                json,
+            };
+            topic::run(&mut ctx, action)?;
         }
     }
     Ok(())

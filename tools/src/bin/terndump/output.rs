@@ -103,7 +103,16 @@ fn conv_ids(v: &Value) -> Box<dyn Iterator<Item = (&str, &str)> + '_> {
                 }
                 _ => None,
             };
-            Box::new(own.into_iter().chain(m.values().flat_map(conv_ids)))
+            // TOPIC_SUB and TOPIC_LIST_PAGE name a topic by a plain `topic` field.
+            let topic = match m.get("topic") {
+                Some(Value::String(t)) => Some(("TOPIC", t.as_str())),
+                _ => None,
+            };
+            Box::new(
+                own.into_iter()
+                    .chain(topic)
+                    .chain(m.values().flat_map(conv_ids)),
+            )
         }
         Value::Array(a) => Box::new(a.iter().flat_map(conv_ids)),
         _ => Box::new(std::iter::empty()),
