@@ -104,6 +104,8 @@ pub(crate) enum WriteCmd {
     AppendRouted(DirectMessage, RemoteSide, String, Reply<AppendResult>),
     /// The half of a message another node stored, for a user this node serves.
     ApplyRemote(RemoteWrite, Reply<ApplyResult>),
+    /// A one-to-one recall whose given side another node (named) serves (`routed` module).
+    RecallRouted(Recall, RemoteSide, String, Reply<RecallResult>),
     /// Outbox entries the other node acknowledged.
     OutboxDone(Vec<u64>, Reply<()>),
 }
@@ -535,7 +537,7 @@ impl<E: KvEngine> WriterCore<E> {
                 if self.conv_dirty(&req.conv) {
                     return Applied::Barrier(WriteCmd::Recall(req, tx));
                 }
-                let r = self.recall(req);
+                let r = self.recall(req, None);
                 done(tx, r)
             }
             WriteCmd::PutGroup(update, tx) => {
@@ -610,7 +612,23 @@ impl<E: KvEngine> WriterCore<E> {
                 done(tx, r)
             }
             WriteCmd::ApplyRemote(write, tx) => {
+                // A recall's half reads the recalled message's row.
+                if write.kind == MessageKind::RECALL_EVENT
+                    && self.conv_dirty(&ConvKey::Direct(DirectPair::new(
+                        write.sender.clone(),
+                        write.recipient.clone(),
+                    )))
+                {
+                    return Applied::Barrier(WriteCmd::ApplyRemote(write, tx));
+                }
                 let r = self.apply_remote(write);
+                done(tx, r)
+            }
+            WriteCmd::RecallRouted(req, remote, dest, tx) => {
+                if self.conv_dirty(&req.conv) {
+                    return Applied::Barrier(WriteCmd::RecallRouted(req, remote, dest, tx));
+                }
+                let r = self.recall(req, Some((remote, &dest)));
                 done(tx, r)
             }
             WriteCmd::OutboxDone(seqs, tx) => {
@@ -1184,15 +1202,26 @@ impl<E: KvEngine> WriterCore<E> {
             .and_then(Option::transpose)
     }
 
-    fn recall(&mut self, req: Recall) -> Result<RecallResult, OpError> {
+    /// A recall; with `remote`, that side's user (`Sender`: the recaller, `Recipient`: the
+    /// other participant) is served by the named node and gets its half through the outbox.
+    fn recall(
+        &mut self,
+        req: Recall,
+        remote: Option<(RemoteSide, &str)>,
+    ) -> Result<RecallResult, OpError> {
         let mut conv_bytes = mem::take(&mut self.k1);
         keys::conv_prefix(&mut conv_bytes, &req.conv);
-        let r = self.recall_inner(&req, &conv_bytes);
+        let r = self.recall_inner(&req, &conv_bytes, remote);
         self.k1 = conv_bytes;
         r
     }
 
-    fn recall_inner(&mut self, req: &Recall, conv_bytes: &[u8]) -> Result<RecallResult, OpError> {
+    fn recall_inner(
+        &mut self,
+        req: &Recall,
+        conv_bytes: &[u8],
+        remote: Option<(RemoteSide, &str)>,
+    ) -> Result<RecallResult, OpError> {
         // A recall is a barrier (applied after every earlier batch is durable), so the dedup
         // row of an earlier recall with this id is readable here.
         let mut dedup_key = Vec::new();
@@ -1251,8 +1280,19 @@ impl<E: KvEngine> WriterCore<E> {
             } else {
                 &[pair.low(), pair.high()]
             };
+            // The user another node serves has no rows here: its half goes to the outbox.
+            let remote_user = remote.map(|(side, _)| match side {
+                RemoteSide::Sender => &req.by,
+                RemoteSide::Recipient => pair.peer_of(&req.by).unwrap_or(pair.high()),
+            });
+            if remote.is_some() {
+                self.outbox_last()?;
+            }
             let mut key = Vec::new();
             for user in users {
+                if Some(*user) == remote_user {
+                    continue;
+                }
                 keys::user_key(&mut key, user);
                 let u = self.user_slot(&key);
                 let last = self.inbox_last(u)?;
@@ -1279,6 +1319,12 @@ impl<E: KvEngine> WriterCore<E> {
         self.set_conv_last(c, event_seq);
         key.truncate(conv_bytes.len());
         keys::put_seq(&mut key, event_seq);
+        // The wire's body of a RECALL event: the recalled message's conv_seq as a varint.
+        let event_body = {
+            let mut b = Vec::with_capacity(10);
+            tern_protocol::wire::put_varint(&mut b, req.seq.0);
+            b
+        };
         let event = MessageRecord {
             sender: req.by.as_str().to_owned(),
             sender_device: req.by_device.as_str().to_owned(),
@@ -1286,12 +1332,7 @@ impl<E: KvEngine> WriterCore<E> {
             time_ms: now,
             kind: MessageKind::RECALL_EVENT.0,
             flags: 0,
-            // The wire's body of a RECALL event: the recalled message's conv_seq as a varint.
-            body: {
-                let mut b = Vec::with_capacity(10);
-                tern_protocol::wire::put_varint(&mut b, req.seq.0);
-                b
-            },
+            body: event_body.clone(),
         };
         self.put(Cf::Messages, &key, &event)?;
         let (mut by_inbox_seq, mut peer_inbox_seq) = (Seq(0), Seq(0));
@@ -1320,7 +1361,23 @@ impl<E: KvEngine> WriterCore<E> {
             }
             self.set_recent(recent, state);
         }
-        if peer_inbox_seq == Seq(0) {
+        if let (Some((side, dest)), ConvKey::Direct(pair)) = (remote, &req.conv) {
+            let peer = pair.peer_of(&req.by).unwrap_or(pair.high()).clone();
+            self.put_outbox(
+                dest,
+                RemoteWrite {
+                    side,
+                    sender: req.by.clone(),
+                    sender_device: req.by_device.clone(),
+                    recipient: peer,
+                    client_msg_id: req.client_msg_id,
+                    conv_seq: event_seq,
+                    time_ms: now,
+                    kind: MessageKind::RECALL_EVENT,
+                    body: event_body,
+                },
+            )?;
+        } else if peer_inbox_seq == Seq(0) {
             peer_inbox_seq = by_inbox_seq;
         }
         let dedup = DedupRecordRef {

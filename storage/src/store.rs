@@ -766,6 +766,20 @@ impl<E: KvEngine> Store<E> {
         self.submit(|tx| WriteCmd::ApplyRemote(write, tx))
     }
 
+    /// A recall in a one-to-one conversation stored here of which the `remote` side (`Sender`:
+    /// the recaller, `Recipient`: the other participant) is served by node `dest_node`: as
+    /// [`Self::recall`] for this side, and the other side's half (the event, with the recalled
+    /// seq in its body) as an outbox entry in the same batch. The remote side's inbox seq in the
+    /// result is zero.
+    pub fn recall_routed(
+        &self,
+        req: Recall,
+        remote: RemoteSide,
+        dest_node: String,
+    ) -> Result<Completion<RecallResult>, SubmitError> {
+        self.submit(|tx| WriteCmd::RecallRouted(req, remote, dest_node, tx))
+    }
+
     /// Removes outbox entries the destination acknowledged.
     pub fn outbox_done(&self, seqs: Vec<u64>) -> Result<Completion<()>, SubmitError> {
         self.submit(|tx| WriteCmd::OutboxDone(seqs, tx))

@@ -1,12 +1,14 @@
 //! Cross-node delivery in storage: a routed append keeps the remote side's half in the outbox
 //! (and hands it to the hook once durable), the other store applies it idempotently by message
-//! id, acknowledged entries are deleted, and entries survive a reopen of the RocksDB store.
+//! id, acknowledged entries are deleted, and entries survive a reopen of the RocksDB store; a
+//! routed recall owes the event the same way and its application flags the message's copy.
 
 use std::sync::{Arc, Mutex};
 
 use tern_storage::{
-    ClientMsgId, DeviceId, DirectMessage, ManualClock, MemEngine, MessageKind, OutboxEntry,
-    RemoteSide, RocksConfig, RocksEngine, Seq, Store, StoreConfig, UserId,
+    ClientMsgId, ConvKey, DeviceId, DirectMessage, HistoryDirection, ManualClock, MemEngine,
+    MessageFlags, MessageKind, OutboxEntry, Recall, RemoteSide, RocksConfig, RocksEngine, Seq,
+    Store, StoreConfig, UserId,
 };
 
 fn msg(from: &str, to: &str, id: u8) -> DirectMessage {
@@ -183,4 +185,112 @@ fn outbox_entries_survive_a_reopen() {
         .expect("append");
     assert_eq!(r.conv_seq, Seq(4));
     assert_eq!(s.outbox_last().expect("submit").wait().expect("last"), 4);
+}
+
+#[test]
+fn a_routed_recall_owes_the_event_and_the_other_store_flags_the_copy_once() {
+    let a = mem_store();
+    let b = mem_store();
+    let (alice, bob) = (
+        UserId::new("alice").expect("user"),
+        UserId::new("bob").expect("user"),
+    );
+    // alice (here, the conversation's node) writes twice to bob (node-b); bob's node applies.
+    for i in 1..=2 {
+        a.append_routed(
+            msg("alice", "bob", i),
+            RemoteSide::Recipient,
+            "node-b".into(),
+        )
+        .expect("submit")
+        .wait()
+        .expect("append");
+    }
+    for e in a.outbox_page(0, 10).expect("submit").wait().expect("page") {
+        b.apply_remote(e.write)
+            .expect("submit")
+            .wait()
+            .expect("apply");
+    }
+    let unread = |s: &Store<MemEngine>| {
+        s.recent(bob.clone(), 10)
+            .expect("submit")
+            .wait()
+            .expect("recent")
+            .total_unread
+    };
+    assert_eq!(unread(&b), 2);
+
+    // alice recalls message 2: the event is stored here, bob's half is owed to node-b.
+    let recall = Recall {
+        conv: ConvKey::direct(&alice, &bob),
+        seq: Seq(2),
+        by: alice.clone(),
+        by_device: DeviceId::new("phone").expect("device"),
+        client_msg_id: ClientMsgId([9; 16]),
+        window_ms: 0,
+    };
+    let r = a
+        .recall_routed(recall.clone(), RemoteSide::Recipient, "node-b".into())
+        .expect("submit")
+        .wait()
+        .expect("recall");
+    assert_eq!(
+        (r.event_seq, r.by_inbox_seq, r.peer_inbox_seq),
+        (Seq(3), Seq(3), Seq(0))
+    );
+    let again = a
+        .recall_routed(recall, RemoteSide::Recipient, "node-b".into())
+        .expect("submit")
+        .wait()
+        .expect("recall");
+    assert!(again.duplicate);
+    let owed = a.outbox_page(2, 10).expect("submit").wait().expect("page");
+    assert_eq!(
+        owed.len(),
+        1,
+        "one entry for the recall, none for its repeat"
+    );
+    let w = owed[0].write.clone();
+    assert_eq!(
+        (w.side, w.kind, w.conv_seq, w.body.as_slice()),
+        (
+            RemoteSide::Recipient,
+            MessageKind::RECALL_EVENT,
+            Seq(3),
+            &[2u8][..]
+        )
+    );
+
+    // bob's node: the copy reads as recalled, the event is in bob's inbox, unread drops by
+    // one; a second application writes nothing.
+    let applied = b
+        .apply_remote(w.clone())
+        .expect("submit")
+        .wait()
+        .expect("apply");
+    assert_eq!((applied.inbox_seq, applied.duplicate), (Seq(3), false));
+    assert!(
+        b.apply_remote(w)
+            .expect("submit")
+            .wait()
+            .expect("apply")
+            .duplicate
+    );
+    assert_eq!(unread(&b), 1);
+    let history = b
+        .history(
+            ConvKey::direct(&alice, &bob),
+            Seq::MAX,
+            HistoryDirection::Before,
+            10,
+        )
+        .expect("submit")
+        .wait()
+        .expect("history");
+    let flags: Vec<(u64, bool)> = history
+        .iter()
+        .map(|m| (m.seq.0, m.flags.contains(MessageFlags::RECALLED)))
+        .collect();
+    assert_eq!(flags, [(3, false), (2, true), (1, false)]);
 }

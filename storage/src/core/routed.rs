@@ -12,9 +12,11 @@ use std::mem;
 
 use crate::engine::{Cf, KvEngine};
 use crate::error::OpError;
-use crate::ids::{MessageFlags, Seq, UserId};
+use crate::ids::{MessageFlags, MessageKind, Seq, UserId};
 use crate::keys::{self, decode_conv};
-use crate::records::{bad, DedupRecordRef, MessageRecordRef};
+use crate::records::{
+    access, bad, ArchivedMessageRecord, DedupRecordRef, MessageRecord, MessageRecordRef,
+};
 use crate::remote::{outbox_key, ApplyResult, OutboxEntry, OutboxRecord, RemoteSide, RemoteWrite};
 use crate::types::{AppendResult, DirectMessage};
 
@@ -40,7 +42,7 @@ impl<E: KvEngine> WriterCore<E> {
         self.outbox = Outbox::default();
     }
 
-    fn outbox_last(&mut self) -> Result<u64, OpError> {
+    pub(super) fn outbox_last(&mut self) -> Result<u64, OpError> {
         if let Some(last) = self.outbox.last {
             return Ok(last);
         }
@@ -131,7 +133,7 @@ impl<E: KvEngine> WriterCore<E> {
             RemoteSide::Sender => Some(self.total(local_u)?),
             RemoteSide::Recipient => None,
         };
-        let outbox_seq = self.outbox_last()? + 1;
+        self.outbox_last()?;
 
         let now = self.now;
         let conv_seq = self.convs.get(c).last.next();
@@ -177,19 +179,7 @@ impl<E: KvEngine> WriterCore<E> {
         }
         self.set_recent(local_r, state);
 
-        let write = RemoteWrite::of(&msg, remote, conv_seq, now);
-        self.put(
-            Cf::Outbox,
-            &outbox_key(outbox_seq),
-            &OutboxRecord::new(dest_node, &write, now),
-        )?;
-        self.outbox.last = Some(outbox_seq);
-        self.outbox.created.push(OutboxEntry {
-            seq: outbox_seq,
-            dest_node: dest_node.to_owned(),
-            created_ms: now,
-            write,
-        });
+        self.put_outbox(dest_node, RemoteWrite::of(&msg, remote, conv_seq, now))?;
         Ok(self.appended_direct(
             msg,
             c,
@@ -198,12 +188,44 @@ impl<E: KvEngine> WriterCore<E> {
         ))
     }
 
+    /// Adds `write` for node `dest_node` to the outbox in the open batch (call
+    /// [`Self::outbox_last`] before the batch's first change, so that this cannot fail after it).
+    pub(super) fn put_outbox(
+        &mut self,
+        dest_node: &str,
+        write: RemoteWrite,
+    ) -> Result<(), OpError> {
+        let seq = self.outbox_last()? + 1;
+        let now = self.now;
+        self.put(
+            Cf::Outbox,
+            &outbox_key(seq),
+            &OutboxRecord::new(dest_node, &write, now),
+        )?;
+        self.outbox.last = Some(seq);
+        self.outbox.created.push(OutboxEntry {
+            seq,
+            dest_node: dest_node.to_owned(),
+            created_ms: now,
+            write,
+        });
+        Ok(())
+    }
+
     /// Applies the half of a message another node stored: see the module docs. Idempotent by
     /// (sender, client msg id), and by the message row once the dedup row has expired.
     pub(super) fn apply_remote(&mut self, w: RemoteWrite) -> Result<ApplyResult, OpError> {
-        if w.kind.is_event() {
+        // A recall's half: the event, and the recalled message's copy flagged.
+        let recalled = if w.kind == MessageKind::RECALL_EVENT {
+            let seq = tern_protocol::wire::Reader::new(&w.body)
+                .varint()
+                .map_err(|_| OpError::Invalid("a recall event's body is the recalled seq"))?;
+            Some(Seq(seq))
+        } else if w.kind.is_event() {
             return Err(OpError::Invalid("event kinds are not applied remotely"));
-        }
+        } else {
+            None
+        };
         if w.sender == w.recipient {
             return Err(OpError::Invalid("a note to self has no remote side"));
         }
@@ -259,6 +281,34 @@ impl<E: KvEngine> WriterCore<E> {
                 body: &w.body,
             },
         )?;
+        // The copy of a recalled message, when it is here, reads as recalled.
+        let mut recalled_was_unread = false;
+        if let Some(seq) = recalled {
+            key.clear();
+            key.extend_from_slice(&conv_bytes);
+            keys::put_seq(&mut key, seq);
+            let copy = self
+                .engine
+                .get_with(Cf::Messages, &key, |v| {
+                    access::<ArchivedMessageRecord>(Cf::Messages, v).map(|r| MessageRecord {
+                        sender: r.sender.as_str().to_owned(),
+                        sender_device: r.sender_device.as_str().to_owned(),
+                        client_msg_id: r.client_msg_id,
+                        time_ms: r.time_ms.to_native(),
+                        kind: r.kind,
+                        flags: r.flags,
+                        body: r.body.as_slice().to_vec(),
+                    })
+                })?
+                .transpose()?;
+            if let Some(mut copy) = copy {
+                if !MessageFlags(copy.flags).contains(MessageFlags::RECALLED) {
+                    copy.flags |= MessageFlags::RECALLED.0;
+                    recalled_was_unread = copy.sender != w.user().as_str();
+                    self.put(Cf::Messages, &key, &copy)?;
+                }
+            }
+        }
         let inbox_seq = self.push_inbox(u, last, &conv_bytes, w.conv_seq)?;
         let (sender_inbox_seq, recipient_inbox_seq) = match w.side {
             RemoteSide::Sender => (inbox_seq, Seq::ZERO),
@@ -284,9 +334,19 @@ impl<E: KvEngine> WriterCore<E> {
             state.last_time_ms = w.time_ms;
         }
         state.updated_ms = self.now;
-        if let Some(total) = total {
-            state.unread = state.unread.saturating_add(1);
-            self.set_total(u, total + 1);
+        match (total, recalled) {
+            (Some(total), None) => {
+                state.unread = state.unread.saturating_add(1);
+                self.set_total(u, total + 1);
+            }
+            // The recalled message no longer counts as unread for whoever had not read it.
+            (Some(total), Some(seq)) => {
+                if recalled_was_unread && seq > state.read_seq && state.unread > 0 {
+                    state.unread -= 1;
+                    self.set_total(u, total.saturating_sub(1));
+                }
+            }
+            (None, _) => {}
         }
         self.set_recent(rslot, state);
         self.pending_dedup.insert(
