@@ -132,6 +132,18 @@ enum Cmd {
     },
     /// Outbox entries just made durable.
     Durable(Vec<OutboxEntry>),
+    /// Ask node `to` (`super::forward`).
+    Call {
+        to: String,
+        call: super::forward::Call,
+        done: super::forward::Done,
+    },
+    /// An encoded client frame for the devices of `user` at node `to`.
+    Notify {
+        to: String,
+        user: String,
+        frame: Vec<u8>,
+    },
 }
 
 /// Per-peer figures for `/metrics`.
@@ -197,6 +209,33 @@ impl Links {
             }
         }
         completion
+    }
+
+    /// Asks node `to`; `done` runs on the link core with the answer, or with `Unavailable`
+    /// when the link is down, fails, or no answer comes within
+    /// [`super::forward::CALL_TIMEOUT`].
+    pub fn call(
+        self: Arc<Self>,
+        to: String,
+        call: super::forward::Call,
+        done: super::forward::Done,
+    ) {
+        if let Err(e) = self.cmds.try_send(Cmd::Call { to, call, done }) {
+            let cmd = match e {
+                flume::TrySendError::Full(c) | flume::TrySendError::Disconnected(c) => c,
+            };
+            if let Cmd::Call { done, .. } = cmd {
+                done.run(Err(OpError::Unavailable(
+                    "the node-to-node link queue is full".into(),
+                )));
+            }
+        }
+    }
+
+    /// Sends an encoded client frame to the devices of `user` at node `to`: at most once, and
+    /// not at all while the link is down (like a push to a device that is not connected).
+    pub fn notify(&self, to: String, user: String, frame: Vec<u8>) {
+        let _ = self.cmds.try_send(Cmd::Notify { to, user, frame });
     }
 
     /// Called by the store's commit thread with each durable batch's new outbox entries.
@@ -335,7 +374,7 @@ fn refusal(e: &OpError) -> WireResult {
 
 /// The storage failure a forwarding node reports for a refusal from the conversation's node,
 /// so that its client gets the same code.
-fn op_error_of(code: u16, message: String) -> OpError {
+pub(super) fn op_error_of(code: u16, message: String) -> OpError {
     match ErrorCode(code) {
         ErrorCode::BLOCKED => OpError::Blocked,
         ErrorCode::NOT_FRIEND => OpError::NotFriend,
@@ -368,9 +407,14 @@ fn push_frame(w: &RemoteWrite, inbox_seq: Seq) -> Frame<'_> {
     )
 }
 
+/// Pushes `w` (a half stored here) to its user's devices here.
+pub(super) fn push_write(node: &NodeShared, w: &RemoteWrite, inbox_seq: Seq) {
+    deliver_local(node, w.user(), &push_frame(w, inbox_seq));
+}
+
 /// Queues `frame` for every open session of `user` on this node, through the core that
 /// registers the user's sessions.
-fn deliver_local(node: &NodeShared, user: &UserId, frame: &Frame<'_>) {
+pub(super) fn deliver_local(node: &NodeShared, user: &UserId, frame: &Frame<'_>) {
     let mut buf = Vec::new();
     if frame.encode(&mut buf).is_err() {
         return;
@@ -570,6 +614,8 @@ struct Manager {
     loaded_upto: Cell<u64>,
     refilling: Cell<bool>,
     forwards: RefCell<HashMap<u64, Forwarded>>,
+    /// Calls awaiting answers (`super::forward`); ids from `next_id` too.
+    calls: RefCell<super::forward::Calls>,
     next_id: Cell<u64>,
     /// Acknowledged entries still to be deleted from the store.
     to_delete: RefCell<Vec<u64>>,
@@ -588,6 +634,7 @@ pub async fn run(node: Arc<NodeShared>, links: Arc<Links>) {
         loaded_upto: Cell::new(0),
         refilling: Cell::new(false),
         forwards: RefCell::new(HashMap::new()),
+        calls: RefCell::new(super::forward::Calls::default()),
         next_id: Cell::new(1),
         to_delete: RefCell::new(Vec::new()),
     });
@@ -615,6 +662,13 @@ pub async fn run(node: Arc<NodeShared>, links: Arc<Links>) {
         match cmd {
             Cmd::Forward { to, msg, resolver } => m.forward(to, msg, resolver),
             Cmd::Durable(entries) => m.durable(entries),
+            Cmd::Call { to, call, done } => m.call(to, call, done),
+            Cmd::Notify { to, user, frame } => {
+                let peer = m.peer(&to);
+                if peer.conn.get() != 0 {
+                    peer.push(Item::Notify { user, frame });
+                }
+            }
         }
     }
 }
@@ -669,6 +723,21 @@ impl Manager {
                 at: self.now(),
             },
         );
+    }
+
+    fn call(self: &Rc<Self>, to: String, call: super::forward::Call, done: super::forward::Done) {
+        let peer = self.peer(&to);
+        let conn = peer.conn.get();
+        if conn == 0 {
+            done.run(Err(OpError::Unavailable(format!(
+                "node {to} serves this and cannot be reached now; retry"
+            ))));
+            return;
+        }
+        let id = self.next_id.get();
+        self.next_id.set(id + 1);
+        peer.push(Item::Call { id, call });
+        self.calls.borrow_mut().start(id, to, conn, done);
     }
 
     /// The answer to a forwarded SEND: on success the sender's half is applied here before
@@ -830,6 +899,7 @@ impl Manager {
 
     fn disconnected(&self, peer: &Peer, conn: u64) {
         peer.queue.borrow_mut().clear();
+        self.calls.borrow_mut().fail(Some(conn), self.now());
         for p in self.outbox.borrow_mut().values_mut() {
             if p.sent.is_some_and(|(c, _)| c == conn) {
                 p.sent = None;
@@ -878,6 +948,7 @@ impl Manager {
         for s in due {
             self.dispatch(s);
         }
+        self.calls.borrow_mut().fail(None, now);
         let expired: Vec<u64> = self
             .forwards
             .borrow()
@@ -918,6 +989,9 @@ impl Manager {
         }
         for f in self.forwards.borrow().values() {
             gauges.entry(f.peer.clone()).or_default().forwards += 1;
+        }
+        for peer in self.calls.borrow().per_peer() {
+            gauges.entry(peer.to_owned()).or_default().forwards += 1;
         }
         let unloaded = self
             .links
@@ -1047,9 +1121,11 @@ async fn run_dialed(
                     Item::Forwarded { id, result } => m.forwarded(id, result),
                     Item::Acked { seqs } => m.acked(seqs),
                     Item::NotApplied { seqs, reason } => m.not_applied(seqs, &reason),
-                    Item::Forward { .. } | Item::Write { .. } => {
-                        return "the acceptor sent a request".to_owned()
-                    }
+                    Item::Reply { id, reply } => m.calls.borrow_mut().answered(id, reply),
+                    Item::Forward { .. }
+                    | Item::Write { .. }
+                    | Item::Call { .. }
+                    | Item::Notify { .. } => return "the acceptor sent a request".to_owned(),
                 }
             }
         }
@@ -1070,6 +1146,7 @@ fn take_batch(queue: &mut VecDeque<Item>) -> Vec<Item> {
         bytes += match &item {
             Item::Forward { msg, .. } => msg.body.len() + 96,
             Item::Write { write, .. } => write.body.len() + 112,
+            Item::Notify { frame, .. } => frame.len() + 64,
             _ => 32,
         };
         items.push(item);
@@ -1108,6 +1185,10 @@ enum Answer {
         write: RemoteWrite,
         done: Completion<ApplyResult>,
     },
+    Call {
+        id: u64,
+        reply: super::forward::Answering,
+    },
 }
 
 /// Serves a connection another node dialed: its requests are submitted to the store as they
@@ -1133,6 +1214,10 @@ async fn serve_inbound(m: Rc<Manager>, mut stream: TcpStream, from: SocketAddr) 
             };
             let table = m.node.owners.load();
             for item in batch.items {
+                if let Item::Notify { user, frame } = &item {
+                    super::forward::notified(&m.node, user, frame);
+                    continue;
+                }
                 let answer = m.request(&peer, &table, item);
                 answers.borrow_mut().push_back(answer);
             }
@@ -1238,12 +1323,19 @@ impl Manager {
                     Err(e) => not_applied(format!("storage: {e}")),
                 }
             }
-            Item::Forwarded { .. } | Item::Acked { .. } | Item::NotApplied { .. } => {
-                Answer::Now(Item::NotApplied {
-                    seqs: Vec::new(),
-                    reason: "answers do not belong on this connection".into(),
-                })
-            }
+            Item::Call { id, call } => Answer::Call {
+                id,
+                reply: super::forward::serve(Arc::clone(&self.node), peer, call),
+            },
+            // Taken by the reader.
+            Item::Notify { .. } => Answer::Now(Item::Acked { seqs: Vec::new() }),
+            Item::Forwarded { .. }
+            | Item::Acked { .. }
+            | Item::NotApplied { .. }
+            | Item::Reply { .. } => Answer::Now(Item::NotApplied {
+                seqs: Vec::new(),
+                reason: "answers do not belong on this connection".into(),
+            }),
         }
     }
 
@@ -1278,6 +1370,10 @@ impl Manager {
                     id,
                     result: refusal(&e),
                 },
+            },
+            Answer::Call { id, reply } => Item::Reply {
+                id,
+                reply: reply.await,
             },
             Answer::Write { seq, write, done } => match done.await {
                 Ok(r) => {

@@ -7,8 +7,10 @@
 //! thread, the owner table it publishes to the cores, REDIRECT, and the refusal of requests
 //! that another node must serve. [`route`] decides where a one-to-one message is stored,
 //! [`wire`] is the node-to-node link protocol (sans-io) and [`links`] runs it: forwarded
-//! SENDs and the durable outbox of cross-node writes.
+//! SENDs and the durable outbox of cross-node writes; [`forward`] is what a node asks of
+//! another for its clients (HISTORY, RECALL, notices to devices there).
 
+pub mod forward;
 pub mod links;
 pub mod membership;
 pub mod node;

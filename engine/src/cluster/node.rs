@@ -285,17 +285,13 @@ pub fn remote_refusal(table: &OwnerTable, session: &SessionInfo, plan: &Plan) ->
             }),
         ),
         // A one-to-one message to a user of another node is stored where its conversation
-        // lives and crosses over the node-to-node links (`cluster::route`).
-        Plan::Append { .. } => (true, None),
-        // A recall changes the timeline and both users' inboxes, as a SEND does.
-        Plan::Read { peer, .. } | Plan::Recall { peer, .. } => (
-            true,
-            Some(Needed::new(
-                "user",
-                peer.as_str().to_owned(),
-                user_owner(peer.as_str()),
-            )),
-        ),
+        // lives and crosses over the node-to-node links (`cluster::route`); so do a recall
+        // (stored where the conversation lives, the other half through the outbox), HISTORY
+        // (asked of the conversation's node) and a READ (the reader's rows are theirs; the
+        // receipt crosses as a notice): `cluster::forward`.
+        Plan::Append { .. } | Plan::Read { .. } | Plan::Recall { .. } | Plan::History { .. } => {
+            (true, None)
+        }
         // A relation is one atomic batch over both users' rows.
         Plan::Relate { change } => (
             true,
@@ -303,17 +299,6 @@ pub fn remote_refusal(table: &OwnerTable, session: &SessionInfo, plan: &Plan) ->
                 "user",
                 change.other.as_str().to_owned(),
                 user_owner(change.other.as_str()),
-            )),
-        ),
-        Plan::History { conv, .. } => (
-            true,
-            Some(Needed::new(
-                "conversation",
-                conv_name(conv),
-                match table.owner(conversation_slot(conv)) {
-                    Owner::Remote(o) => Some(o.node.clone()),
-                    Owner::Local(_) => None,
-                },
             )),
         ),
         // The server places a room at the slot of its name (like a user).
@@ -393,15 +378,6 @@ struct Needed {
 impl Needed {
     fn new(what: &'static str, name: String, node: Option<String>) -> Needed {
         Needed { what, name, node }
-    }
-}
-
-fn conv_name(conv: &ConvKey) -> String {
-    match conv {
-        ConvKey::Direct(pair) => format!("{}/{}", pair.low().as_str(), pair.high().as_str()),
-        ConvKey::Group(g) => g.as_str().to_owned(),
-        ConvKey::Room(r) => r.as_str().to_owned(),
-        ConvKey::Topic(t) => t.as_str().to_owned(),
     }
 }
 

@@ -19,7 +19,8 @@
 //!
 //! # Messages
 //! After the handshake each frame carries one [`Batch`] of [`Item`]s: the dialer sends its
-//! requests (forwarded SENDs, outbox writes), the acceptor its answers on the same connection.
+//! requests (forwarded SENDs, outbox writes, calls, notices), the acceptor its answers on the
+//! same connection.
 
 use hmac::{Hmac, Mac};
 use rkyv::rancor;
@@ -131,6 +132,16 @@ pub enum Item {
     /// Acceptor → dialer: these outbox entries were not applied (this node does not serve
     /// their user, or its store is busy): retry later, re-resolving the destination.
     NotApplied { seqs: Vec<u64>, reason: String },
+    /// Dialer → acceptor: a request made for a client (HISTORY, RECALL: `super::forward`).
+    Call { id: u64, call: super::forward::Call },
+    /// Acceptor → dialer: the answer to `Call { id }`.
+    Reply {
+        id: u64,
+        reply: super::forward::Reply,
+    },
+    /// Dialer → acceptor: an encoded client frame for the devices of `user` there (RECEIPT,
+    /// relation notices, TYPING); not answered, not stored.
+    Notify { user: String, frame: Vec<u8> },
 }
 
 /// The payload of every frame after the handshake.

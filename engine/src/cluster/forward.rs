@@ -1,0 +1,506 @@
+//! Requests a node makes of another node on behalf of its clients (CLUSTER.md, "Requests
+//! between nodes"): what a client asks of the node that serves it but another node holds.
+//!
+//! - **HISTORY** of a one-to-one conversation whose slot another node owns: a [`Call`] to the
+//!   conversation's node, answered with the page's messages; the client gets the same
+//!   HISTORY_PAGE as from one node. No answer within [`CALL_TIMEOUT`], or no link to that node:
+//!   `UNAVAILABLE`.
+//! - **RECALL** in such a conversation: a [`Call`] to the conversation's node, which assigns the
+//!   event's sequence, writes its own user's half and puts the recaller's half in its outbox;
+//!   the recaller's node applies that half itself before answering (as a forwarded SEND does),
+//!   so RECALL's SEND_ACK names the recaller's inbox seq. When the conversation is the
+//!   recaller's node's, the other user's half goes through the outbox
+//!   ([`tern_storage::Store::recall_routed`]); the node applying it pushes the event.
+//! - **Notices** (RECEIPT of a READ, relation notices, TYPING): frames for devices of a user
+//!   another node serves go over the link as [`Item::Notify`](super::wire::Item::Notify) and are
+//!   delivered there like local pushes; like a push to an offline device they are not stored.
+//!
+//! The link core keeps the pending calls ([`Calls`]); the serving side is [`serve`].
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use rkyv::{Archive, Deserialize, Serialize};
+use tern_protocol::{Body, ErrorCode};
+use tern_storage::{
+    ClientMsgId, Completion, ConvKey, DeviceId, DirectPair, HistoryDirection, MessageFlags,
+    MessageKind, OpError, Recall, RecallResult, RemoteSide, RemoteWrite, Seq, StoredMessage,
+    SubmitError, UserId,
+};
+
+use super::ring::conversation_slot;
+use crate::server::NodeShared;
+use crate::session::Delivery;
+use crate::slots::Owner;
+
+/// A call without an answer for this long fails with `UNAVAILABLE`.
+pub const CALL_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// A request to another node.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Call {
+    /// Up to `limit` messages of the one-to-one conversation of `low` and `high` before
+    /// (`after` false, newest first) or after `anchor`.
+    History {
+        low: String,
+        high: String,
+        anchor: u64,
+        after: bool,
+        limit: u32,
+    },
+    /// `by` recalls message `seq` of their conversation with `peer`; `msg_id` is the recall's
+    /// client message id.
+    Recall {
+        by: String,
+        by_device: String,
+        peer: String,
+        seq: u64,
+        msg_id: [u8; 16],
+        window_ms: u64,
+    },
+}
+
+/// A message of a HISTORY answer.
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub struct WireStored {
+    pub seq: u64,
+    pub sender: String,
+    pub sender_device: String,
+    pub msg_id: [u8; 16],
+    pub time_ms: u64,
+    pub kind: u8,
+    pub flags: u8,
+    pub body: Vec<u8>,
+}
+
+/// The answer to a [`Call`].
+#[derive(Archive, Serialize, Deserialize, Debug, Clone, PartialEq, Eq)]
+pub enum Reply {
+    Messages(Vec<WireStored>),
+    Recalled {
+        event_seq: u64,
+        time_ms: u64,
+        peer_inbox_seq: u64,
+        duplicate: bool,
+    },
+    /// Refused with a wire error code (SPEC §8) and message.
+    Refused {
+        code: u16,
+        message: String,
+    },
+}
+
+/// What to do with a call's answer (runs on the link core).
+pub struct Done(Box<dyn FnOnce(Result<Reply, OpError>) + Send>);
+
+impl Done {
+    pub fn new(f: impl FnOnce(Result<Reply, OpError>) + Send + 'static) -> Done {
+        Done(Box::new(f))
+    }
+
+    pub fn run(self, r: Result<Reply, OpError>) {
+        (self.0)(r)
+    }
+}
+
+impl std::fmt::Debug for Done {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Done")
+    }
+}
+
+/// A call awaiting its answer.
+struct Pending {
+    peer: String,
+    conn: u64,
+    at: Instant,
+    done: Done,
+}
+
+impl std::fmt::Debug for Pending {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Pending")
+            .field("peer", &self.peer)
+            .field("conn", &self.conn)
+            .finish_non_exhaustive()
+    }
+}
+
+/// The calls of the link core awaiting answers.
+#[derive(Debug, Default)]
+pub struct Calls {
+    pending: HashMap<u64, Pending>,
+}
+
+impl Calls {
+    /// Records call `id` sent to `peer` on connection `conn`.
+    pub fn start(&mut self, id: u64, peer: String, conn: u64, done: Done) {
+        self.pending.insert(
+            id,
+            Pending {
+                peer,
+                conn,
+                at: Instant::now(),
+                done,
+            },
+        );
+    }
+
+    /// The answer to call `id`.
+    pub fn answered(&mut self, id: u64, reply: Reply) {
+        if let Some(p) = self.pending.remove(&id) {
+            p.done.run(Ok(reply));
+        }
+    }
+
+    /// Fails the calls sent on connection `conn` (it failed) or older than [`CALL_TIMEOUT`].
+    pub fn fail(&mut self, conn: Option<u64>, now: Instant) {
+        let failed: Vec<u64> = self
+            .pending
+            .iter()
+            .filter(|(_, p)| Some(p.conn) == conn || now.duration_since(p.at) >= CALL_TIMEOUT)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in failed {
+            if let Some(p) = self.pending.remove(&id) {
+                p.done.run(Err(OpError::Unavailable(format!(
+                    "node {} did not answer; retry",
+                    p.peer
+                ))));
+            }
+        }
+    }
+
+    /// Calls per peer (for the gauges).
+    pub fn per_peer(&self) -> impl Iterator<Item = &str> {
+        self.pending.values().map(|p| p.peer.as_str())
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The asking side (any core)
+// ---------------------------------------------------------------------------------------------
+
+/// The node that owns `conv`'s slot, when that is another node and links are up to reach it.
+fn remote_owner(node: &NodeShared, conv: &ConvKey) -> Option<String> {
+    super::links::installed()?;
+    match node.owners.load().owner(conversation_slot(conv)) {
+        Owner::Remote(o) => Some(o.node.clone()),
+        Owner::Local(_) => None,
+    }
+}
+
+/// The node serving `user`, when that is another node.
+pub fn user_node(node: &NodeShared, user: &UserId) -> Option<String> {
+    super::links::installed()?;
+    match node.owners.load().owner_of_user(user.as_str()) {
+        Owner::Remote(o) => Some(o.node.clone()),
+        Owner::Local(_) => None,
+    }
+}
+
+/// HISTORY of a conversation, from this node's store or from the node that owns it.
+pub fn history(
+    node: &NodeShared,
+    conv: ConvKey,
+    anchor: Seq,
+    direction: HistoryDirection,
+    limit: usize,
+) -> Result<Completion<Vec<StoredMessage>>, SubmitError> {
+    let (Some(to), ConvKey::Direct(pair), Some(links)) =
+        (remote_owner(node, &conv), &conv, super::links::installed())
+    else {
+        return node.store.history(conv, anchor, direction, limit);
+    };
+    let call = Call::History {
+        low: pair.low().as_str().to_owned(),
+        high: pair.high().as_str().to_owned(),
+        anchor: anchor.0,
+        after: direction == HistoryDirection::After,
+        limit: u32::try_from(limit).unwrap_or(u32::MAX),
+    };
+    let (resolver, completion) = Completion::detached();
+    let done = Done::new(move |reply| {
+        resolver.resolve(reply.and_then(|r| match r {
+            Reply::Messages(msgs) => {
+                Ok(msgs.into_iter().filter_map(|m| stored(&conv, m)).collect())
+            }
+            other => Err(unexpected(other)),
+        }));
+    });
+    Arc::clone(links).call(to, call, done);
+    Ok(completion)
+}
+
+/// RECALL of a one-to-one message: stored here, or by the conversation's node with the
+/// recaller's half applied here (see the module docs). `peer_node` is the node serving the
+/// other participant when it is not this one.
+pub fn recall(
+    node: &NodeShared,
+    req: Recall,
+    peer: &UserId,
+) -> Result<Completion<RecallResult>, SubmitError> {
+    let Some(links) = super::links::installed() else {
+        return node.store.recall(req);
+    };
+    let Some(to) = remote_owner(node, &req.conv) else {
+        return match user_node(node, peer) {
+            Some(dest) => node.store.recall_routed(req, RemoteSide::Recipient, dest),
+            None => node.store.recall(req),
+        };
+    };
+    let call = Call::Recall {
+        by: req.by.as_str().to_owned(),
+        by_device: req.by_device.as_str().to_owned(),
+        peer: peer.as_str().to_owned(),
+        seq: req.seq.0,
+        msg_id: req.client_msg_id.0,
+        window_ms: req.window_ms,
+    };
+    let (resolver, completion) = Completion::detached();
+    let store = Arc::clone(&node.store);
+    let peer = peer.clone();
+    let done = Done::new(move |reply| {
+        let (event_seq, time_ms, peer_inbox_seq, duplicate) = match reply {
+            Ok(Reply::Recalled {
+                event_seq,
+                time_ms,
+                peer_inbox_seq,
+                duplicate,
+            }) => (event_seq, time_ms, peer_inbox_seq, duplicate),
+            Ok(other) => return resolver.resolve(Err(unexpected(other))),
+            Err(e) => return resolver.resolve(Err(e)),
+        };
+        // The recaller's half, applied before the answer (the outbox copy then finds it).
+        let write = recall_write(&req, &peer, RemoteSide::Sender, Seq(event_seq), time_ms);
+        let applied = match store.apply_remote(write) {
+            Ok(c) => c,
+            Err(e) => return resolver.resolve(Err(submit_error(e))),
+        };
+        monoio::spawn(async move {
+            resolver.resolve(applied.await.map(|a| RecallResult {
+                event_seq: Seq(event_seq),
+                time_ms,
+                by_inbox_seq: a.inbox_seq,
+                peer_inbox_seq: Seq(peer_inbox_seq),
+                duplicate: duplicate || a.duplicate,
+            }));
+        });
+    });
+    Arc::clone(links).call(to, call, done);
+    Ok(completion)
+}
+
+/// Sends `d` to the node serving its user when that is another node (nothing otherwise);
+/// whether it went.
+pub fn deliver_remote(node: &NodeShared, d: &Delivery) -> bool {
+    let (Some(links), Some(to)) = (super::links::installed(), user_node(node, &d.user)) else {
+        return false;
+    };
+    let mut frame = Vec::new();
+    if d.frame.encode(&mut frame).is_err() {
+        return false;
+    }
+    links.notify(to, d.user.as_str().to_owned(), frame);
+    true
+}
+
+fn submit_error(e: SubmitError) -> OpError {
+    match e {
+        SubmitError::Busy => OpError::Unavailable("storage is busy; retry".into()),
+        SubmitError::Closed => OpError::Closed,
+    }
+}
+
+fn unexpected(r: Reply) -> OpError {
+    match r {
+        Reply::Refused { code, message } => super::links::op_error_of(code, message),
+        _ => OpError::Unavailable("the other node answered with something else; retry".into()),
+    }
+}
+
+fn stored(conv: &ConvKey, m: WireStored) -> Option<StoredMessage> {
+    Some(StoredMessage {
+        conv: conv.clone(),
+        seq: Seq(m.seq),
+        sender: UserId::new(m.sender).ok()?,
+        sender_device: DeviceId::new(m.sender_device).ok()?,
+        client_msg_id: ClientMsgId(m.msg_id),
+        time_ms: m.time_ms,
+        kind: MessageKind(m.kind),
+        flags: MessageFlags(m.flags),
+        body: m.body,
+    })
+}
+
+fn wire_stored(m: StoredMessage) -> WireStored {
+    WireStored {
+        seq: m.seq.0,
+        sender: m.sender.as_str().to_owned(),
+        sender_device: m.sender_device.as_str().to_owned(),
+        msg_id: m.client_msg_id.0,
+        time_ms: m.time_ms,
+        kind: m.kind.0,
+        flags: m.flags.0,
+        body: m.body,
+    }
+}
+
+/// One user's half of a recall event (the body is the recalled seq, as on the wire).
+pub fn recall_write(
+    req: &Recall,
+    peer: &UserId,
+    side: RemoteSide,
+    event_seq: Seq,
+    time_ms: u64,
+) -> RemoteWrite {
+    let mut body = Vec::with_capacity(10);
+    tern_protocol::wire::put_varint(&mut body, req.seq.0);
+    RemoteWrite {
+        side,
+        sender: req.by.clone(),
+        sender_device: req.by_device.clone(),
+        recipient: peer.clone(),
+        client_msg_id: req.client_msg_id,
+        conv_seq: event_seq,
+        time_ms,
+        kind: MessageKind::RECALL_EVENT,
+        body,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The serving side (the link core)
+// ---------------------------------------------------------------------------------------------
+
+/// The answer to a call, awaited by the connection's writer.
+pub type Answering = Pin<Box<dyn Future<Output = Reply>>>;
+
+fn refused(code: ErrorCode, message: impl Into<String>) -> Reply {
+    Reply::Refused {
+        code: code.0,
+        message: message.into(),
+    }
+}
+
+fn refusal(e: &OpError) -> Reply {
+    let code = match crate::session::op_error(0, e).body {
+        Body::Error(err) => err.code,
+        _ => ErrorCode::INTERNAL,
+    };
+    refused(code, e.to_string())
+}
+
+/// Serves a call from node `peer`.
+pub fn serve(node: Arc<NodeShared>, peer: &str, call: Call) -> Answering {
+    let table = node.owners.load();
+    let user = |s: String| UserId::new(s).ok();
+    match call {
+        Call::History {
+            low,
+            high,
+            anchor,
+            after,
+            limit,
+        } => {
+            let (Some(low), Some(high)) = (user(low), user(high)) else {
+                return Box::pin(async { refused(ErrorCode::INVALID_ARGUMENT, "invalid user id") });
+            };
+            let conv = ConvKey::Direct(DirectPair::new(low, high));
+            if let Owner::Remote(o) = table.owner(conversation_slot(&conv)) {
+                let m = format!("the conversation is served by node {}; retry", o.node);
+                return Box::pin(async move { refused(ErrorCode::UNAVAILABLE, m) });
+            }
+            let direction = if after {
+                HistoryDirection::After
+            } else {
+                HistoryDirection::Before
+            };
+            let submitted = node
+                .store
+                .history(conv, Seq(anchor), direction, limit as usize);
+            Box::pin(async move {
+                match submitted {
+                    Ok(c) => match c.await {
+                        Ok(msgs) => Reply::Messages(msgs.into_iter().map(wire_stored).collect()),
+                        Err(e) => refusal(&e),
+                    },
+                    Err(e) => refusal(&submit_error(e)),
+                }
+            })
+        }
+        Call::Recall {
+            by,
+            by_device,
+            peer: other,
+            seq,
+            msg_id,
+            window_ms,
+        } => {
+            let (Some(by), Some(other), Ok(by_device)) =
+                (user(by), user(other), DeviceId::new(by_device))
+            else {
+                return Box::pin(async { refused(ErrorCode::INVALID_ARGUMENT, "invalid id") });
+            };
+            let req = Recall {
+                conv: ConvKey::direct(&by, &other),
+                seq: Seq(seq),
+                by,
+                by_device,
+                client_msg_id: ClientMsgId(msg_id),
+                window_ms,
+            };
+            if let Owner::Remote(o) = table.owner(conversation_slot(&req.conv)) {
+                let m = format!("the conversation is served by node {}; retry", o.node);
+                return Box::pin(async move { refused(ErrorCode::UNAVAILABLE, m) });
+            }
+            // The recaller's half goes to the node that asked: it serves the recaller.
+            let submitted =
+                node.store
+                    .recall_routed(req.clone(), RemoteSide::Sender, peer.to_owned());
+            Box::pin(async move {
+                let r = match submitted {
+                    Ok(c) => c.await,
+                    Err(e) => Err(submit_error(e)),
+                };
+                match r {
+                    Ok(r) => {
+                        if !r.duplicate {
+                            // The other participant is served here: their devices get the
+                            // event as after a local recall.
+                            let w = recall_write(
+                                &req,
+                                &other,
+                                RemoteSide::Recipient,
+                                r.event_seq,
+                                r.time_ms,
+                            );
+                            super::links::push_write(&node, &w, r.peer_inbox_seq);
+                        }
+                        Reply::Recalled {
+                            event_seq: r.event_seq.0,
+                            time_ms: r.time_ms,
+                            peer_inbox_seq: r.peer_inbox_seq.0,
+                            duplicate: r.duplicate,
+                        }
+                    }
+                    Err(e) => refusal(&e),
+                }
+            })
+        }
+    }
+}
+
+/// Delivers a frame another node sent for `user`'s devices here.
+pub fn notified(node: &NodeShared, user: &str, bytes: &[u8]) {
+    // Only a well-formed client frame is passed on to devices.
+    let Ok(Some((frame, _))) = tern_protocol::decode(bytes, tern_protocol::ABS_MAX_BODY) else {
+        return;
+    };
+    if let Ok(user) = UserId::new(user) {
+        super::links::deliver_local(node, &user, &frame);
+    }
+}
