@@ -10,6 +10,7 @@ pub mod auth;
 pub mod cluster;
 pub mod config;
 pub mod conn;
+pub mod conns;
 pub mod filter;
 pub mod front;
 pub mod groups;

@@ -383,7 +383,7 @@ struct Registration {
 pub struct Core {
     pub(crate) id: u16,
     pub(crate) node: Arc<NodeShared>,
-    conns: RefCell<HashMap<u32, Rc<ConnShared>>>,
+    conns: RefCell<crate::conns::ConnTable>,
     sessions: RefCell<HashMap<Arc<str>, Vec<Registration>>>,
     /// HTTP tunnel sessions of this core, by connection id.
     pub(crate) tunnels: RefCell<HashMap<u32, Rc<TunnelShared>>>,
@@ -397,7 +397,6 @@ pub struct Core {
     draining: Cell<bool>,
     /// Wakes `core_main` when draining starts.
     drained: RefCell<Option<Waker>>,
-    next_id: Cell<u32>,
     pub(crate) pool: BufPool,
     /// Where frames for other connections are encoded before being copied out at their exact
     /// size: encoding into a fresh vector grows it several times per frame.
@@ -419,7 +418,7 @@ impl Core {
         Core {
             id,
             node,
-            conns: RefCell::new(HashMap::new()),
+            conns: RefCell::default(),
             sessions: RefCell::new(HashMap::new()),
             tunnels: RefCell::new(HashMap::new()),
             rooms: RefCell::new(HashMap::new()),
@@ -427,7 +426,6 @@ impl Core {
             presence: RefCell::new(crate::presence::Book::default()),
             draining: Cell::new(false),
             drained: RefCell::new(None),
-            next_id: Cell::new(1),
             pool: BufPool::new(POOL_BUF, 64),
             scratch: RefCell::new(Vec::with_capacity(1024)),
             parking,
@@ -549,14 +547,14 @@ impl Core {
                 }
             }
             CoreMsg::Push { conn, frame } => {
-                let shared = self.conns.borrow().get(&conn.id).cloned();
+                let shared = self.conns.borrow().get(conn.id).cloned();
                 if let Some(shared) = shared {
                     inc(&METRICS.pushes_total);
                     shared.enqueue(frame, self.node.cfg.outbound_queue);
                 }
             }
             CoreMsg::Kick { conn, reason } => {
-                let shared = self.conns.borrow().get(&conn.id).cloned();
+                let shared = self.conns.borrow().get(conn.id).cloned();
                 if let Some(shared) = shared {
                     shared.kick(reason);
                 }
@@ -622,7 +620,7 @@ impl Core {
                     if except.core == self.id && except.id == *id {
                         continue;
                     }
-                    if let Some(c) = conns.get(id) {
+                    if let Some(c) = conns.get(*id) {
                         inc(&METRICS.room_deliveries_total);
                         c.enqueue(frame.clone(), cap);
                     }
@@ -651,8 +649,6 @@ impl Core {
 
     /// Routes a delivery to the core owning the user's slot.
     fn deliver(&self, d: Delivery) {
-        // A user another node serves gets it there too (`cluster::forward`).
-        crate::cluster::forward::deliver_remote(&self.node, &d);
         self.push_to(&d.user, d.except_session, &d.frame);
     }
 
@@ -729,10 +725,9 @@ impl Core {
         );
     }
 
-    pub(crate) fn alloc_id(&self) -> u32 {
-        let id = self.next_id.get();
-        self.next_id.set(id.wrapping_add(1).max(1));
-        id
+    /// A new connection id (see [`crate::conns`]); `None` when the core has no slot left.
+    pub(crate) fn alloc_id(&self) -> Option<u32> {
+        self.conns.borrow_mut().alloc_id()
     }
 }
 
@@ -826,7 +821,10 @@ pub async fn serve(core: Rc<Core>, accepted: Box<Accepted>) {
 async fn front_door(core: Rc<Core>, a: Box<Accepted>) -> Option<Box<Connection>> {
     let Accepted { stream, peer, kind } = *a;
     let opened = crate::front::open(Rc::clone(&core), stream, peer, kind).await?;
-    let id = core.alloc_id();
+    let Some(id) = core.alloc_id() else {
+        tracing::error!("core {}: no connection slot left: connection closed", core.id);
+        return None;
+    };
     Some(Connection::new(
         core,
         id,
@@ -889,7 +887,7 @@ impl Connection {
         Box::pin(self.finish()).await;
         let core = Rc::clone(&self.core);
         let me = self.me;
-        core.conns.borrow_mut().remove(&me.id);
+        core.conns.borrow_mut().remove(me.id);
         if let Some(s) = self.session.take() {
             if let Some(seat) = &s.seat {
                 self.unwatch_all(&seat.watching);
@@ -922,7 +920,7 @@ async fn unpark_loop(core: Rc<Core>, watch: TcpStream) {
             return;
         }
         for id in &ids {
-            let shared = core.conns.borrow().get(id).cloned();
+            let shared = core.conns.borrow().get(*id).cloned();
             if let Some(shared) = shared {
                 shared.wake();
             }
@@ -1698,9 +1696,10 @@ impl Connection {
                 direction,
                 limit,
             } => {
-                let submitted =
-                    crate::cluster::forward::history(&node, conv, anchor, direction, limit + 1);
-                let Some(msgs) = self.storage(rid, submitted).await else {
+                let Some(msgs) = self
+                    .storage(rid, store.history(conv, anchor, direction, limit + 1))
+                    .await
+                else {
                     return self.conn.state() == State::Open;
                 };
                 self.write_frame(&session::history_page(
@@ -1774,18 +1773,14 @@ impl Connection {
                     client_msg_id: tern_storage::ClientMsgId(msg_id.0),
                     window_ms: self.core.node.cfg.limits.recall_window_ms,
                 };
-                let submitted = crate::cluster::forward::recall(&node, req, &peer);
-                let Some(r) = self.storage(rid, submitted).await else {
+                let Some(r) = self.storage(rid, store.recall(req)).await else {
                     return self.conn.state() == State::Open;
                 };
                 let ok = self
                     .write_frame(&session::recall_ack(rid, msg_id, &r))
                     .await;
                 for d in session::recall_deliveries(&info, &peer, &conv, seq, msg_id, &r) {
-                    // A user another node serves gets the event from that node's half.
-                    if crate::cluster::forward::user_node(&node, &d.user).is_none() {
-                        self.core.push_to(&d.user, d.except_session, &d.frame);
-                    }
+                    self.core.deliver(d);
                 }
                 ok
             }

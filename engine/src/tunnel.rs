@@ -423,7 +423,10 @@ async fn open(
     poll_mode: bool,
     peer: SocketAddr,
 ) -> bool {
-    let id = core.alloc_id();
+    let Some(id) = core.alloc_id() else {
+        tracing::error!("core {}: no connection slot left: tunnel refused", core.id);
+        return false;
+    };
     let secret: [u8; 16] = rand::random();
     let shared = Rc::new(ConnShared::default());
     let tunnel = Rc::new(TunnelShared::new(secret, Rc::clone(&shared), BACKLOG_LIMIT));
