@@ -1,7 +1,8 @@
 //! The admin endpoint: a tiny blocking HTTP/1.1 server on its own thread (never on an io core)
 //! with `/healthz`, Prometheus-format `/metrics` and, in a cluster, `/cluster/members` and
-//! `/cluster/owner?user=U` (JSON). One request per connection, parsed with `httparse`; anything
-//! else is 404.
+//! `/cluster/owner?user=U` (JSON), and on a `--dev` cluster node the fault injection of
+//! `/cluster/partition` (POST/DELETE). One request per connection, parsed with `httparse`;
+//! anything else is 404.
 
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
@@ -69,6 +70,49 @@ fn cluster_route(path: &str, query: &str, info: &AdminInfo) -> (&'static str, St
     }
 }
 
+/// `POST /cluster/partition?block=ID1,ID2` / `DELETE /cluster/partition`: fault injection for
+/// tests, only on a `--dev` node in a cluster (`cluster::fault`).
+fn partition_route(method: &str, query: &str, info: &AdminInfo) -> (&'static str, String) {
+    let Some(cluster) = info
+        .cluster
+        .as_ref()
+        .filter(|_| crate::cluster::fault::enabled())
+    else {
+        return (
+            "404 Not Found",
+            "fault injection exists only on a --dev node in a cluster\n".into(),
+        );
+    };
+    if method == "DELETE" {
+        crate::cluster::fault::heal();
+        return ("200 OK", "{\"blocked\":[]}\n".into());
+    }
+    let ids: Vec<String> = query_param(query, "block")
+        .unwrap_or_default()
+        .split(',')
+        .filter(|s| !s.is_empty())
+        .map(str::to_owned)
+        .collect();
+    if ids.is_empty() {
+        return ("400 Bad Request", "missing ?block=ID1,ID2\n".into());
+    }
+    let mut addrs = Vec::new();
+    for id in &ids {
+        match cluster.member_addr(id) {
+            Some(a) => addrs.push(a),
+            None => return ("400 Bad Request", format!("{id} is not a live member\n")),
+        }
+    }
+    crate::cluster::fault::block(&ids, &addrs);
+    (
+        "200 OK",
+        format!(
+            "{}\n",
+            serde_json::json!({ "blocked": crate::cluster::fault::blocked_ids() })
+        ),
+    )
+}
+
 /// Status line and body for a request target (path and optional query).
 pub fn route(method: &str, target: &str, info: &AdminInfo) -> (&'static str, String) {
     let (path, query) = target.split_once('?').unwrap_or((target, ""));
@@ -88,6 +132,7 @@ pub fn route(method: &str, target: &str, info: &AdminInfo) -> (&'static str, Str
             ("200 OK", body)
         }
         ("GET", p) if p.starts_with("/cluster/") => cluster_route(p, query, info),
+        ("POST" | "DELETE", "/cluster/partition") => partition_route(method, query, info),
         (_, "/healthz" | "/metrics" | "/cluster/members" | "/cluster/owner") => {
             ("405 Method Not Allowed", "method not allowed\n".into())
         }

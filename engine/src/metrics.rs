@@ -77,6 +77,10 @@ counters! {
     /// The owner table's epoch: a fingerprint of the membership view, compared for equality
     /// only; its low 53 bits, so that the value survives Prometheus' float64 exactly.
     cluster_epoch: "gauge",
+    /// 1 while this cluster node takes writes: it sees a majority of the configured cluster
+    /// size live and heard from it within the quorum lease; 0 while it refuses them
+    /// (NO_QUORUM). 1 without a cluster.
+    cluster_quorum: "gauge",
     /// Gossip datagrams dropped for a missing or wrong authentication tag (sent without the
     /// cluster secret).
     cluster_gossip_unauthenticated_total: "counter",
@@ -145,6 +149,7 @@ pub static METRICS: Metrics = Metrics {
     cluster_members_alive: AtomicU64::new(0),
     cluster_slots_owned: AtomicU64::new(0),
     cluster_epoch: AtomicU64::new(0),
+    cluster_quorum: AtomicU64::new(1),
     cluster_gossip_unauthenticated_total: AtomicU64::new(0),
     cluster_links_connected: AtomicU64::new(0),
     cluster_link_queue_depth: AtomicU64::new(0),

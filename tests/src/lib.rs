@@ -287,11 +287,16 @@ impl Node {
 
     /// GET on the admin endpoint: (status line, body).
     pub fn admin_get(&self, path: &str) -> (String, String) {
+        self.admin_call("GET", path)
+    }
+
+    /// A request with `method` on the admin endpoint: (status line, body).
+    pub fn admin_call(&self, method: &str, path: &str) -> (String, String) {
         use std::io::{Read, Write};
         let mut s = std::net::TcpStream::connect(&self.admin)
             .unwrap_or_else(|e| panic!("admin connect: {e}"));
         s.set_read_timeout(Some(WAIT)).ok();
-        write!(s, "GET {path} HTTP/1.1\r\nHost: x\r\n\r\n")
+        write!(s, "{method} {path} HTTP/1.1\r\nHost: x\r\n\r\n")
             .unwrap_or_else(|e| panic!("admin write: {e}"));
         let mut text = String::new();
         s.read_to_string(&mut text)

@@ -867,7 +867,8 @@ impl Manager {
 
     /// The peer did not apply these entries: follow the ring, retry a little later.
     fn not_applied(&self, seqs: Vec<u64>, reason: &str) {
-        let table = self.node.owners.load();
+        // The fenced table: an entry never follows the ring to a node without the user's data.
+        let table = super::quorum::writes_table(&self.node);
         let later = self.now() + Duration::from_secs(1);
         let mut outbox = self.outbox.borrow_mut();
         for s in seqs {
@@ -928,6 +929,13 @@ impl Manager {
         // SEND does not find it down.
         for id in self.links.cluster.peer_ids() {
             self.peer(&id);
+        }
+        // Fault injection: a link to a peer blocked since it came up is broken now.
+        for p in self.peers.borrow().values() {
+            if p.conn.get() != 0 && super::fault::blocks_node(&p.node) {
+                p.broken.set(true);
+                p.wake();
+            }
         }
         let now = self.now();
         let due: Vec<u64> = self
@@ -1051,7 +1059,8 @@ async fn peer_loop(m: Rc<Manager>, peer: Rc<Peer>) {
     static CONNS: AtomicU64 = AtomicU64::new(1);
     let mut backoff = BACKOFF_MIN;
     loop {
-        if let Some(addr) = m.links.cluster.member_addr(&peer.node) {
+        let blocked = super::fault::blocks_node(&peer.node);
+        if let Some(addr) = m.links.cluster.member_addr(&peer.node).filter(|_| !blocked) {
             match dial(&m.links, addr, &peer.node).await {
                 Ok((stream, sealer, opener)) => {
                     backoff = BACKOFF_MIN;
@@ -1203,6 +1212,10 @@ async fn serve_inbound(m: Rc<Manager>, mut stream: TcpStream, from: SocketAddr) 
         }
     };
     debug!(%peer, %from, "cluster link accepted");
+    if super::fault::blocks_node(&peer) {
+        debug!(%peer, "cluster link from a blocked peer closed (fault injection)");
+        return;
+    }
     let (mut rd, mut wr) = stream.into_split();
     let answers: RefCell<VecDeque<Answer>> = RefCell::new(VecDeque::new());
     let waker: RefCell<Option<Waker>> = RefCell::new(None);
@@ -1212,7 +1225,11 @@ async fn serve_inbound(m: Rc<Manager>, mut stream: TcpStream, from: SocketAddr) 
                 Ok(b) => b,
                 Err(e) => return format!("read: {e}"),
             };
-            let table = m.node.owners.load();
+            if super::fault::blocks_node(&peer) {
+                return "partitioned (fault injection)".to_owned();
+            }
+            // Writes follow the fenced table (`quorum`).
+            let table = super::quorum::writes_table(&m.node);
             for item in batch.items {
                 if let Item::Notify { user, frame } = &item {
                     super::forward::notified(&m.node, user, frame);
@@ -1289,6 +1306,14 @@ impl Manager {
                 let Some(msg) = direct_message(msg) else {
                     return refuse(ErrorCode::INVALID_ARGUMENT, "invalid message".into());
                 };
+                // Cut off from the majority: assign no sequence (the forwarding node's client
+                // gets UNAVAILABLE and retransmits).
+                if !super::quorum::has_quorum() {
+                    return refuse(
+                        ErrorCode::NO_QUORUM,
+                        "the conversation's node has no quorum; retry".into(),
+                    );
+                }
                 let conv =
                     ConvKey::Direct(DirectPair::new(msg.sender.clone(), msg.recipient.clone()));
                 if let Owner::Remote(o) = table.owner(conversation_slot(&conv)) {
@@ -1315,6 +1340,10 @@ impl Manager {
                     warn!(%peer, seq, "cluster link: invalid outbox entry acknowledged unapplied");
                     return Answer::Now(Item::Acked { seqs: vec![seq] });
                 };
+                // The entry stays in the sender's outbox and comes again (never dropped).
+                if !super::quorum::has_quorum() {
+                    return not_applied("no quorum here; retry".into());
+                }
                 if let Owner::Remote(o) = table.owner_of_user(write.user().as_str()) {
                     return not_applied(format!("user served by node {}", o.node));
                 }

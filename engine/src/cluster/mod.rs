@@ -9,11 +9,16 @@
 //! [`wire`] is the node-to-node link protocol (sans-io) and [`links`] runs it: forwarded
 //! SENDs and the durable outbox of cross-node writes; [`forward`] is what a node asks of
 //! another for its clients (HISTORY, RECALL, notices to devices there).
+//! [`quorum`] decides which writes the node may take (quorum, and the fence that keeps an
+//! absent node's slots its own); [`fault`] is the `--dev` fault injection the partition
+//! tests use.
 
 pub mod forward;
+pub mod fault;
 pub mod links;
 pub mod membership;
 pub mod node;
+pub mod quorum;
 pub mod ring;
 pub mod route;
 #[cfg(test)]

@@ -396,6 +396,8 @@ struct View {
     ring: Ring,
     quorum: bool,
     stats: MembershipStats,
+    /// Members gone away whose slots stay fenced for writes.
+    absent: Vec<String>,
 }
 
 /// What the cluster thread last saw, for the admin API.
@@ -475,6 +477,9 @@ impl ClusterState {
             "alive": v.members.len(),
             "configured_size": self.size,
             "quorum": v.quorum,
+            "writable": super::quorum::has_quorum(),
+            "absent": v.absent,
+            "partitioned_from": super::fault::blocked_ids(),
             "gossip_dropped_unauthenticated": v.stats.dropped_unauthenticated,
             "members": members,
         })
@@ -586,6 +591,7 @@ impl ClusterNode {
                 ring,
                 quorum: membership.has_quorum(settings.size),
                 stats: membership.stats(),
+                absent: Vec::new(),
             }),
         });
         if settings.secret.is_dev() {
@@ -633,6 +639,12 @@ impl ClusterNode {
             })
             .context("spawning the cluster's signal thread")?;
         GOSSIP_RUNNING.store(true, Ordering::Relaxed);
+        // Writes are refused until the gossip thread has seen a quorum.
+        if let Ok(table) =
+            Ring::new(self.membership.ring_members()).owner_table(&self.state.me, cores)
+        {
+            super::quorum::install(self.size, table);
+        }
         std::thread::Builder::new()
             .name("tern-cluster".into())
             .spawn(move || {
@@ -647,6 +659,7 @@ impl ClusterNode {
                     cores,
                     leaving,
                     cache: AssignmentCache::default(),
+                    absent: super::quorum::Absent::default(),
                     timers: BinaryHeap::new(),
                     pending: HashMap::new(),
                     next_timer: 0,
@@ -669,6 +682,8 @@ struct Runner {
     /// Set by SIGTERM/SIGINT: leave the cluster and stop.
     leaving: Arc<AtomicBool>,
     cache: AssignmentCache,
+    /// Members gone away whose slots stay theirs for writes (`quorum`).
+    absent: super::quorum::Absent,
     /// Deadlines (ms on `clock`) and keys into `pending`: `MembershipTimer` has no order.
     timers: BinaryHeap<Reverse<(u64, u64)>>,
     pending: HashMap<u64, MembershipTimer>,
@@ -703,6 +718,11 @@ impl Runner {
                 return;
             }
             let now = self.now();
+            // The lease runs out by time alone, so this is evaluated on every pass (at least
+            // every MAX_WAIT), not only on a view change.
+            super::quorum::publish_quorum(
+                self.m.has_quorum(self.size) && self.m.heard_from_majority(self.size, now),
+            );
             while let Some(&Reverse((at, key))) = self.timers.peek() {
                 if at > now {
                     break;
@@ -724,6 +744,8 @@ impl Runner {
                 warn!("cluster socket: cannot set a timeout: {e}");
             }
             match self.socket.recv_from(&mut buf) {
+                // Fault injection (`--dev` tests): a blocked peer is never heard.
+                Ok((_, from)) if super::fault::blocks_addr(&from) => {}
                 Ok((n, from)) => {
                     let out = self.m.handle_datagram(self.now(), from, &buf[..n]);
                     set(
@@ -746,6 +768,9 @@ impl Runner {
 
     fn apply(&mut self, out: Outputs) {
         for d in out.datagrams {
+            if super::fault::blocks_addr(&d.to) {
+                continue;
+            }
             if let Err(e) = self.socket.send_to(&d.bytes, d.to) {
                 // A peer that is gone is found by SWIM, not by the send.
                 debug!("cluster: send to {} failed: {e}", d.to);
@@ -759,6 +784,7 @@ impl Runner {
         }
         let mut changed = false;
         for e in out.events {
+            self.absent.observe(&e, &self.state.me);
             match e {
                 MembershipEvent::MemberUp(id) => {
                     info!(node = %id.id, generation = id.generation, addr = %id.cluster_addr, "cluster: member up")
@@ -805,6 +831,19 @@ impl Runner {
             // unless it drains (not offered yet); the previous table stays in force.
             Err(e) => warn!("cluster: owner table not updated: {e}"),
         }
+        let live: Vec<NodeId> = self.m.live_members().into_iter().map(|m| m.id).collect();
+        self.absent.retain_absent(&live);
+        if let Some(table) = super::quorum::write_table(
+            &self.m.ring_members(),
+            &self.absent,
+            &self.state.me,
+            self.cores,
+        ) {
+            super::quorum::publish_write_table(table);
+        }
+        if !self.absent.is_empty() {
+            info!(absent = ?self.absent.ids(), "cluster: writes to absent members' slots wait for them");
+        }
         let members = self.m.live_members();
         set(&METRICS.cluster_members_alive, members.len() as u64);
         info!(
@@ -819,6 +858,7 @@ impl Runner {
             ring,
             quorum: self.m.has_quorum(self.size),
             stats: self.m.stats(),
+            absent: self.absent.ids(),
         });
     }
 }

@@ -59,7 +59,8 @@ pub fn submit_direct(
     let Some(links) = super::links::installed() else {
         return node.store.append_direct(msg);
     };
-    match place(&node.owners.load(), &msg) {
+    // Writes follow the fenced table: a slot whose node went away stays that node's.
+    match place(&super::quorum::writes_table(node), &msg) {
         Placement::Local => node.store.append_direct(msg),
         Placement::Routed { dest } => node.store.append_routed(msg, RemoteSide::Recipient, dest),
         Placement::Forward { to } => Ok(Arc::clone(links).forward(to, msg)),
