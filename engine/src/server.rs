@@ -649,6 +649,8 @@ impl Core {
 
     /// Routes a delivery to the core owning the user's slot.
     fn deliver(&self, d: Delivery) {
+        // A user another node serves gets it there too (`cluster::forward`).
+        crate::cluster::forward::deliver_remote(&self.node, &d);
         self.push_to(&d.user, d.except_session, &d.frame);
     }
 
@@ -1696,10 +1698,9 @@ impl Connection {
                 direction,
                 limit,
             } => {
-                let Some(msgs) = self
-                    .storage(rid, store.history(conv, anchor, direction, limit + 1))
-                    .await
-                else {
+                let submitted =
+                    crate::cluster::forward::history(&node, conv, anchor, direction, limit + 1);
+                let Some(msgs) = self.storage(rid, submitted).await else {
                     return self.conn.state() == State::Open;
                 };
                 self.write_frame(&session::history_page(
@@ -1773,14 +1774,18 @@ impl Connection {
                     client_msg_id: tern_storage::ClientMsgId(msg_id.0),
                     window_ms: self.core.node.cfg.limits.recall_window_ms,
                 };
-                let Some(r) = self.storage(rid, store.recall(req)).await else {
+                let submitted = crate::cluster::forward::recall(&node, req, &peer);
+                let Some(r) = self.storage(rid, submitted).await else {
                     return self.conn.state() == State::Open;
                 };
                 let ok = self
                     .write_frame(&session::recall_ack(rid, msg_id, &r))
                     .await;
                 for d in session::recall_deliveries(&info, &peer, &conv, seq, msg_id, &r) {
-                    self.core.deliver(d);
+                    // A user another node serves gets the event from that node's half.
+                    if crate::cluster::forward::user_node(&node, &d.user).is_none() {
+                        self.core.push_to(&d.user, d.except_session, &d.frame);
+                    }
                 }
                 ok
             }
