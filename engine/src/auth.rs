@@ -3,7 +3,9 @@
 //! A token names the user (`sub`), optionally the device it is for (`dev`, or `device`), and
 //! its expiry (`exp`, seconds since the epoch). HS256 with a shared secret is the default;
 //! EdDSA or RS256 with a public key in a PEM file is the option for backends that keep the
-//! signing key to themselves. Expiry is checked against the `now` the caller passes, not a clock
+//! signing key to themselves. An optional `tenant` claim puts the user in that tenant: the
+//! identity's user id is then scoped by it (see `crate::tenant`), so the same `sub` in two
+//! tenants is two users; no claim is the default tenant. Expiry is checked against the `now` the caller passes, not a clock
 //! read here, so the rule is testable and the connection's expiry timer uses the same number.
 
 use jsonwebtoken::{Algorithm, DecodingKey, EncodingKey, Header, Validation};
@@ -22,12 +24,18 @@ pub struct Claims {
     /// Issued at, seconds since the Unix epoch.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub iat: Option<u64>,
+    /// Tenant the user belongs to; absent: the default tenant.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
 }
 
 /// A verified identity.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Identity {
+    /// The user id as held inside the node: `sub`, scoped by the tenant when there is one.
     pub user: String,
+    /// The token's tenant (`None`: the default tenant).
+    pub tenant: Option<String>,
     pub device: String,
     /// Token expiry in milliseconds since the epoch.
     pub expires_ms: u64,
@@ -120,10 +128,17 @@ impl Authenticator {
         if c.exp.saturating_mul(1000) <= now_ms {
             return Err(AuthError::Expired);
         }
-        if !valid_id(&c.sub) {
+        if !valid_plain_id(&c.sub) {
             return Err(AuthError::Invalid("sub is not a valid user id".into()));
         }
-        if !valid_id(device) {
+        //= SPEC.md#tenants
+        //# An optional `tenant` claim names the tenant the user belongs to
+        if let Some(t) = &c.tenant {
+            if !tern_storage::valid_tenant(t) {
+                return Err(AuthError::Invalid("tenant is not a valid tenant id".into()));
+            }
+        }
+        if !valid_plain_id(device) {
             return Err(AuthError::Invalid(
                 "HELLO device is not a valid device id".into(),
             ));
@@ -139,7 +154,8 @@ impl Authenticator {
             }
         }
         Ok(Identity {
-            user: c.sub,
+            user: tern_storage::scoped(c.tenant.as_deref(), &c.sub),
+            tenant: c.tenant,
             device: device.to_owned(),
             expires_ms: c.exp.saturating_mul(1000),
         })
@@ -147,13 +163,35 @@ impl Authenticator {
 }
 
 /// Identifier rule (wire design, "Limits on identifiers"): 1..=64 bytes, no control characters.
-pub fn valid_id(id: &str) -> bool {
+pub fn valid_plain_id(id: &str) -> bool {
     !id.is_empty() && id.len() <= 64 && !id.chars().any(char::is_control)
 }
 
-/// Mints an HS256 token (dev mode and `ternd token`).
+/// A user id as held inside the node: a plain id, or a plain id scoped by a valid tenant. Names
+/// a client sends are scoped by `crate::tenant::inbound`, which refuses the separator in them,
+/// so a client can only name ids of its own tenant.
+pub fn valid_id(id: &str) -> bool {
+    match tern_storage::split_scoped(id) {
+        (None, name) => valid_plain_id(name),
+        (Some(t), name) => tern_storage::valid_tenant(t) && valid_plain_id(name),
+    }
+}
+
+/// Mints an HS256 token (dev mode and `ternd token`) for the default tenant.
 pub fn mint_hs256(
     secret: &[u8],
+    user: &str,
+    device: Option<&str>,
+    ttl_secs: u64,
+    now_secs: u64,
+) -> Result<String, KeyError> {
+    mint_hs256_tenant(secret, None, user, device, ttl_secs, now_secs)
+}
+
+/// Mints an HS256 token for a user of `tenant` (`None`: the default tenant).
+pub fn mint_hs256_tenant(
+    secret: &[u8],
+    tenant: Option<&str>,
     user: &str,
     device: Option<&str>,
     ttl_secs: u64,
@@ -164,6 +202,7 @@ pub fn mint_hs256(
         dev: device.map(str::to_owned),
         exp: now_secs.saturating_add(ttl_secs),
         iat: Some(now_secs),
+        tenant: tenant.map(str::to_owned),
     };
     Ok(jsonwebtoken::encode(
         &Header::new(Algorithm::HS256),
@@ -230,6 +269,7 @@ mod tests {
             dev: None,
             exp: NOW + 60,
             iat: None,
+            tenant: None,
         };
         let key = EncodingKey::from_ed_pem(TEST_ED_PRIVATE.as_bytes()).unwrap();
         let t = jsonwebtoken::encode(&Header::new(Algorithm::EdDSA), &claims, &key).unwrap();
@@ -242,6 +282,31 @@ mod tests {
         ));
         assert!(parse_algorithm("rs256").is_ok());
         assert!(parse_algorithm("none").is_err());
+    }
+
+    #[test]
+    fn tenant_claim_scopes_the_user() {
+        let a = Authenticator::hs256(b"secret");
+        let t = mint_hs256_tenant(b"secret", Some("acme"), "alice", None, 60, NOW).unwrap();
+        let id = a.verify(&t, "phone", NOW * 1000).unwrap();
+        assert_eq!(id.user, "acme\u{1f}alice");
+        assert_eq!(id.tenant.as_deref(), Some("acme"));
+        assert!(valid_id(&id.user));
+        let plain = mint_hs256(b"secret", "alice", None, 60, NOW).unwrap();
+        let id = a.verify(&plain, "phone", NOW * 1000).unwrap();
+        assert_eq!((id.user.as_str(), id.tenant), ("alice", None));
+        for bad in ["", "a/b", &"t".repeat(33)] {
+            let t = mint_hs256_tenant(b"secret", Some(bad), "alice", None, 60, NOW).unwrap();
+            assert!(matches!(
+                a.verify(&t, "phone", NOW * 1000),
+                Err(AuthError::Invalid(_))
+            ));
+        }
+        // A sub cannot smuggle a tenant in.
+        let t = mint_hs256(b"secret", "acme\u{1f}alice", None, 60, NOW).unwrap();
+        assert!(a.verify(&t, "phone", NOW * 1000).is_err());
+        assert!(!valid_plain_id("acme\u{1f}alice"));
+        assert!(!valid_id("a/b\u{1f}alice"));
     }
 
     #[test]

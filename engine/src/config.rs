@@ -162,6 +162,9 @@ pub enum Command {
         /// Lifetime in seconds.
         #[arg(long, default_value_t = 86_400)]
         ttl: u64,
+        /// Tenant the user belongs to (`tenant` claim); omitted: the default tenant.
+        #[arg(long)]
+        tenant: Option<String>,
     },
 }
 
@@ -199,6 +202,22 @@ pub struct FileConfig {
     pub rooms: RoomsFile,
     #[serde(default)]
     pub topics: TopicsFile,
+    /// `[tenants.<id>]`: limits of one tenant.
+    #[serde(default)]
+    pub tenants: std::collections::BTreeMap<String, TenantFile>,
+}
+
+/// `[tenants.<id>]`: one tenant's limits on this node (see `crate::tenant`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TenantFile {
+    /// Authenticated connections of the tenant's users.
+    pub max_connections: Option<u32>,
+    /// SENDs per second from the tenant's users, and the burst on top (default: the rate).
+    pub max_send_rate: Option<u32>,
+    pub send_burst: Option<u32>,
+    /// Most members a group of the tenant may have (capped by `[limits] group_max_members`).
+    pub group_max_members: Option<u32>,
 }
 
 /// `[topics]`: publish/subscribe topics (SPEC.md, Topics).
@@ -378,6 +397,8 @@ pub struct Settings {
     pub push: Option<PushSettings>,
     /// The content filter, when configured.
     pub filter: Option<FilterSettings>,
+    /// Tenants with limits of their own (`[tenants.<id>]`).
+    pub tenants: crate::tenant::TenantConfig,
 }
 
 /// Where offline notifications go.
@@ -607,7 +628,26 @@ impl Settings {
         if !(tern_protocol::MIN_MAX_BODY..=tern_protocol::ABS_MAX_BODY).contains(&max_frame) {
             bail!("limits.max_frame must be within 4096..=16777215");
         }
+        let mut tenants = crate::tenant::TenantConfig::new();
+        for (name, t) in &file.tenants {
+            if !tern_storage::valid_tenant(name) {
+                bail!("[tenants.{name}]: a tenant id is 1..=32 ASCII letters, digits, '-', '_' or '.'");
+            }
+            if t.max_send_rate == Some(0) || t.max_connections == Some(0) {
+                bail!("[tenants.{name}]: limits must be at least 1 (leave one out for no limit)");
+            }
+            tenants.insert(
+                name.clone(),
+                crate::tenant::TenantLimits {
+                    max_connections: t.max_connections,
+                    max_send_rate: t.max_send_rate,
+                    send_burst: t.send_burst.map(|b| b.max(1)),
+                    group_max_members: t.group_max_members.map(|m| m.max(1)),
+                },
+            );
+        }
         Ok(Settings {
+            tenants,
             data_dir,
             native,
             admin,

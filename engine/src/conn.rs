@@ -24,6 +24,8 @@ pub enum Trigger {
     HelloBadToken,
     HelloExpiredToken,
     HelloOtherNode,
+    /// The token's tenant has its configured connections on this node already.
+    HelloTenantFull,
     /// HELLO asks for a protocol revision this node does not speak.
     HelloUnsupportedProtocol,
     UnexpectedFrame,
@@ -98,6 +100,12 @@ pub const TRANSITIONS: &[Transition] = &[
         E::Error(ErrorCode::AUTH_EXPIRED),
     ),
     t(AwaitingHello, T::HelloOtherNode, Closed, E::Redirect),
+    t(
+        AwaitingHello,
+        T::HelloTenantFull,
+        Closed,
+        E::Error(ErrorCode::LIMIT_EXCEEDED),
+    ),
     t(
         AwaitingHello,
         T::HelloUnsupportedProtocol,

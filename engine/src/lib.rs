@@ -24,6 +24,7 @@ pub mod rooms;
 pub mod server;
 pub mod session;
 pub mod slots;
+pub mod tenant;
 pub mod topics;
 pub mod transport;
 pub mod tunnel;

@@ -14,6 +14,10 @@
 //!    "quiet":false,"devices":[{"device":"phone","platform":"fcm","token":"…"}]}]}
 //! ```
 //!
+//! A user of a tenant other than the default one (token claim `tenant`) has a `"tenant"` field
+//! in their notification, and `user`, `conv.id` and `sender` are the names as the tenant's
+//! clients know them (without the tenant); the default tenant's notifications have no `tenant`.
+//!
 //! `quiet` is true when the user chose BUSY (do not disturb): the application sends the push
 //! without sound or banner. `preview` is the beginning of a TEXT body (at most
 //! [`PREVIEW_BYTES`]), empty for other kinds.
@@ -158,10 +162,12 @@ pub fn payload(node: &str, sent_at: u64, items: &[(PushNote, Vec<PushToken>)]) -
     let notifications: Vec<serde_json::Value> = items
         .iter()
         .map(|(n, tokens)| {
-            serde_json::json!({
-                "user": n.user.as_str(),
-                "conv": {"kind": n.conv_kind, "id": n.conv_id},
-                "sender": n.sender,
+            let (tenant, user) = tern_storage::split_scoped(n.user.as_str());
+            let name = |id: &str| tern_storage::split_scoped(id).1.to_owned();
+            let mut note = serde_json::json!({
+                "user": user,
+                "conv": {"kind": n.conv_kind, "id": name(&n.conv_id)},
+                "sender": name(&n.sender),
                 "sender_device": n.sender_device,
                 "conv_seq": n.conv_seq,
                 "msg_id": hex::encode(n.msg_id),
@@ -174,7 +180,11 @@ pub fn payload(node: &str, sent_at: u64, items: &[(PushNote, Vec<PushToken>)]) -
                     "platform": t.platform,
                     "token": t.token,
                 })).collect::<Vec<_>>(),
-            })
+            });
+            if let (Some(t), Some(obj)) = (tenant, note.as_object_mut()) {
+                obj.insert("tenant".into(), t.into());
+            }
+            note
         })
         .collect();
     serde_json::json!({
@@ -304,6 +314,29 @@ mod tests {
             ..msg.clone()
         };
         assert!(PushNote::direct(&to_self, &r).is_none());
+        // A tenant's note names its users as the tenant's clients do, and says the tenant.
+        let scoped = |u: &str| UserId::new(tern_storage::scoped(Some("acme"), u)).unwrap();
+        let t_msg = DirectMessage {
+            sender: scoped("alice"),
+            recipient: scoped("bob"),
+            ..msg.clone()
+        };
+        let t_note = PushNote::direct(&t_msg, &r).unwrap();
+        let v: serde_json::Value =
+            serde_json::from_slice(&payload("n1", 5, &[(t_note, Vec::new()), (n, Vec::new())]))
+                .unwrap();
+        let (t, plain) = (&v["notifications"][0], &v["notifications"][1]);
+        assert_eq!(
+            (&t["tenant"], &t["user"], &t["sender"], &t["conv"]["id"]),
+            (
+                &"acme".into(),
+                &"bob".into(),
+                &"alice".into(),
+                &"alice".into()
+            )
+        );
+        assert!(plain.get("tenant").is_none());
+        assert_eq!(plain["user"], "bob");
         assert_eq!(preview(MessageKind::IMAGE.0, b"ref"), "");
         assert_eq!(
             preview(1, &[b'a', 0xC3]),

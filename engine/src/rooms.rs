@@ -188,9 +188,14 @@ impl RateLimit {
     }
 }
 
-/// Whether a room name is acceptable: 1..=128 bytes, no control characters.
+/// Whether a room name is acceptable: 1..=128 bytes, no control characters (checked on the
+/// name a client gave, without the tenant scoping it).
 pub fn valid_room(name: &str) -> bool {
-    !name.is_empty() && name.len() <= 128 && !name.chars().any(char::is_control)
+    let (tenant, name) = tern_storage::split_scoped(name);
+    tenant.is_none_or(tern_storage::valid_tenant)
+        && !name.is_empty()
+        && name.len() <= 128
+        && !name.chars().any(char::is_control)
 }
 
 fn wire(room: &str, m: &RoomMsg) -> Message<'static> {
@@ -215,7 +220,10 @@ fn wire(room: &str, m: &RoomMsg) -> Message<'static> {
 pub fn push_bytes(room: &str, m: &RoomMsg) -> Bytes {
     let mut buf = Vec::new();
     // Encoding fails only for bodies over the absolute limit, which SEND could not carry.
-    let _ = Frame::new(0, Body::Push(wire(room, m))).encode(&mut buf);
+    let frame = Frame::new(0, Body::Push(wire(room, m)));
+    // Every member joined the room by naming it inside its tenant: they all see it the same.
+    let shown = crate::tenant::outbound_for(&frame, room);
+    let _ = shown.as_ref().unwrap_or(&frame).encode(&mut buf);
     Bytes::from(buf)
 }
 

@@ -657,6 +657,8 @@ impl Core {
     /// Sends `frame` to every session of `user` (but `except`), through the core that owns the
     /// user's slot.
     fn push_to(&self, user: &UserId, except: Option<u64>, frame: &Frame<'_>) {
+        let shown = crate::tenant::outbound_for(frame, user.as_str());
+        let frame = shown.as_ref().unwrap_or(frame);
         let frame = {
             let mut scratch = self.scratch.borrow_mut();
             scratch.clear();
@@ -757,6 +759,8 @@ struct Session {
     seat: Option<Box<Seat>>,
     /// Capabilities negotiated in HELLO/WELCOME.
     caps: Capabilities,
+    /// The connection's place in its tenant's limits (a configured tenant only).
+    tenant: Option<crate::tenant::TenantSeat>,
 }
 
 /// What a session needs once it uses rooms or typing: kept out of the common session so an idle
@@ -1138,8 +1142,17 @@ impl Connection {
         loop {
             match decode(&buf[pos..], self.max_in()) {
                 Ok(None) => break,
-                Ok(Some((frame, used))) => {
+                Ok(Some((mut frame, used))) => {
                     pos += used;
+                    if let Err(refusal) = self.scope(&mut frame) {
+                        if !self.finish_sends(&mut pending).await
+                            || !Box::pin(self.finish_room_sends(&mut rooms)).await
+                            || !self.write_frame(&refusal).await
+                        {
+                            return false;
+                        }
+                        continue;
+                    }
                     if let Some(p) = self.submit_send(&frame) {
                         pending.push(p);
                         continue;
@@ -1187,6 +1200,18 @@ impl Connection {
             self.partial = buf[pos..].to_vec();
         }
         true
+    }
+
+    /// Resolves the names of an open session's frame inside its tenant (`crate::tenant`);
+    /// `Err` is the ERROR to answer instead.
+    fn scope(&self, frame: &mut Frame<'_>) -> Result<(), Box<Frame<'static>>> {
+        match self.session.as_ref() {
+            Some(s) if self.conn.state() == State::Open => {
+                let now = s.tenant.as_ref().map_or(0, |_| now_ms());
+                crate::tenant::inbound(frame, s.info.user.tenant(), s.tenant.as_ref(), now)
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Submits a SEND of an open session to storage without waiting; `None` for every other
@@ -1474,6 +1499,14 @@ impl Connection {
             }
             return false;
         }
+        //= SPEC.md#hello
+        //# a HELLO beyond its tenant's connection limit gets ERROR `LIMIT_EXCEEDED`
+        let tenant = match node.hooks.tenants.seat(id.tenant.as_deref()) {
+            Ok(seat) => seat,
+            Err(why) => {
+                return self.transition(Trigger::HelloTenantFull, rid, &why).await;
+            }
+        };
         if self.conn.accept(now, id.expires_ms).is_none() {
             return false;
         }
@@ -1539,6 +1572,7 @@ impl Connection {
             info,
             max_out,
             seat: None,
+            tenant,
         }));
         self.write_frame(&welcome).await
     }
@@ -2002,6 +2036,11 @@ impl Connection {
 
     /// Encodes and writes one frame; `false` if the socket failed.
     async fn write_frame(&mut self, frame: &Frame<'_>) -> bool {
+        let shown = self
+            .session
+            .as_ref()
+            .and_then(|s| crate::tenant::outbound_for(frame, s.info.user.as_str()));
+        let frame = shown.as_ref().unwrap_or(frame);
         let core = Rc::clone(&self.core);
         let mut buf = core.pool.take();
         if frame.encode(&mut buf).is_err() {
@@ -2223,6 +2262,11 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
         read_queue_capacity: settings.storage_read_queue,
         node_id: Some(settings.node_id.clone()),
         groups: settings.groups,
+        tenant_group_max_members: settings
+            .tenants
+            .iter()
+            .filter_map(|(t, l)| Some((t.clone(), l.group_max_members?)))
+            .collect(),
         ..StoreConfig::default()
     };
     let store = Arc::new(
@@ -2396,7 +2440,11 @@ fn build_hooks(settings: &Settings, store: &Arc<NodeStore>) -> anyhow::Result<Ho
         }
         None => None,
     };
-    Ok(Hooks { push, filter })
+    Ok(Hooks {
+        push,
+        filter,
+        tenants: crate::tenant::Tenants::new(&settings.tenants),
+    })
 }
 
 /// Reloads the TLS certificate and the content filter's word list on SIGHUP; a failed reload

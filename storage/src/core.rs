@@ -146,12 +146,28 @@ pub(crate) enum Applied {
 }
 
 /// Limits and ages the core applies.
-#[derive(Clone, Copy, Debug)]
+#[derive(Clone, Debug)]
 pub(crate) struct CoreConfig {
     pub max_cached_entries: usize,
     pub inbox_max_age_ms: u64,
     pub dedup_window_ms: u64,
     pub groups: GroupLimits,
+    /// Member limits of tenants that have their own (see [`crate::StoreConfig`]).
+    pub tenant_group_max_members: std::collections::BTreeMap<String, u32>,
+}
+
+impl CoreConfig {
+    /// The group limits of `group`: the node's, with its tenant's member limit when lower.
+    pub(crate) fn group_limits(&self, group: &crate::ids::GroupId) -> GroupLimits {
+        let mut limits = self.groups;
+        if let Some(max) = group
+            .tenant()
+            .and_then(|t| self.tenant_group_max_members.get(t))
+        {
+            limits.max_members = limits.max_members.min(*max);
+        }
+        limits
+    }
 }
 
 /// A conversation's cached state.
@@ -1586,6 +1602,7 @@ mod tests {
             inbox_max_age_ms: 1_000_000,
             dedup_window_ms: 1_000_000,
             groups: GroupLimits::default(),
+            tenant_group_max_members: Default::default(),
         };
         (WriterCore::new(Arc::new(engine.clone()), config), engine)
     }

@@ -1,13 +1,86 @@
 //! Identifier newtypes shared by every layer of the store: who wrote, which device, which
 //! conversation, which position in a timeline.
 //!
-//! String ids are validated once, at construction (UTF-8, 1..=64 bytes), so key encoding can rely
-//! on a one-byte length prefix.
+//! String ids are validated once, at construction (UTF-8, 1..=64 bytes, or a tenant-scoped id
+//! of at most [`MAX_SCOPED_ID_LEN`]), so key encoding can rely on a one-byte length prefix.
+//!
+//! **Tenants.** A user, group, room or topic of a tenant other than the default one is held as
+//! `tenant ‖ U+001F ‖ name` ([`scoped`]): every key, slot hash, registry entry and node-to-node
+//! message built from the id is then the tenant's alone, and two tenants' "alice" are two users.
+//! U+001F is a control character, which no plain user id may hold (SPEC.md §4) and no name a
+//! client sends may hold (the node refuses it), so a plain id can never be read as another
+//! tenant's and the default tenant's ids are the plain ones of before.
 
 use std::fmt;
 
-/// The longest user, device, group, room or topic id, in bytes.
+/// The longest user, device, group, room or topic id as named on the wire, in bytes.
 pub const MAX_ID_LEN: usize = 64;
+
+/// The longest tenant id, in bytes.
+pub const MAX_TENANT_LEN: usize = 32;
+
+/// The longest id held in storage: a tenant, the separator and a name.
+pub const MAX_SCOPED_ID_LEN: usize = MAX_TENANT_LEN + 1 + MAX_ID_LEN;
+
+/// Separates the tenant from the name in a tenant-scoped id.
+pub const TENANT_SEP: char = '\u{1f}';
+
+/// Whether `t` is acceptable as a tenant id: 1..=32 bytes of ASCII letters, digits, `-`, `_`
+/// and `.` (it is also a configuration table key and a metrics label).
+pub fn valid_tenant(t: &str) -> bool {
+    !t.is_empty()
+        && t.len() <= MAX_TENANT_LEN
+        && t.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.'))
+}
+
+/// `name` of `tenant` as held inside the node: the name itself for the default tenant (`None`),
+/// `tenant ‖ U+001F ‖ name` otherwise.
+pub fn scoped(tenant: Option<&str>, name: &str) -> String {
+    match tenant {
+        None => name.to_owned(),
+        Some(t) => {
+            let mut s = String::with_capacity(t.len() + 1 + name.len());
+            s.push_str(t);
+            s.push(TENANT_SEP);
+            s.push_str(name);
+            s
+        }
+    }
+}
+
+/// The tenant (`None`: the default one) and the name of an id held inside the node.
+pub fn split_scoped(id: &str) -> (Option<&str>, &str) {
+    match id.split_once(TENANT_SEP) {
+        Some((t, name)) => (Some(t), name),
+        None => (None, id),
+    }
+}
+
+/// The tenant of an id held inside the node (`None`: the default tenant).
+pub fn tenant_of(id: &str) -> Option<&str> {
+    split_scoped(id).0
+}
+
+/// Checks the length rules of an id, scoped or plain.
+fn check_id(kind: &'static str, id: &str) -> Result<(), IdError> {
+    let (tenant, name) = split_scoped(id);
+    if name.is_empty() {
+        return Err(IdError::Empty { kind });
+    }
+    if name.len() > MAX_ID_LEN {
+        return Err(IdError::TooLong {
+            kind,
+            len: name.len(),
+        });
+    }
+    if let Some(t) = tenant {
+        if !valid_tenant(t) || name.contains(TENANT_SEP) {
+            return Err(IdError::Tenant { kind });
+        }
+    }
+    Ok(())
+}
 
 /// Why a string was refused as an id.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -26,6 +99,12 @@ pub enum IdError {
         /// Its length in bytes.
         len: usize,
     },
+    /// A scoped id whose tenant part is not a valid tenant id, or with a second separator.
+    #[error("{kind} id has an invalid tenant part")]
+    Tenant {
+        /// Which id type refused it.
+        kind: &'static str,
+    },
 }
 
 macro_rules! string_id {
@@ -35,16 +114,17 @@ macro_rules! string_id {
         pub struct $name(String);
 
         impl $name {
-            /// Validates and wraps an id: UTF-8, 1..=[`MAX_ID_LEN`] bytes.
+            /// Validates and wraps an id: UTF-8, 1..=[`MAX_ID_LEN`] bytes, optionally scoped
+            /// by a tenant (`tenant ‖ U+001F ‖ name`, see [`scoped`]).
             pub fn new(id: impl Into<String>) -> Result<Self, IdError> {
                 let id = id.into();
-                if id.is_empty() {
-                    return Err(IdError::Empty { kind: $kind });
-                }
-                if id.len() > MAX_ID_LEN {
-                    return Err(IdError::TooLong { kind: $kind, len: id.len() });
-                }
+                check_id($kind, &id)?;
                 Ok(Self(id))
+            }
+
+            /// The tenant the id belongs to (`None`: the default tenant).
+            pub fn tenant(&self) -> Option<&str> {
+                tenant_of(&self.0)
             }
 
             /// The id as text.
@@ -340,6 +420,28 @@ mod tests {
                 len: 65
             })
         );
+    }
+
+    #[test]
+    fn scoped_ids() {
+        let a = UserId::new(scoped(Some("acme"), "alice")).unwrap();
+        assert_eq!(a.as_str(), "acme\u{1f}alice");
+        assert_eq!(a.tenant(), Some("acme"));
+        assert_eq!(split_scoped(a.as_str()), (Some("acme"), "alice"));
+        assert_ne!(a, UserId::new("alice").unwrap());
+        assert_eq!(UserId::new("alice").unwrap().tenant(), None);
+        assert_eq!(scoped(None, "alice"), "alice");
+        // The name part keeps the 64-byte limit; the whole id may be longer.
+        let long = scoped(Some(&"t".repeat(32)), &"n".repeat(64));
+        assert_eq!(long.len(), MAX_SCOPED_ID_LEN);
+        assert!(UserId::new(long).is_ok());
+        assert!(UserId::new(scoped(Some("acme"), &"n".repeat(65))).is_err());
+        assert!(UserId::new(scoped(Some("acme"), "")).is_err());
+        assert!(UserId::new("\u{1f}alice").is_err());
+        assert!(UserId::new("a b\u{1f}alice").is_err());
+        assert!(UserId::new("acme\u{1f}x\u{1f}alice").is_err());
+        assert!(valid_tenant("acme-1.eu_2"));
+        assert!(!valid_tenant("") && !valid_tenant(&"t".repeat(33)) && !valid_tenant("a/b"));
     }
 
     #[test]

@@ -18,8 +18,9 @@ pub(crate) const META_SCHEMA_VERSION: &[u8] = b"schema_version";
 pub(crate) const META_NODE_ID: &[u8] = b"node_id";
 
 pub(crate) fn put_id(out: &mut Vec<u8>, id: &str) {
-    debug_assert!(!id.is_empty() && id.len() <= crate::ids::MAX_ID_LEN);
-    // Ids are validated to at most 64 bytes at construction, so the length fits one byte.
+    debug_assert!(!id.is_empty() && id.len() <= crate::ids::MAX_SCOPED_ID_LEN);
+    // Ids are validated to at most 97 bytes (a tenant-scoped id) at construction, so the length
+    // fits one byte.
     out.push(id.len() as u8);
     out.extend_from_slice(id.as_bytes());
 }

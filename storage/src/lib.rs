@@ -133,6 +133,9 @@ pub use engine::{
 };
 pub use error::{OpError, OpenError, SubmitError};
 pub use ids::{
+    scoped, split_scoped, tenant_of, valid_tenant, MAX_SCOPED_ID_LEN, MAX_TENANT_LEN, TENANT_SEP,
+};
+pub use ids::{
     ClientMsgId, ConvKey, ConvKind, DeviceId, DirectPair, GroupId, IdError, MessageFlags,
     MessageKind, RoomId, Seq, TopicId, UserId, MAX_ID_LEN,
 };

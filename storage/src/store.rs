@@ -115,6 +115,9 @@ pub struct StoreConfig {
     pub node_id: Option<String>,
     /// Group sizes: the member limit and where write diffusion ends.
     pub groups: GroupLimits,
+    /// Lower member limits for the groups of some tenants (tenant id → members), applied to
+    /// groups whose id is scoped by that tenant.
+    pub tenant_group_max_members: std::collections::BTreeMap<String, u32>,
 }
 
 impl Default for StoreConfig {
@@ -130,6 +133,7 @@ impl Default for StoreConfig {
             max_cached_entries: 1_000_000,
             node_id: None,
             groups: GroupLimits::default(),
+            tenant_group_max_members: Default::default(),
         }
     }
 }
@@ -557,6 +561,7 @@ impl<E: KvEngine> Store<E> {
             inbox_max_age_ms: config.inbox_max_age.as_millis() as u64,
             dedup_window_ms: config.dedup_window.as_millis() as u64,
             groups: config.groups,
+            tenant_group_max_members: config.tenant_group_max_members.clone(),
         };
         let (write_tx, write_rx) = bounded(config.write_queue_capacity);
         let (read_tx, read_rx) = bounded::<ReadJob<E>>(config.read_queue_capacity);

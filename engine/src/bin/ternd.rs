@@ -5,7 +5,7 @@
 
 use anyhow::{bail, Context as _};
 use clap::Parser;
-use tern_engine::auth::mint_hs256;
+use tern_engine::auth::mint_hs256_tenant;
 use tern_engine::config::{AuthKey, Cli, Command, Settings};
 use tern_engine::server;
 
@@ -27,7 +27,12 @@ static TUNE_ALLOCATOR: extern "C" fn() = {
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
     match cli.command {
-        Some(Command::Token { user, device, ttl }) => {
+        Some(Command::Token {
+            user,
+            device,
+            ttl,
+            tenant,
+        }) => {
             let settings = Settings::resolve(&cli.node, false)?;
             let AuthKey::Secret { secret, .. } = &settings.auth else {
                 bail!("this node verifies tokens with a public key; mint them with the private key's owner");
@@ -36,9 +41,21 @@ fn main() -> anyhow::Result<()> {
                 .duration_since(std::time::UNIX_EPOCH)
                 .context("system clock before 1970")?
                 .as_secs();
+            if let Some(t) = &tenant {
+                if !tern_storage::valid_tenant(t) {
+                    bail!("--tenant {t:?}: a tenant id is 1..=32 ASCII letters, digits, '-', '_' or '.'");
+                }
+            }
             println!(
                 "{}",
-                mint_hs256(secret, &user, device.as_deref(), ttl, now)?
+                mint_hs256_tenant(
+                    secret,
+                    tenant.as_deref(),
+                    &user,
+                    device.as_deref(),
+                    ttl,
+                    now
+                )?
             );
             Ok(())
         }

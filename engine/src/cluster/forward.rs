@@ -300,8 +300,10 @@ pub fn deliver_remote(node: &NodeShared, d: &Delivery) -> bool {
     let (Some(links), Some(to)) = (super::links::installed(), user_node(node, &d.user)) else {
         return false;
     };
+    // Encoded as the user's tenant shows it: the other node queues the bytes as they are.
+    let shown = crate::tenant::outbound_for(&d.frame, d.user.as_str());
     let mut frame = Vec::new();
-    if d.frame.encode(&mut frame).is_err() {
+    if shown.as_ref().unwrap_or(&d.frame).encode(&mut frame).is_err() {
         return false;
     }
     links.notify(to, d.user.as_str().to_owned(), frame);

@@ -415,6 +415,8 @@ pub(super) fn push_write(node: &NodeShared, w: &RemoteWrite, inbox_seq: Seq) {
 /// Queues `frame` for every open session of `user` on this node, through the core that
 /// registers the user's sessions.
 pub(super) fn deliver_local(node: &NodeShared, user: &UserId, frame: &Frame<'_>) {
+    let shown = crate::tenant::outbound_for(frame, user.as_str());
+    let frame = shown.as_ref().unwrap_or(frame);
     let mut buf = Vec::new();
     if frame.encode(&mut buf).is_err() {
         return;

@@ -51,6 +51,8 @@ impl Connection {
                     let id: String = std::iter::once("g".to_owned())
                         .chain(bytes.iter().map(|b| format!("{b:02x}")))
                         .collect();
+                    // A tenant's group is the tenant's: its id is scoped like its creator's.
+                    let id = tern_storage::scoped(info.user.tenant(), &id);
                     let Ok(group) = GroupId::new(id) else {
                         break;
                     };

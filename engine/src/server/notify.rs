@@ -21,12 +21,14 @@ use crate::server::{now_ms, ConnRef};
 use crate::session::{self, Plan};
 use crate::slots::Owner;
 
-/// Optional parts of a node: the push hook's queue and the content filter.
+/// Optional parts of a node: the push hook's queue, the content filter and the tenants' limits.
 #[derive(Debug, Default)]
 pub struct Hooks {
     /// Where offline notifications go (the push hook's thread); `None`: no webhook configured.
     pub push: Option<flume::Sender<PushNote>>,
     pub filter: Option<Arc<ContentFilter>>,
+    /// The tenants configured with limits (`[tenants.<id>]`).
+    pub tenants: crate::tenant::Tenants,
 }
 
 impl Hooks {
@@ -58,8 +60,16 @@ pub(super) fn rejected(rid: u32) -> Frame<'static> {
     )
 }
 
-fn encode(frame: &Frame<'_>) -> Option<Bytes> {
-    frame.to_bytes().ok().map(Bytes::from)
+/// A presence notice about `user`, encoded as its tenant's clients see it (everyone it goes to
+/// named `user`, so is of the same tenant).
+fn encode(frame: &Frame<'_>, user: &str) -> Option<Bytes> {
+    let shown = crate::tenant::outbound_for(frame, user);
+    shown
+        .as_ref()
+        .unwrap_or(frame)
+        .to_bytes()
+        .ok()
+        .map(Bytes::from)
 }
 
 impl Core {
@@ -91,7 +101,7 @@ impl Core {
             return;
         }
         let shown = self.presence.borrow_mut().watch(user, conn);
-        if let Some(frame) = encode(&shown.frame(user)) {
+        if let Some(frame) = encode(&shown.frame(user), user) {
             inc(&METRICS.presence_notices_total);
             self.route(conn.core, CoreMsg::Push { conn, frame });
         }
@@ -101,7 +111,7 @@ impl Core {
     /// followers from a task that reads those lists in pages.
     fn publish_presence(&self, user: &Arc<str>, shown: &Shown) {
         inc(&METRICS.presence_changes_total);
-        let Some(frame) = encode(&shown.frame(user)) else {
+        let Some(frame) = encode(&shown.frame(user), user) else {
             return;
         };
         let watchers: Vec<ConnRef> = self.presence.borrow().watchers(user).to_vec();

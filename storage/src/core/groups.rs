@@ -154,7 +154,8 @@ impl<E: KvEngine> WriterCore<E> {
                 if self.group_in_flight(&req.group) {
                     return Applied::Barrier(WriteCmd::Group(req, tx));
                 }
-                let r = self.group_op(req, self.config.groups);
+                let limits = self.config.group_limits(&req.group);
+                let r = self.group_op(req, limits);
                 done(tx, r)
             }
             WriteCmd::AppendGroup(msg, tx) => {
