@@ -1225,6 +1225,7 @@ impl Connection {
         // A SEND another node must take is answered (refused) on the one-request path.
         if crate::cluster::node::remote_refusal(&self.core.node.owners.load(), &s.info, &plan)
             .is_some()
+            || crate::cluster::quorum::refusal(frame.request_id, &s.info, &plan).is_some()
         {
             return None;
         }
@@ -1630,6 +1631,10 @@ impl Connection {
             return self
                 .write_frame(&crate::cluster::node::unavailable(rid, why))
                 .await;
+        }
+        // SPEC §8 NO_QUORUM: a cluster node cut off from the majority takes no writes.
+        if let Some(refused) = crate::cluster::quorum::refusal(rid, &info, &plan) {
+            return self.write_frame(&refused).await;
         }
         match plan {
             Plan::Reply(f) => self.write_frame(&f).await,
@@ -2318,6 +2323,7 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
     let cluster = match (&settings.cluster, cluster_identity) {
         (Some(c), Some(identity)) => {
             let addrs = crate::cluster::node::client_addrs(native, tls_addr, http, c.bind.ip());
+            crate::cluster::fault::set_enabled(settings.dev);
             let mut node = crate::cluster::node::ClusterNode::bind(c, identity, addrs)?;
             crate::cluster::links::install(&mut node, &c.secret, &store)?;
             Some(node)
