@@ -29,8 +29,8 @@ use std::time::{Duration, Instant};
 use tern_protocol::{
     Body, Close, CloseReason, Conv, ErrorCode, Flags, Frame, FrameType, Message, MessageKind,
     MsgId, Mute, Ping, Presence, PresenceStatus, PushAck, PushToken, Recall, Receipt, Relation,
-    RelationEntry, RelationKind, RelationList, RelationOp, RelationPage, Send, SendAck, SubOp,
-    Subscribe, Sync, Typing, TypingState,
+    RelationEntry, RelationKind, RelationList, RelationOp, RelationPage, Send, SendAck,
+    SendWithMentions, SubOp, Subscribe, Sync, Typing, TypingState,
 };
 
 use crate::connection::{Connection, ConnectionError, HelloParams};
@@ -175,6 +175,8 @@ enum Cmd {
         to: Conv<'static>,
         kind: MessageKind,
         body: Vec<u8>,
+        /// SEND's mentions (group members, `""` for @all); empty: none.
+        mentions: Vec<String>,
         waiter: Option<Waiter<SendAck>>,
     },
     Request {
@@ -261,7 +263,7 @@ impl Client {
         kind: MessageKind,
         body: Vec<u8>,
     ) -> Result<PendingSend, SendError> {
-        self.enqueue(Conv::direct(to.to_owned()), kind, body, None)
+        self.enqueue(Conv::direct(to.to_owned()), kind, body, Vec::new(), None)
     }
 
     /// Queues a message to any conversation the node accepts SENDs for (DIRECT, GROUP); it is
@@ -272,7 +274,7 @@ impl Client {
         kind: MessageKind,
         body: Vec<u8>,
     ) -> Result<PendingSend, SendError> {
-        self.enqueue(to, kind, body, None)
+        self.enqueue(to, kind, body, Vec::new(), None)
     }
 
     /// [`Client::send_to`], waiting for the SEND_ACK.
@@ -284,8 +286,23 @@ impl Client {
         timeout: Duration,
     ) -> Result<SendAck, SendError> {
         let (tx, rx) = mpsc::channel();
-        self.enqueue(to, kind, body, Some(tx))?;
+        self.enqueue(to, kind, body, Vec::new(), Some(tx))?;
         rx.recv_timeout(timeout).map_err(|_| SendError::Timeout)?
+    }
+
+    /// Queues a message that mentions `mentions` (user ids of a group's members; `""` is
+    /// @all, SPEC.md "Mentions"): it travels through the send queue like any other, its
+    /// retransmissions carry the same mentions, and a SEND without mentions is sent when the
+    /// list is empty. `waiter` gets the SEND_ACK or the refusal.
+    pub(crate) fn enqueue_mentioning(
+        &self,
+        to: Conv<'static>,
+        kind: MessageKind,
+        body: Vec<u8>,
+        mentions: Vec<String>,
+        waiter: Option<Waiter<SendAck>>,
+    ) -> Result<PendingSend, SendError> {
+        self.enqueue(to, kind, body, mentions, waiter)
     }
 
     fn enqueue(
@@ -293,6 +310,7 @@ impl Client {
         to: Conv<'static>,
         kind: MessageKind,
         body: Vec<u8>,
+        mentions: Vec<String>,
         waiter: Option<Waiter<SendAck>>,
     ) -> Result<PendingSend, SendError> {
         let local_seq = self.next_local.fetch_add(1, Ordering::Relaxed);
@@ -307,6 +325,7 @@ impl Client {
                 to,
                 kind,
                 body,
+                mentions,
                 waiter,
             })
             .map_err(|_| SendError::Stopped)?;
@@ -598,6 +617,7 @@ struct Pending {
     to: Conv<'static>,
     kind: MessageKind,
     body: Vec<u8>,
+    mentions: Vec<String>,
     last_rid: u32,
     last_sent: Option<Instant>,
     attempts: u32,
@@ -729,8 +749,9 @@ impl Worker {
                 to,
                 kind,
                 body,
+                mentions,
                 waiter,
-            } => self.queue(local_seq, msg_id, to, kind, body, waiter),
+            } => self.queue(local_seq, msg_id, to, kind, body, mentions, waiter),
             Cmd::Notify { .. } => {}
             Cmd::Request { reply, .. } => {
                 let _ = reply.send(Err(SendError::NotConnected));
@@ -739,6 +760,7 @@ impl Worker {
         }
     }
 
+    #[allow(clippy::too_many_arguments)]
     fn queue(
         &mut self,
         local_seq: u64,
@@ -746,6 +768,7 @@ impl Worker {
         to: Conv<'static>,
         kind: MessageKind,
         body: Vec<u8>,
+        mentions: Vec<String>,
         waiter: Option<Waiter<SendAck>>,
     ) {
         self.by_msg_id.insert(msg_id, local_seq);
@@ -756,6 +779,7 @@ impl Worker {
                 to,
                 kind,
                 body,
+                mentions,
                 last_rid: 0,
                 last_sent: None,
                 attempts: 0,
@@ -791,15 +815,25 @@ impl Worker {
 
     fn transmit(conn: &mut Connection, p: &mut Pending) -> Result<(), ConnectionError> {
         let rid = conn.next_request_id();
-        let mut frame = Frame::new(
-            rid,
-            Body::Send(Send {
-                to: p.to.clone(),
-                msg_id: p.msg_id,
-                kind: p.kind,
-                body: p.body.as_slice().into(),
-            }),
-        );
+        let send = Send {
+            to: p.to.clone(),
+            msg_id: p.msg_id,
+            kind: p.kind,
+            body: p.body.as_slice().into(),
+        };
+        // Every transmission carries the mentions, so a retransmission is the same SEND.
+        let body = if p.mentions.is_empty() {
+            Body::Send(send)
+        } else {
+            Body::SendWithMentions(SendWithMentions {
+                to: send.to,
+                msg_id: send.msg_id,
+                kind: send.kind,
+                body: send.body,
+                mentions: p.mentions.iter().map(|m| m.as_str().into()).collect(),
+            })
+        };
+        let mut frame = Frame::new(rid, body);
         if p.attempts > 0 {
             frame.flags = Flags::RETRANSMIT;
         }
@@ -870,9 +904,10 @@ impl Worker {
                         to,
                         kind,
                         body,
+                        mentions,
                         waiter,
                     } => {
-                        self.queue(local_seq, msg_id, to, kind, body, waiter);
+                        self.queue(local_seq, msg_id, to, kind, body, mentions, waiter);
                         if let Some(p) = self.pending.get_mut(&local_seq) {
                             if let Err(e) = Self::transmit(&mut conn, p) {
                                 return e.to_string();

@@ -388,6 +388,45 @@ impl Client {
         self.send_to_wait(Conv::group(group.to_owned()), kind, body, timeout)
     }
 
+    /// Queues a message to a group that mentions `users` (members' ids) and, with `all`,
+    /// everyone (@all): each mentioned member's CONTACTS entry for the group is flagged until
+    /// they read it (SPEC.md "Mentions"). Sent and retransmitted, mentions included, like
+    /// [`Client::send_group`].
+    pub fn send_group_mentioning(
+        &self,
+        group: &str,
+        kind: MessageKind,
+        body: Vec<u8>,
+        users: &[&str],
+        all: bool,
+    ) -> Result<PendingSend, SendError> {
+        let mentions = mention_list(users, all);
+        self.enqueue_mentioning(Conv::group(group.to_owned()), kind, body, mentions, None)
+    }
+
+    /// [`Client::send_group_mentioning`], waiting for the SEND_ACK; a refusal (a malformed
+    /// mention is `INVALID_ARGUMENT`, more than 100 `LIMIT_EXCEEDED`) is [`SendError::Server`].
+    pub fn send_group_mentioning_wait(
+        &self,
+        group: &str,
+        kind: MessageKind,
+        body: Vec<u8>,
+        users: &[&str],
+        all: bool,
+        timeout: Duration,
+    ) -> Result<SendAck, SendError> {
+        let (tx, rx) = std::sync::mpsc::channel();
+        let mentions = mention_list(users, all);
+        self.enqueue_mentioning(
+            Conv::group(group.to_owned()),
+            kind,
+            body,
+            mentions,
+            Some(tx),
+        )?;
+        rx.recv_timeout(timeout).map_err(|_| SendError::Timeout)?
+    }
+
     /// One HISTORY page of a conversation: the `limit` messages before `before` (0: the newest),
     /// in ascending `conv_seq`. `limit` 0: the node's default.
     pub fn history(
@@ -419,6 +458,15 @@ impl Client {
     ) -> Result<HistoryPage<'static>, SendError> {
         self.history(Conv::group(group.to_owned()), before, limit, timeout)
     }
+}
+
+/// SEND's mentions: the users, then the empty string for @all.
+fn mention_list(users: &[&str], all: bool) -> Vec<String> {
+    let mut v: Vec<String> = users.iter().map(|u| (*u).to_owned()).collect();
+    if all {
+        v.push(String::new());
+    }
+    v
 }
 
 fn owned_list(users: &[&str]) -> Vec<std::borrow::Cow<'static, str>> {

@@ -97,7 +97,16 @@ pub enum GroupCmd {
     /// A group's name, announcement, owner and members.
     Info { group: String },
     /// Send a text message to a group (retransmitted until the node acknowledges it).
-    Send { group: String, text: String },
+    Send {
+        group: String,
+        text: String,
+        /// Mention this member (repeatable): their CONTACTS entry is flagged until read.
+        #[arg(long = "mention")]
+        mentions: Vec<String>,
+        /// Mention everyone (@all).
+        #[arg(long)]
+        mention_all: bool,
+    },
     /// Page a group's messages and events, newest last.
     History {
         group: String,
@@ -428,10 +437,22 @@ pub fn run(ctx: &mut Ctx<'_>, cmd: &GroupCmd) -> anyhow::Result<()> {
                 println!("{count} groups");
             }
         }
-        GroupCmd::Send { group, text } => {
+        GroupCmd::Send {
+            group,
+            text,
+            mentions,
+            mention_all,
+        } => {
             let client = Client::start(ctx.client.clone());
-            let sent =
-                client.send_group_wait(group, MessageKind::TEXT, text.as_bytes().to_vec(), TIMEOUT);
+            let users: Vec<&str> = mentions.iter().map(String::as_str).collect();
+            let sent = client.send_group_mentioning_wait(
+                group,
+                MessageKind::TEXT,
+                text.as_bytes().to_vec(),
+                &users,
+                *mention_all,
+                TIMEOUT,
+            );
             client.stop();
             let ack = sent.with_context(|| format!("sending to group {group}"))?;
             if json {

@@ -90,10 +90,19 @@ struct Cli {
 
 #[derive(Debug, Subcommand)]
 enum Cmd {
-    /// Send a text message (retransmitted until the node acknowledges it).
+    /// Send a text message to a user (`--to`) or a group (`--group`, with optional mentions);
+    /// retransmitted until the node acknowledges it.
     Send {
+        #[arg(long, required_unless_present = "group", conflicts_with = "group")]
+        to: Option<String>,
         #[arg(long)]
-        to: String,
+        group: Option<String>,
+        /// Mention this group member (repeatable; `--group` only).
+        #[arg(long = "mention")]
+        mentions: Vec<String>,
+        /// Mention everyone in the group (@all; `--group` only).
+        #[arg(long)]
+        mention_all: bool,
         text: String,
     },
     /// Print incoming messages, receipts, typing and presence as they arrive.
@@ -533,15 +542,39 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
         return Ok(());
     }
     match &cli.command {
-        Cmd::Send { to, text } => {
+        Cmd::Send {
+            to,
+            group,
+            mentions,
+            mention_all,
+            text,
+        } => {
+            if to.is_some() && (!mentions.is_empty() || *mention_all) {
+                bail!("--mention and --mention-all go with --group");
+            }
             let mut cfg =
                 ClientConfig::new(String::new(), token, device).with_endpoints(ladder.clone());
             cfg.state_path = cli.state.clone();
             let client = Client::start(cfg);
-            let ack = client
-                .send_wait(to, MessageKind::TEXT, text.as_bytes().to_vec(), TIMEOUT)
-                .with_context(|| format!("sending to {to}"))?;
+            let body = text.as_bytes().to_vec();
+            let (to, sent) = match (to, group) {
+                (Some(to), _) => (to, client.send_wait(to, MessageKind::TEXT, body, TIMEOUT)),
+                (None, Some(g)) => {
+                    let users: Vec<&str> = mentions.iter().map(String::as_str).collect();
+                    let sent = client.send_group_mentioning_wait(
+                        g,
+                        MessageKind::TEXT,
+                        body,
+                        &users,
+                        *mention_all,
+                        TIMEOUT,
+                    );
+                    (g, sent)
+                }
+                (None, None) => bail!("send needs --to or --group"),
+            };
             client.stop();
+            let ack = sent.with_context(|| format!("sending to {to}"))?;
             if json {
                 println!(
                     "{}",
