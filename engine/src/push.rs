@@ -27,7 +27,10 @@ use std::time::Duration;
 use hmac::{Hmac, Mac};
 use sha2::Sha256;
 use tern_protocol::{ConvKind, ErrorCode, MessageKind as WireKind, Mute, PushToken as WireToken};
-use tern_storage::{AppendResult, ConvKey, DirectMessage, GroupId, PushToken, UserId};
+use tern_storage::{
+    AppendResult, ConvKey, DirectMessage, GroupAppendResult, GroupId, GroupMessage, PushToken,
+    UserId,
+};
 
 use crate::auth::valid_id;
 use crate::session::{error, Plan, SessionInfo};
@@ -137,6 +140,75 @@ impl PushNote {
             preview: preview(msg.kind.0, &msg.body),
             quiet: false,
         })
+    }
+}
+
+/// A group message's notification, made before the message goes to storage (which takes it);
+/// [`for_member`](Self::for_member) completes it for each member to notify.
+#[derive(Debug)]
+pub struct GroupNote {
+    template: PushNote,
+    /// The members the message names and whether it names everyone (@all).
+    mentions: Vec<UserId>,
+    mention_all: bool,
+}
+
+impl GroupNote {
+    pub fn new(msg: &GroupMessage) -> GroupNote {
+        GroupNote {
+            template: PushNote {
+                user: msg.sender.clone(),
+                conv: ConvKey::Group(msg.group.clone()),
+                conv_kind: "group",
+                conv_id: msg.group.as_str().to_owned(),
+                sender: msg.sender.as_str().to_owned(),
+                sender_device: msg.sender_device.as_str().to_owned(),
+                conv_seq: 0,
+                msg_id: msg.client_msg_id.0,
+                kind: msg.kind.0,
+                time: 0,
+                preview: preview(msg.kind.0, &msg.body),
+                quiet: false,
+            },
+            mentions: msg.mentions.clone(),
+            mention_all: msg.mention_all,
+        }
+    }
+
+    /// Who is told of the stored message `r`, before the online check at each one's core.
+    ///
+    //= SPEC.md#offline-push
+    //# In a group above the write-diffusion threshold only the members the message mentions
+    //# (every member for @all) are notified
+    pub fn members(&self, r: &GroupAppendResult) -> Vec<UserId> {
+        let Some(fanout) = r.fanout.as_ref().filter(|_| !r.duplicate) else {
+            return Vec::new();
+        };
+        let sender = &self.template.user;
+        if fanout.diffusion == tern_storage::Diffusion::WRITE {
+            return fanout
+                .inboxes
+                .iter()
+                .map(|(u, _)| u)
+                .filter(|u| *u != sender)
+                .cloned()
+                .collect();
+        }
+        fanout
+            .members
+            .iter()
+            .filter(|u| *u != sender && (self.mention_all || self.mentions.contains(u)))
+            .cloned()
+            .collect()
+    }
+
+    pub fn for_member(&self, user: UserId, r: &GroupAppendResult) -> PushNote {
+        PushNote {
+            user,
+            conv_seq: r.conv_seq.0,
+            time: r.time_ms,
+            ..self.template.clone()
+        }
     }
 }
 

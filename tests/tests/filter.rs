@@ -1,6 +1,6 @@
 //! The content filter against real nodes: reject mode refuses a matching SEND with
 //! CONTENT_REJECTED and stores nothing; mask mode stores and delivers the message masked; the
-//! word list is reloaded on SIGHUP; room messages are filtered too.
+//! word list is reloaded on SIGHUP; room and group messages are filtered too.
 
 #![allow(clippy::unwrap_used)]
 
@@ -166,4 +166,69 @@ fn mask_mode_stores_and_delivers_the_masked_text() {
         .unwrap();
     expect_push_text(&mut bob, "**** room");
     assert!(node.metric("tern_filter_masked_total").unwrap() >= 2);
+}
+
+#[test]
+fn group_messages_are_filtered_too() {
+    let dir = tempfile::tempdir().unwrap();
+    let words = dir.path().join("words.txt");
+    std::fs::write(&words, "darn\n").unwrap();
+    let node = Node::start_with(&["--filter-words", words.to_str().unwrap()]);
+    let mut alice = node.connect("alice", "phone");
+    let mut bob = node.connect("bob", "phone");
+    let f = alice
+        .request(
+            Body::GroupCreate(tern_protocol::GroupCreate {
+                name: "g".into(),
+                members: vec!["bob".into()],
+            }),
+            WAIT,
+        )
+        .unwrap();
+    let Body::GroupInfo(info) = f.body else {
+        panic!("{f:?}")
+    };
+    let g = info.group.to_string();
+    let send_group = |conn: &mut tern_tools::Connection, n: u8, text: &str| {
+        conn.request(
+            Body::Send(tern_protocol::Send {
+                to: Conv::group(g.clone()),
+                msg_id: tern_protocol::MsgId([n; 16]),
+                kind: MessageKind::TEXT,
+                body: text.as_bytes().to_vec().into(),
+            }),
+            WAIT,
+        )
+    };
+    assert_eq!(
+        code(send_group(&mut alice, 1, "darn it all")),
+        ErrorCode::CONTENT_REJECTED
+    );
+    send_group(&mut alice, 2, "all fine").unwrap();
+    expect_push_text(&mut bob, "all fine");
+    let f = bob
+        .request(
+            Body::History(History {
+                conv: Conv::group(g.clone()),
+                direction: Direction::AFTER,
+                seq: 0,
+                limit: 0,
+            }),
+            WAIT,
+        )
+        .unwrap();
+    let Body::HistoryPage(p) = f.body else {
+        panic!("{f:?}")
+    };
+    let texts: Vec<&[u8]> = p
+        .messages
+        .iter()
+        .filter(|m| m.kind == MessageKind::TEXT)
+        .map(|m| m.body.as_ref())
+        .collect();
+    assert_eq!(
+        texts,
+        [b"all fine".as_slice()],
+        "the refused message is not stored"
+    );
 }

@@ -1,7 +1,8 @@
 //! The offline push hook against a real HTTP receiver started by the test: a message to a user
 //! with no device online is POSTed as signed JSON (HMAC-SHA256 checked here), retried after a
 //! 500; quiet when the user chose BUSY; not sent for muted conversations, users online, or users
-//! without a token; the `tern push-token` and `tern mute` commands.
+//! without a token; group messages notify offline members (in large groups only the mentioned);
+//! the `tern push-token` and `tern mute` commands.
 
 #![allow(clippy::unwrap_used)]
 
@@ -210,4 +211,90 @@ fn cli_registers_a_token_and_mutes() {
     assert_eq!(n[0]["devices"][0]["token"], "cli-token");
     assert_eq!(n[0]["devices"][0]["platform"], "apns");
     assert_eq!(n[0]["preview"], "not muted");
+}
+
+#[test]
+fn group_messages_notify_offline_members_and_large_groups_only_the_mentioned() {
+    let (url, rx) = receiver(vec![], 64);
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tern.toml");
+    // Up to 3 members: write diffusion; more: read diffusion.
+    std::fs::write(&cfg, "[limits]\ngroup_write_diffusion_max = 3\n").unwrap();
+    let node = Node::start_with(&[
+        "--config",
+        cfg.to_str().unwrap(),
+        "--push-webhook",
+        &url,
+        "--push-secret",
+        SECRET,
+    ]);
+    let alice = client(&node, "alice", "phone");
+    let mut online = Vec::new();
+    for user in ["bob", "carol", "dave"] {
+        let c = client(&node, user, "phone");
+        c.register_push_token("fcm", &format!("{user}-token"), WAIT)
+            .unwrap();
+        if user == "carol" {
+            online.push(c);
+        } else {
+            c.stop();
+        }
+    }
+    // carol stays online: she gets the PUSH, not a notification.
+    let g = alice
+        .group_create("trip", &["bob", "carol"], WAIT)
+        .unwrap()
+        .group
+        .to_string();
+    alice
+        .send_group_wait(&g, MessageKind::TEXT, b"small group".to_vec(), WAIT)
+        .unwrap();
+    let n = next_notifications(&rx, WAIT).expect("a notification for bob");
+    assert_eq!(n.len(), 1, "{n:?}");
+    assert_eq!(n[0]["user"], "bob");
+    assert_eq!(n[0]["conv"]["kind"], "group");
+    assert_eq!(n[0]["conv"]["id"], g.as_str());
+    assert_eq!(n[0]["sender"], "alice");
+    assert_eq!(n[0]["preview"], "small group");
+    assert_eq!(n[0]["devices"][0]["token"], "bob-token");
+
+    // Four members: read diffusion. A message without mentions notifies nobody; a mention
+    // notifies the one named; @all every offline member (never the sender).
+    alice.group_add(&g, &["dave"], WAIT).unwrap();
+    // The membership event itself is not a message: nothing for it.
+    alice
+        .send_group_wait(&g, MessageKind::TEXT, b"no mention".to_vec(), WAIT)
+        .unwrap();
+    alice
+        .send_group_mentioning_wait(
+            &g,
+            MessageKind::TEXT,
+            b"hey dave".to_vec(),
+            &["dave"],
+            false,
+            WAIT,
+        )
+        .unwrap();
+    let n = next_notifications(&rx, WAIT).expect("a notification for dave");
+    let got: Vec<(&str, &str)> = n
+        .iter()
+        .map(|x| (x["user"].as_str().unwrap(), x["preview"].as_str().unwrap()))
+        .collect();
+    assert_eq!(got, [("dave", "hey dave")]);
+    alice
+        .send_group_mentioning_wait(&g, MessageKind::TEXT, b"everyone".to_vec(), &[], true, WAIT)
+        .unwrap();
+    let mut users = Vec::new();
+    let end = Instant::now() + WAIT;
+    while users.len() < 2 && Instant::now() < end {
+        if let Some(n) = next_notifications(&rx, Duration::from_millis(500)) {
+            for x in n {
+                assert_eq!(x["preview"], "everyone");
+                users.push(x["user"].as_str().unwrap().to_owned());
+            }
+        }
+    }
+    users.sort();
+    assert_eq!(users, ["bob", "dave"], "@all: the offline members");
+    assert!(next_notifications(&rx, Duration::from_millis(1_000)).is_none());
 }

@@ -9,6 +9,7 @@ use tern_storage::{GroupId, GroupRequest, MarkRead, Seq};
 
 use super::{Connection, Delivery, State};
 use crate::groups::{self, GroupPlan};
+use crate::push::GroupNote;
 use crate::session::{self, SessionInfo};
 
 /// Tries for a fresh group id before giving up (ids are 96 random bits: never in practice).
@@ -116,13 +117,24 @@ impl Connection {
                 }
                 ok
             }
-            GroupPlan::Send { msg, msg_id } => {
+            GroupPlan::Send { mut msg, msg_id } => {
+                //= SPEC.md#send
+                //# a match either refuses the SEND with `CONTENT_REJECTED`
+                let hooks = &self.core.node.hooks;
+                let Some(body) = hooks.screen(msg.kind.0, std::mem::take(&mut msg.body)) else {
+                    return self.write_frame(&super::notify::rejected(rid)).await;
+                };
+                msg.body = body;
+                let note = hooks.push.is_some().then(|| GroupNote::new(&msg));
                 let Some(r) = self.storage(rid, store.append_group(msg)).await else {
                     return open(self);
                 };
                 let ok = self.write_frame(&groups::send_ack(rid, msg_id, &r)).await;
                 if let Some(fanout) = &r.fanout {
                     self.push_group_entry(fanout, Some((&info.user, info.session_id)));
+                }
+                if let Some(note) = note {
+                    self.core.group_offline_push(&note, &r);
                 }
                 ok
             }

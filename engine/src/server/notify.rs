@@ -9,14 +9,16 @@ use std::sync::Arc;
 
 use bytes::Bytes;
 use tern_protocol::{Body, ErrorCode, Frame, PresenceStatus};
-use tern_storage::{AppendResult, DirectMessage, PushSetting, RelationKind, UserId};
+use tern_storage::{
+    AppendResult, DirectMessage, GroupAppendResult, PushSetting, RelationKind, UserId,
+};
 use tracing::debug;
 
 use super::{Connection, Core, CoreMsg, NodeShared, State};
 use crate::filter::{ContentFilter, Verdict};
 use crate::metrics::{inc, METRICS};
 use crate::presence::{self, Shown, FANOUT_BATCH, MAX_FANOUT};
-use crate::push::PushNote;
+use crate::push::{GroupNote, PushNote};
 use crate::server::{now_ms, ConnRef};
 use crate::session::{self, Plan};
 use crate::slots::Owner;
@@ -157,6 +159,25 @@ impl Core {
                 note: Box::new(note),
             },
         );
+    }
+
+    /// A newly stored group message: each member to notify (see [`GroupNote::members`]) is
+    /// told at their owning core if none of their devices is online there.
+    pub(super) fn group_offline_push(&self, note: &GroupNote, r: &GroupAppendResult) {
+        let owners = self.node.owners.load();
+        for user in note.members(r) {
+            // Another node serves the member and its Open connections.
+            if matches!(owners.owner_of_user(user.as_str()), Owner::Remote(_)) {
+                continue;
+            }
+            let owner = self.owner_core(user.as_str());
+            self.route(
+                owner,
+                CoreMsg::Offline {
+                    note: Box::new(note.for_member(user, r)),
+                },
+            );
+        }
     }
 
     /// At the recipient's owning core: queue the note for the hook if no device is online.
