@@ -1918,12 +1918,16 @@ impl Connection {
         let store = Arc::clone(&self.core.node.store);
         match plan {
             Plan::Relate { change } => {
-                let Some(outcome) = self.storage(rid, store.relate(change.clone())).await else {
+                let submitted = crate::cluster::forward::relate(&self.core.node, change.clone());
+                let Some(outcome) = self.storage(rid, submitted).await else {
                     return self.conn.state() == State::Open;
                 };
                 let ok = self.write_frame(&Frame::new(rid, Body::Ok)).await;
                 for d in session::relation_notices(&change, &outcome) {
-                    self.core.deliver(d);
+                    // A user another node serves gets it from the node applying their rows.
+                    if crate::cluster::forward::user_node(&self.core.node, &d.user).is_none() {
+                        self.core.deliver(d);
+                    }
                 }
                 ok
             }

@@ -54,7 +54,7 @@ use crate::records::{
     InboxHeadRecord, InboxRecordRef, MemberOfRecord, MemberRecord, MessageRecord, MessageRecordRef,
     PositionRecord, RecentRecord, TotalUnreadRecord,
 };
-use crate::remote::{ApplyResult, RemoteSide, RemoteWrite};
+use crate::remote::{ApplyResult, RemoteSide, RemoteWrite, RoutedRelation};
 use crate::types::{
     AppendResult, CursorUpdate, DevicePosition, DirectMessage, GroupAppendResult, GroupCursor,
     GroupInfo, GroupLimits, GroupMessage, GroupOutcome, GroupRequest, GroupUpdate, MarkRead,
@@ -106,6 +106,9 @@ pub(crate) enum WriteCmd {
     ApplyRemote(RemoteWrite, Reply<ApplyResult>),
     /// A one-to-one recall whose given side another node (named) serves (`routed` module).
     RecallRouted(Recall, RemoteSide, String, Reply<RecallResult>),
+    /// A relation change of which one user (the actor when `true`) is served by the named node
+    /// (`relations` module).
+    RelateRouted(RelationChange, bool, String, Reply<RoutedRelation>),
     /// Outbox entries the other node acknowledged.
     OutboxDone(Vec<u64>, Reply<()>),
 }
@@ -621,10 +624,28 @@ impl<E: KvEngine> WriterCore<E> {
             | WriteCmd::AppendTopic(..)
             | WriteCmd::TopicPositions(..)) => return self.apply_topic(cmd),
             WriteCmd::AppendRouted(msg, remote, dest, tx) => {
-                if remote == RemoteSide::Sender && self.append_gate_in_flight(&msg) {
+                if self.append_gate_in_flight(&msg) {
                     return Applied::Barrier(WriteCmd::AppendRouted(msg, remote, dest, tx));
                 }
                 let r = self.append_routed(msg, remote, &dest);
+                done(tx, r)
+            }
+            WriteCmd::ApplyRemote(write, tx)
+                if write.side == RemoteSide::Relation
+                    && self.pair_in_flight(&write.recipient, &write.sender) =>
+            {
+                return Applied::Barrier(WriteCmd::ApplyRemote(write, tx));
+            }
+            WriteCmd::RelateRouted(change, actor_remote, dest, tx) => {
+                if self.pair_in_flight(&change.user, &change.other) {
+                    return Applied::Barrier(WriteCmd::RelateRouted(
+                        change,
+                        actor_remote,
+                        dest,
+                        tx,
+                    ));
+                }
+                let r = self.relate_routed(change, actor_remote, &dest);
                 done(tx, r)
             }
             WriteCmd::ApplyRemote(write, tx) => {
@@ -640,6 +661,10 @@ impl<E: KvEngine> WriterCore<E> {
                 let r = self.apply_remote(write);
                 done(tx, r)
             }
+            WriteCmd::RecallRouted(_, RemoteSide::Relation, _, tx) => done(
+                tx,
+                Err::<RecallResult, _>(OpError::Invalid("a recall's remote side is a user")),
+            ),
             WriteCmd::RecallRouted(req, remote, dest, tx) => {
                 if self.conv_dirty(&req.conv) {
                     return Applied::Barrier(WriteCmd::RecallRouted(req, remote, dest, tx));
@@ -1299,7 +1324,9 @@ impl<E: KvEngine> WriterCore<E> {
             // The user another node serves has no rows here: its half goes to the outbox.
             let remote_user = remote.map(|(side, _)| match side {
                 RemoteSide::Sender => &req.by,
-                RemoteSide::Recipient => pair.peer_of(&req.by).unwrap_or(pair.high()),
+                RemoteSide::Recipient | RemoteSide::Relation => {
+                    pair.peer_of(&req.by).unwrap_or(pair.high())
+                }
             });
             if remote.is_some() {
                 self.outbox_last()?;

@@ -143,7 +143,9 @@ pub use keys::KeyError;
 pub use mem::MemEngine;
 pub use push::{PushSetting, PushTargets, PushToken};
 pub use records::SCHEMA_VERSION;
-pub use remote::{ApplyResult, OutboxEntry, RemoteSide, RemoteWrite};
+pub use remote::{
+    ApplyResult, OutboxEntry, RelationNotice, RelationRow, RemoteSide, RemoteWrite, RoutedRelation,
+};
 pub use rocks::{RocksConfig, RocksEngine};
 pub use store::{
     Clock, Completion, Durability, ManualClock, OutboxHook, Resolver, Store, StoreConfig,

@@ -24,7 +24,7 @@ use rkyv::{Archive, Serialize};
 use crate::engine::{Cf, Direction, EngineError, KvEngine, ScanRange};
 use crate::ids::{ClientMsgId, DeviceId, MessageKind, Seq, UserId};
 use crate::records::{access, bad};
-use crate::types::DirectMessage;
+use crate::types::{DirectMessage, RelationKind};
 
 /// Which user of a one-to-one message a remote write is for.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -33,6 +33,9 @@ pub enum RemoteSide {
     Sender,
     /// The recipient: inbox entry, unread +1, total unread +1.
     Recipient,
+    /// Not a message: the relation rows of `recipient` about `sender`, as the node that decides
+    /// the pair's relation changes left them (see [`RemoteWrite::relation`]).
+    Relation,
 }
 
 impl RemoteSide {
@@ -40,6 +43,7 @@ impl RemoteSide {
         match self {
             RemoteSide::Sender => 1,
             RemoteSide::Recipient => 2,
+            RemoteSide::Relation => 3,
         }
     }
 
@@ -47,6 +51,7 @@ impl RemoteSide {
         match code {
             1 => Some(RemoteSide::Sender),
             2 => Some(RemoteSide::Recipient),
+            3 => Some(RemoteSide::Relation),
             _ => None,
         }
     }
@@ -86,11 +91,11 @@ impl RemoteWrite {
         }
     }
 
-    /// The user whose inbox gets the entry.
+    /// The user whose inbox gets the entry (whose rows a relation write sets).
     pub fn user(&self) -> &UserId {
         match self.side {
             RemoteSide::Sender => &self.sender,
-            RemoteSide::Recipient => &self.recipient,
+            RemoteSide::Recipient | RemoteSide::Relation => &self.recipient,
         }
     }
 
@@ -98,9 +103,86 @@ impl RemoteWrite {
     pub fn peer(&self) -> &UserId {
         match self.side {
             RemoteSide::Sender => &self.recipient,
-            RemoteSide::Recipient => &self.sender,
+            RemoteSide::Recipient | RemoteSide::Relation => &self.sender,
         }
     }
+
+    /// The relation rows of `user` about `peer` (`rows`: kind, since ms, note) as of `version`
+    /// (the pair's version at the deciding node: its clock, and always above the previous one;
+    /// carried in `time_ms`); `notice` says what `user`'s devices are told (by `peer`):
+    /// [`RelationNotice`]. Fields that have no meaning here are zero.
+    pub fn relation(
+        user: &UserId,
+        peer: &UserId,
+        rows: &[RelationRow],
+        notice: RelationNotice,
+        version: u64,
+    ) -> RemoteWrite {
+        let mut body = vec![rows.len() as u8];
+        for (kind, since, note) in rows {
+            body.push(kind.0);
+            body.extend_from_slice(&since.to_be_bytes());
+            let note = &note.as_bytes()[..note.len().min(u16::MAX as usize)];
+            body.extend_from_slice(&(note.len() as u16).to_be_bytes());
+            body.extend_from_slice(note);
+        }
+        RemoteWrite {
+            side: RemoteSide::Relation,
+            sender: peer.clone(),
+            // A constant: a relation write comes from no device.
+            sender_device: DeviceId::new("-").unwrap_or_else(|_| unreachable!("a valid id")),
+            recipient: user.clone(),
+            client_msg_id: ClientMsgId([0; 16]),
+            conv_seq: Seq(0),
+            time_ms: version,
+            kind: MessageKind(notice as u8),
+            body,
+        }
+    }
+
+    /// The rows and notice of a relation write (`None` if its body is malformed).
+    pub fn relation_rows(&self) -> Option<(Vec<RelationRow>, RelationNotice)> {
+        let (&count, mut rest) = self.body.split_first()?;
+        let mut rows = Vec::with_capacity(usize::from(count));
+        for _ in 0..count {
+            let (&kind, r) = rest.split_first()?;
+            let since = u64::from_be_bytes(r.get(..8)?.try_into().ok()?);
+            let len = usize::from(u16::from_be_bytes(r.get(8..10)?.try_into().ok()?));
+            let note = String::from_utf8(r.get(10..10 + len)?.to_vec()).ok()?;
+            rest = &r[10 + len..];
+            rows.push((RelationKind(kind), since, note));
+        }
+        let notice = match self.kind.0 {
+            0 => RelationNotice::None,
+            1 => RelationNotice::Requested,
+            2 => RelationNotice::Befriended,
+            _ => return None,
+        };
+        Some((rows, notice))
+    }
+}
+
+/// What a relation change of which one user another node serves did: the outcome, and that
+/// user's rows about the other as they are now, and the pair's version (see
+/// [`RemoteWrite::relation`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RoutedRelation {
+    pub outcome: crate::types::RelationOutcome,
+    pub rows: Vec<RelationRow>,
+    pub version: u64,
+}
+
+/// One relation row of a user about another: kind, since (ms), note.
+pub type RelationRow = (RelationKind, u64, String);
+
+/// What a relation write tells the devices of the user whose rows it sets.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum RelationNotice {
+    None = 0,
+    /// The peer asked to be friends (the note is the PENDING row's).
+    Requested = 1,
+    /// The two became friends.
+    Befriended = 2,
 }
 
 /// A durable outbox entry: a write owed to another node.

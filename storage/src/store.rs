@@ -23,7 +23,7 @@ use crate::records::{
     access, dedup_time_of, encode, inbox_time_of, ArchivedNodeRecord, ArchivedSchemaRecord,
     NodeRecord, SchemaRecord, SCHEMA_VERSION,
 };
-use crate::remote::{self, ApplyResult, OutboxEntry, RemoteSide, RemoteWrite};
+use crate::remote::{self, ApplyResult, OutboxEntry, RemoteSide, RemoteWrite, RoutedRelation};
 use crate::types::{
     AppendResult, CursorUpdate, DevicePosition, DevicePositionEntry, DirectMessage,
     GroupAppendResult, GroupCursor, GroupInfo, GroupLimits, GroupMessage, GroupOutcome,
@@ -783,6 +783,20 @@ impl<E: KvEngine> Store<E> {
         dest_node: String,
     ) -> Result<Completion<RecallResult>, SubmitError> {
         self.submit(|tx| WriteCmd::RecallRouted(req, remote, dest_node, tx))
+    }
+
+    /// A relation change of which one user (the actor, `change.user`, when `actor_remote`; else
+    /// `change.other`) is served by node `dest_node`, decided here (this node decides the
+    /// pair's changes and holds both users' rows about each other): as [`Self::relate`], and
+    /// when something changed, that user's rows about the other as an outbox entry in the same
+    /// batch ([`RemoteWrite::relation`]). The result carries those rows.
+    pub fn relate_routed(
+        &self,
+        change: RelationChange,
+        actor_remote: bool,
+        dest_node: String,
+    ) -> Result<Completion<RoutedRelation>, SubmitError> {
+        self.submit(|tx| WriteCmd::RelateRouted(change, actor_remote, dest_node, tx))
     }
 
     /// Removes outbox entries the destination acknowledged.

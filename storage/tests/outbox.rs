@@ -1,14 +1,16 @@
 //! Cross-node delivery in storage: a routed append keeps the remote side's half in the outbox
 //! (and hands it to the hook once durable), the other store applies it idempotently by message
 //! id, acknowledged entries are deleted, and entries survive a reopen of the RocksDB store; a
-//! routed recall owes the event the same way and its application flags the message's copy.
+//! routed recall owes the event the same way and its application flags the message's copy; a
+//! routed relation change owes the other user's rows, applied as a state (a late copy changes
+//! nothing), and a block held for a user of another node refuses messages to them.
 
 use std::sync::{Arc, Mutex};
 
 use tern_storage::{
     ClientMsgId, ConvKey, DeviceId, DirectMessage, HistoryDirection, ManualClock, MemEngine,
-    MessageFlags, MessageKind, OutboxEntry, Recall, RemoteSide, RocksConfig, RocksEngine, Seq,
-    Store, StoreConfig, UserId,
+    MessageFlags, MessageKind, OutboxEntry, Recall, RelationChange, RelationKind, RelationNotice,
+    RelationOp, RemoteSide, RemoteWrite, RocksConfig, RocksEngine, Seq, Store, StoreConfig, UserId,
 };
 
 fn msg(from: &str, to: &str, id: u8) -> DirectMessage {
@@ -293,4 +295,113 @@ fn a_routed_recall_owes_the_event_and_the_other_store_flags_the_copy_once() {
         .map(|m| (m.seq.0, m.flags.contains(MessageFlags::RECALLED)))
         .collect();
     assert_eq!(flags, [(3, false), (2, true), (1, false)]);
+}
+
+#[test]
+fn a_routed_relation_sends_the_other_users_rows_and_a_late_copy_changes_nothing() {
+    let a = mem_store();
+    let b = mem_store();
+    let (alice, bob) = (
+        UserId::new("alice").expect("user"),
+        UserId::new("bob").expect("user"),
+    );
+    let rows_of = |s: &Store<MemEngine>, user: &UserId, kind: RelationKind| -> Vec<String> {
+        s.relation_page(user.clone(), kind, None, 10)
+            .expect("submit")
+            .wait()
+            .expect("page")
+            .into_iter()
+            .map(|r| format!("{} {}", r.other.as_str(), r.note))
+            .collect()
+    };
+    // alice (here; this node decides the pair) asks bob (node-b) to be friends.
+    let change = |user: &UserId, other: &UserId, op: RelationOp| RelationChange {
+        user: user.clone(),
+        other: other.clone(),
+        op,
+    };
+    let request = RelationOp::FriendRequest { note: "hi".into() };
+    let r = a
+        .relate_routed(
+            change(&alice, &bob, request.clone()),
+            false,
+            "node-b".into(),
+        )
+        .expect("submit")
+        .wait()
+        .expect("relate");
+    assert!(r.outcome.changed && r.outcome.requested);
+    assert_eq!(r.rows.len(), 1);
+    assert_eq!(r.rows[0].0, RelationKind::PENDING);
+    let owed = a.outbox_page(0, 10).expect("submit").wait().expect("page");
+    assert_eq!(owed.len(), 1);
+    let first = owed[0].write.clone();
+    assert_eq!(first.side, RemoteSide::Relation);
+    assert_eq!(first.user(), &bob);
+    assert_eq!(
+        first.relation_rows().expect("rows").1,
+        RelationNotice::Requested
+    );
+    // Repeated: no new request (no notice); the rows are sent again, unchanged.
+    let again = a
+        .relate_routed(change(&alice, &bob, request), false, "node-b".into())
+        .expect("submit")
+        .wait()
+        .expect("relate");
+    assert!(!again.outcome.requested);
+    assert_eq!(again.rows, r.rows);
+    let owed = a.outbox_page(1, 10).expect("submit").wait().expect("page");
+    assert_eq!(
+        owed.iter()
+            .map(|e| e.write.relation_rows().expect("rows").1)
+            .collect::<Vec<_>>(),
+        [RelationNotice::None]
+    );
+    let applied = b
+        .apply_remote(first.clone())
+        .expect("submit")
+        .wait()
+        .expect("apply");
+    assert!(!applied.duplicate);
+    assert_eq!(rows_of(&b, &bob, RelationKind::PENDING), ["alice hi"]);
+
+    // bob blocks alice (asked through bob's node, decided here): bob's rows come back in the
+    // result; here the block refuses alice's next message to bob.
+    let r = a
+        .relate_routed(
+            change(&bob, &alice, RelationOp::Block),
+            true,
+            "node-b".into(),
+        )
+        .expect("submit")
+        .wait()
+        .expect("relate");
+    let kinds: Vec<RelationKind> = r.rows.iter().map(|(k, _, _)| *k).collect();
+    assert_eq!(kinds, [RelationKind::BLOCKED], "the request was dropped");
+    let blocked = a
+        .append_routed(
+            msg("alice", "bob", 1),
+            RemoteSide::Recipient,
+            "node-b".into(),
+        )
+        .expect("submit")
+        .wait();
+    assert_eq!(blocked, Err(tern_storage::OpError::Blocked));
+    let second = RemoteWrite::relation(&bob, &alice, &r.rows, RelationNotice::None, r.version);
+    assert!(
+        !b.apply_remote(second.clone())
+            .expect("submit")
+            .wait()
+            .expect("apply")
+            .duplicate
+    );
+    assert_eq!(rows_of(&b, &bob, RelationKind::BLOCKED), ["alice "]);
+    assert!(rows_of(&b, &bob, RelationKind::PENDING).is_empty());
+    // The first write again (a late copy), and the second again: nothing changes.
+    for w in [first, second] {
+        let late = b.apply_remote(w).expect("submit").wait().expect("apply");
+        assert!(late.duplicate);
+    }
+    assert_eq!(rows_of(&b, &bob, RelationKind::BLOCKED), ["alice "]);
+    assert!(rows_of(&b, &bob, RelationKind::PENDING).is_empty());
 }

@@ -243,13 +243,12 @@ fn hello_at_a_non_owner_is_redirected_and_remote_messages_cross_the_link() {
     assert!(mine.iter().any(|m| m.msg_id == local));
     assert!(sync_all(&mut carl_phone).iter().any(|m| m.msg_id == remote));
 
-    // A request the links do not carry (a relation with a user of another node): UNAVAILABLE,
+    // A request the links do not carry (joining a room placed on another node): UNAVAILABLE,
     // nothing stored, the connection stays.
     let answer = bob_phone.request(
-        Body::Relation(tern_protocol::Relation {
-            op: tern_protocol::RelationOp::FOLLOW,
-            user: carl.clone().into(),
-            note: "".into(),
+        Body::RoomJoin(tern_protocol::RoomJoin {
+            room: carl.clone().into(),
+            recent: 0,
         }),
         WAIT,
     );

@@ -1,8 +1,9 @@
 //! Requests that cross nodes (issue 9, routing; CLUSTER.md "Requests between nodes"), with
 //! real `ternd` processes on 127.0.0.1: HISTORY asked of the conversation's node, READ with its
 //! RECEIPT reaching the peer's devices on another node and the unread counts, RECALL stored by
-//! the conversation's node with the other half through the outbox, in both placements. The
-//! same script runs for two users of one node and for two users of two nodes, and both give
+//! the conversation's node with the other half through the outbox, in both placements, and
+//! RELATION decided by the pair's node (lists on both sides, notices, a block that refuses
+//! messages). The same script runs for two users of one node and for two users of two nodes, and both give
 //! the same transcript (everything but server times). A HISTORY whose conversation's node does
 //! not answer gets `UNAVAILABLE`.
 
@@ -11,7 +12,8 @@ use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tern_protocol::{
-    Body, Conv, Direction, ErrorCode, Frame, MessageKind, MsgId, ReceiptKind, Send,
+    Body, Conv, Direction, ErrorCode, Frame, MessageKind, MsgId, ReceiptKind, RelationKind,
+    RelationOp, Send,
 };
 use tern_tests::{poll, recv_until, Node, WAIT};
 use tern_tools::{Connection, ConnectionError, HelloParams};
@@ -410,7 +412,158 @@ fn script(p: &mut Pair) -> Vec<String> {
     t.push(unread(&t, "u1", &page));
     let page = contacts(&mut p.u2_phone);
     t.push(unread(&t, "u2", &page));
+    relations(p, &mut t);
     t.lines
+}
+
+fn relate(conn: &mut Connection, op: RelationOp, other: &str, note: &str) -> String {
+    match conn.request(
+        Body::Relation(tern_protocol::Relation {
+            op,
+            user: other.to_owned().into(),
+            note: note.to_owned().into(),
+        }),
+        WAIT,
+    ) {
+        Ok(Frame { body: Body::Ok, .. }) => "OK".into(),
+        Err(ConnectionError::Server { code, .. }) => format!("{code:?}"),
+        other => panic!("RELATION {op:?}: {other:?}"),
+    }
+}
+
+/// A RELATION_LIST, as "user(since?) note" entries.
+fn list(t: &Transcript, conn: &mut Connection, kind: RelationKind) -> String {
+    let f = conn
+        .request(
+            Body::RelationList(tern_protocol::RelationList {
+                kind,
+                cursor: "".into(),
+                limit: 100,
+            }),
+            WAIT,
+        )
+        .unwrap_or_else(|e| panic!("RELATION_LIST: {e}"));
+    let Body::RelationPage(page) = f.body else {
+        panic!("expected RELATION_PAGE, got {f:?}")
+    };
+    let users: Vec<String> = page
+        .users
+        .iter()
+        .map(|e| format!("{} {:?}", t.name(&e.user), e.note))
+        .collect();
+    format!("{kind:?}: {users:?}")
+}
+
+/// The next RELATION notice on a connection.
+fn notice(t: &Transcript, conn: &mut Connection) -> String {
+    let (f, _) = recv_until(conn, |f| matches!(&f.body, Body::Relation(_)));
+    let Body::Relation(r) = f.body else {
+        unreachable!()
+    };
+    format!("{:?} from {} {:?}", r.op, t.name(&r.user), r.note)
+}
+
+/// Relations between the two: each user acts once where the pair is theirs' node and once
+/// where it is the other's; lists on both sides, notices, and a block that refuses messages.
+fn relations(p: &mut Pair, t: &mut Transcript) {
+    let (u1, u2) = (p.u1.clone(), p.u2.clone());
+    let r = relate(&mut p.u2_phone, RelationOp::FOLLOW, &u1, "");
+    t.push(format!("u2 FOLLOW u1: {r}"));
+    let l = list(t, &mut p.u1_phone, RelationKind::FOLLOWERS);
+    t.push(format!("u1 {l}"));
+    let l = list(t, &mut p.u2_phone, RelationKind::FOLLOWING);
+    t.push(format!("u2 {l}"));
+    let r = relate(
+        &mut p.u1_phone,
+        RelationOp::FRIEND_REQUEST,
+        &u2,
+        "hi, it's u1",
+    );
+    t.push(format!("u1 FRIEND_REQUEST u2: {r}"));
+    for (who, conn) in [
+        ("u2 phone", &mut p.u2_phone),
+        ("u2 tablet", &mut p.u2_tablet),
+    ] {
+        let n = notice(t, conn);
+        t.push(format!("{who} RELATION {n}"));
+    }
+    let l = list(t, &mut p.u2_phone, RelationKind::PENDING);
+    t.push(format!("u2 {l}"));
+    let l = list(t, &mut p.u1_phone, RelationKind::REQUESTED);
+    t.push(format!("u1 {l}"));
+    // A request repeated: no change, no notice.
+    let r = relate(
+        &mut p.u1_phone,
+        RelationOp::FRIEND_REQUEST,
+        &u2,
+        "hi, it's u1",
+    );
+    t.push(format!("u1 FRIEND_REQUEST u2 again: {r}"));
+    let r = relate(&mut p.u2_phone, RelationOp::FRIEND_ACCEPT, &u1, "");
+    t.push(format!("u2 FRIEND_ACCEPT u1: {r}"));
+    let n = notice(t, &mut p.u1_phone);
+    t.push(format!("u1 RELATION {n}"));
+    let r = relate(&mut p.u2_phone, RelationOp::FRIEND_ACCEPT, &u1, "");
+    t.push(format!("u2 FRIEND_ACCEPT u1 again: {r}"));
+    for (who, conn) in [("u1", &mut p.u1_phone), ("u2", &mut p.u2_phone)] {
+        for kind in [
+            RelationKind::FRIENDS,
+            RelationKind::PENDING,
+            RelationKind::REQUESTED,
+        ] {
+            let l = list(t, conn, kind);
+            t.push(format!("{who} {l}"));
+        }
+    }
+    // u2 blocks u1: u1's messages and follow are refused, u2's follow of u1 stays.
+    let r = relate(&mut p.u2_phone, RelationOp::BLOCK, &u1, "");
+    t.push(format!("u2 BLOCK u1: {r}"));
+    let l = list(t, &mut p.u2_phone, RelationKind::BLOCKED);
+    t.push(format!("u2 {l}"));
+    match p.u1_phone.request(
+        Body::Send(Send {
+            to: Conv::direct(u2.clone()),
+            msg_id: id(40),
+            kind: MessageKind::TEXT,
+            body: b"blocked?".to_vec().into(),
+        }),
+        WAIT,
+    ) {
+        Err(ConnectionError::Server { code, .. }) => t.push(format!("u1 SEND to u2: {code:?}")),
+        other => panic!("expected an ERROR, got {other:?}"),
+    }
+    let r = relate(&mut p.u1_phone, RelationOp::FOLLOW, &u2, "");
+    t.push(format!("u1 FOLLOW u2: {r}"));
+    let r = relate(&mut p.u1_phone, RelationOp::FRIEND_REQUEST, &u2, "again?");
+    t.push(format!("u1 FRIEND_REQUEST u2: {r}"));
+    // Unblocked, u1 writes again.
+    let r = relate(&mut p.u2_phone, RelationOp::UNBLOCK, &u1, "");
+    t.push(format!("u2 UNBLOCK u1: {r}"));
+    let ack = send(&mut p.u1_phone, &u2, 41, "after the block");
+    t.push(format!("u1 SEND after the block: {ack:?}"));
+    let m = pushed(&mut p.u2_phone, 41);
+    t.push(format!("u2 phone PUSH {}", t.msg(&m)));
+    // u1 (whose node decides the pair) unfriends; u2's rows follow through the outbox (on two
+    // nodes), so u2's list is read until it no longer names u1 as a friend (bounded).
+    let r = relate(&mut p.u1_phone, RelationOp::UNFRIEND, &u2, "");
+    t.push(format!("u1 UNFRIEND u2: {r}"));
+    let l = list(t, &mut p.u1_phone, RelationKind::FRIENDS);
+    t.push(format!("u1 {l}"));
+    let deadline = Instant::now() + WAIT;
+    let l = loop {
+        let l = list(t, &mut p.u2_phone, RelationKind::FRIENDS);
+        if !l.contains("u1") || Instant::now() > deadline {
+            break l;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    t.push(format!("u2 {l}"));
+    for (who, conn) in [("u1", &mut p.u1_phone), ("u2", &mut p.u2_phone)] {
+        for kind in [RelationKind::FOLLOWING, RelationKind::FOLLOWERS] {
+            let l = list(t, conn, kind);
+            t.push(format!("{who} {l}"));
+        }
+    }
 }
 
 /// Issue 9: HISTORY, READ and RECALL between users of two nodes give exactly what they give

@@ -11,6 +11,10 @@
 //!   so RECALL's SEND_ACK names the recaller's inbox seq. When the conversation is the
 //!   recaller's node's, the other user's half goes through the outbox
 //!   ([`tern_storage::Store::recall_routed`]); the node applying it pushes the event.
+//! - **RELATION** with a user of another node: decided by the node of the pair's conversation,
+//!   which keeps both users' rows about each other; the other user's rows, as the change left
+//!   them, go to that user's node through the outbox (with the notice its devices get), or come
+//!   back in the answer to the asking node's [`Call`], applied there before the OK.
 //! - **Notices** (RECEIPT of a READ, relation notices, TYPING): frames for devices of a user
 //!   another node serves go over the link as [`Item::Notify`](super::wire::Item::Notify) and are
 //!   delivered there like local pushes; like a push to an offline device they are not stored.
@@ -27,8 +31,8 @@ use rkyv::{Archive, Deserialize, Serialize};
 use tern_protocol::{Body, ErrorCode};
 use tern_storage::{
     ClientMsgId, Completion, ConvKey, DeviceId, DirectPair, HistoryDirection, MessageFlags,
-    MessageKind, OpError, Recall, RecallResult, RemoteSide, RemoteWrite, Seq, StoredMessage,
-    SubmitError, UserId,
+    MessageKind, OpError, Recall, RecallResult, RelationChange, RelationKind, RelationNotice,
+    RelationOp, RelationOutcome, RemoteSide, RemoteWrite, Seq, StoredMessage, SubmitError, UserId,
 };
 
 use super::ring::conversation_slot;
@@ -50,6 +54,13 @@ pub enum Call {
         anchor: u64,
         after: bool,
         limit: u32,
+    },
+    /// `user` changes their relation with `other` (`op`: [`op_code`], `note` for a request).
+    Relate {
+        user: String,
+        other: String,
+        op: u8,
+        note: String,
     },
     /// `by` recalls message `seq` of their conversation with `peer`; `msg_id` is the recall's
     /// client message id.
@@ -86,11 +97,48 @@ pub enum Reply {
         peer_inbox_seq: u64,
         duplicate: bool,
     },
+    /// The change was made; `rows` (kind, since, note) are the asking user's rows about the
+    /// other as of `version`.
+    Related {
+        changed: bool,
+        requested: bool,
+        befriended: bool,
+        rows: Vec<(u8, u64, String)>,
+        version: u64,
+    },
     /// Refused with a wire error code (SPEC §8) and message.
     Refused {
         code: u16,
         message: String,
     },
+}
+
+/// The number of a relation operation in a [`Call::Relate`].
+pub fn op_code(op: &RelationOp) -> (u8, String) {
+    match op {
+        RelationOp::Follow => (1, String::new()),
+        RelationOp::Unfollow => (2, String::new()),
+        RelationOp::FriendRequest { note } => (3, note.clone()),
+        RelationOp::FriendAccept => (4, String::new()),
+        RelationOp::FriendDecline => (5, String::new()),
+        RelationOp::Unfriend => (6, String::new()),
+        RelationOp::Block => (7, String::new()),
+        RelationOp::Unblock => (8, String::new()),
+    }
+}
+
+fn op_of(code: u8, note: String) -> Option<RelationOp> {
+    Some(match code {
+        1 => RelationOp::Follow,
+        2 => RelationOp::Unfollow,
+        3 => RelationOp::FriendRequest { note },
+        4 => RelationOp::FriendAccept,
+        5 => RelationOp::FriendDecline,
+        6 => RelationOp::Unfriend,
+        7 => RelationOp::Block,
+        8 => RelationOp::Unblock,
+        _ => return None,
+    })
 }
 
 /// What to do with a call's answer (runs on the link core).
@@ -294,6 +342,105 @@ pub fn recall(
     Ok(completion)
 }
 
+/// RELATION between a user of this node and `change.other`: decided by the node that serves
+/// the pair's conversation (CLUSTER.md, "Requests between nodes"). Here when that is this node
+/// (the other user's rows go through the outbox when they are another node's); otherwise a
+/// call to that node, whose answer carries this user's rows, applied here before the answer.
+pub fn relate(
+    node: &NodeShared,
+    change: RelationChange,
+) -> Result<Completion<RelationOutcome>, SubmitError> {
+    let (Some(links), Some(other_node)) =
+        (super::links::installed(), user_node(node, &change.other))
+    else {
+        return node.store.relate(change);
+    };
+    let (resolver, completion) = Completion::detached();
+    let pair = ConvKey::direct(&change.user, &change.other);
+    let Some(to) = remote_owner(node, &pair) else {
+        // This node decides: the other user's rows go to their node through the outbox.
+        let submitted = node.store.relate_routed(change, false, other_node)?;
+        monoio::spawn(async move {
+            resolver.resolve(submitted.await.map(|r| r.outcome));
+        });
+        return Ok(completion);
+    };
+    let (op, note) = op_code(&change.op);
+    let call = Call::Relate {
+        user: change.user.as_str().to_owned(),
+        other: change.other.as_str().to_owned(),
+        op,
+        note,
+    };
+    let store = Arc::clone(&node.store);
+    let done = Done::new(move |reply| {
+        let (outcome, rows, version) = match reply {
+            Ok(Reply::Related {
+                changed,
+                requested,
+                befriended,
+                rows,
+                version,
+            }) => (
+                RelationOutcome {
+                    changed,
+                    requested,
+                    befriended,
+                },
+                rows,
+                version,
+            ),
+            Ok(other) => return resolver.resolve(Err(unexpected(other))),
+            Err(e) => return resolver.resolve(Err(e)),
+        };
+        // This user's rows, as the deciding node left them (its outbox copy finds them).
+        let rows: Vec<(RelationKind, u64, String)> = rows
+            .into_iter()
+            .map(|(k, since, note)| (RelationKind(k), since, note))
+            .collect();
+        let write = RemoteWrite::relation(
+            &change.user,
+            &change.other,
+            &rows,
+            RelationNotice::None,
+            version,
+        );
+        let applied = match store.apply_remote(write) {
+            Ok(c) => c,
+            Err(e) => return resolver.resolve(Err(submit_error(e))),
+        };
+        monoio::spawn(async move {
+            resolver.resolve(applied.await.map(|_| outcome));
+        });
+    });
+    Arc::clone(links).call(to, call, done);
+    Ok(completion)
+}
+
+/// The RELATION notice a relation write brings to its user's devices, if any.
+pub fn relation_notice(w: &RemoteWrite) -> Option<tern_protocol::Frame<'static>> {
+    let (rows, notice) = w.relation_rows()?;
+    let (op, note) = match notice {
+        RelationNotice::None => return None,
+        RelationNotice::Befriended => (tern_protocol::RelationOp::FRIEND_ACCEPT, String::new()),
+        RelationNotice::Requested => (
+            tern_protocol::RelationOp::FRIEND_REQUEST,
+            rows.into_iter()
+                .find(|(k, _, _)| *k == RelationKind::PENDING)
+                .map(|(_, _, note)| note)
+                .unwrap_or_default(),
+        ),
+    };
+    Some(tern_protocol::Frame::new(
+        0,
+        Body::Relation(tern_protocol::Relation {
+            op,
+            user: w.peer().as_str().to_owned().into(),
+            note: note.into(),
+        }),
+    ))
+}
+
 /// Sends `d` to the node serving its user when that is another node (nothing otherwise);
 /// whether it went.
 pub fn deliver_remote(node: &NodeShared, d: &Delivery) -> bool {
@@ -303,7 +450,12 @@ pub fn deliver_remote(node: &NodeShared, d: &Delivery) -> bool {
     // Encoded as the user's tenant shows it: the other node queues the bytes as they are.
     let shown = crate::tenant::outbound_for(&d.frame, d.user.as_str());
     let mut frame = Vec::new();
-    if shown.as_ref().unwrap_or(&d.frame).encode(&mut frame).is_err() {
+    if shown
+        .as_ref()
+        .unwrap_or(&d.frame)
+        .encode(&mut frame)
+        .is_err()
+    {
         return false;
     }
     links.notify(to, d.user.as_str().to_owned(), frame);
@@ -431,6 +583,61 @@ pub fn serve(node: Arc<NodeShared>, peer: &str, call: Call) -> Answering {
                         Err(e) => refusal(&e),
                     },
                     Err(e) => refusal(&submit_error(e)),
+                }
+            })
+        }
+        Call::Relate {
+            user: actor,
+            other,
+            op,
+            note,
+        } => {
+            let (Some(actor), Some(other), Some(op)) = (user(actor), user(other), op_of(op, note))
+            else {
+                return Box::pin(async {
+                    refused(ErrorCode::INVALID_ARGUMENT, "invalid relation")
+                });
+            };
+            let change = RelationChange {
+                user: actor,
+                other,
+                op,
+            };
+            if let Owner::Remote(o) = table.owner(conversation_slot(&ConvKey::direct(
+                &change.user,
+                &change.other,
+            ))) {
+                let m = format!("the pair is served by node {}; retry", o.node);
+                return Box::pin(async move { refused(ErrorCode::UNAVAILABLE, m) });
+            }
+            // The asking user's rows go to the node that asked: it serves that user.
+            let submitted = node
+                .store
+                .relate_routed(change.clone(), true, peer.to_owned());
+            Box::pin(async move {
+                let r = match submitted {
+                    Ok(c) => c.await,
+                    Err(e) => Err(submit_error(e)),
+                };
+                match r {
+                    Ok(r) => {
+                        // The other user is served here: their devices get the notice.
+                        for d in crate::session::relation_notices(&change, &r.outcome) {
+                            super::links::deliver_local(&node, &d.user, &d.frame);
+                        }
+                        Reply::Related {
+                            changed: r.outcome.changed,
+                            requested: r.outcome.requested,
+                            befriended: r.outcome.befriended,
+                            rows: r
+                                .rows
+                                .into_iter()
+                                .map(|(k, since, note)| (k.0, since, note))
+                                .collect(),
+                            version: r.version,
+                        }
+                    }
+                    Err(e) => refusal(&e),
                 }
             })
         }

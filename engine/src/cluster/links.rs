@@ -330,6 +330,7 @@ fn wire_write(w: &RemoteWrite) -> WireWrite {
         side: match w.side {
             RemoteSide::Sender => 1,
             RemoteSide::Recipient => 2,
+            RemoteSide::Relation => 3,
         },
         sender: w.sender.as_str().to_owned(),
         sender_device: w.sender_device.as_str().to_owned(),
@@ -347,6 +348,7 @@ fn remote_write(w: WireWrite) -> Option<RemoteWrite> {
         side: match w.side {
             1 => RemoteSide::Sender,
             2 => RemoteSide::Recipient,
+            3 => RemoteSide::Relation,
             _ => return None,
         },
         sender: UserId::new(w.sender).ok()?,
@@ -1410,7 +1412,17 @@ impl Manager {
                 Ok(r) => {
                     if !r.duplicate {
                         inc(&METRICS.cluster_outbox_applied_total);
-                        deliver_local(&self.node, write.user(), &push_frame(&write, r.inbox_seq));
+                        if write.side == RemoteSide::Relation {
+                            if let Some(f) = super::forward::relation_notice(&write) {
+                                deliver_local(&self.node, write.user(), &f);
+                            }
+                        } else {
+                            deliver_local(
+                                &self.node,
+                                write.user(),
+                                &push_frame(&write, r.inbox_seq),
+                            );
+                        }
                     }
                     Item::Acked { seqs: vec![seq] }
                 }

@@ -292,15 +292,8 @@ pub fn remote_refusal(table: &OwnerTable, session: &SessionInfo, plan: &Plan) ->
         Plan::Append { .. } | Plan::Read { .. } | Plan::Recall { .. } | Plan::History { .. } => {
             (true, None)
         }
-        // A relation is one atomic batch over both users' rows.
-        Plan::Relate { change } => (
-            true,
-            Some(Needed::new(
-                "user",
-                change.other.as_str().to_owned(),
-                user_owner(change.other.as_str()),
-            )),
-        ),
+        // A relation with a user of another node is decided by the pair's node (`forward`).
+        Plan::Relate { .. } => (true, None),
         // The server places a room at the slot of its name (like a user).
         Plan::RoomJoin { room, .. } | Plan::RoomSend { room, .. } => (
             false,
@@ -976,7 +969,8 @@ mod tests {
                 op: tern_storage::RelationOp::Follow,
             },
         };
-        assert!(remote_refusal(&table, &info, &relate("bob")).is_some());
+        // A relation with a user of another node is decided by the pair's node (`forward`).
+        assert_eq!(remote_refusal(&table, &info, &relate("bob")), None);
         assert_eq!(remote_refusal(&table, &info, &relate("carol")), None);
         assert_eq!(remote_refusal(&table, &info, &Plan::Ignore), None);
         assert_eq!(epoch_gauge(u64::MAX), (1 << 53) - 1);

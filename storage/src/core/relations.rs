@@ -17,10 +17,12 @@
 
 use crate::engine::{Cf, EngineError, KvEngine};
 use crate::error::OpError;
+use crate::ids::Seq;
 use crate::ids::UserId;
 use crate::keys;
 use crate::read;
 use crate::records::{RelationRecord, RelationSettingsRecord};
+use crate::remote::{ApplyResult, RelationNotice, RemoteWrite, RoutedRelation};
 use crate::types::{DirectMessage, RelationChange, RelationKind, RelationOp, RelationOutcome};
 
 use super::WriterCore;
@@ -33,6 +35,10 @@ pub(super) struct Gate {
     /// The user may block someone: check the sender's block row.
     may_block: bool,
 }
+
+/// The row (under a kind no list asks for) holding the version of the last relation write
+/// applied for a pair (`apply_relation`): since = the version.
+const VERSION: RelationKind = RelationKind(0x7F);
 
 /// Every kind of row one user can hold about another.
 const ALL_KINDS: [RelationKind; 6] = [
@@ -162,6 +168,14 @@ impl<E: KvEngine> WriterCore<E> {
             },
         )?;
         self.touch(Cf::Relations, &key);
+        if let Some(log) = &mut self.outbox.relation_log {
+            log.push((
+                user.clone(),
+                kind.0,
+                other.clone(),
+                Some((since_ms, note.to_owned())),
+            ));
+        }
         Ok(())
     }
 
@@ -170,6 +184,117 @@ impl<E: KvEngine> WriterCore<E> {
         keys::relation_key(&mut key, user, kind.0, other);
         self.batch.delete(Cf::Relations, &key);
         self.touch(Cf::Relations, &key);
+        if let Some(log) = &mut self.outbox.relation_log {
+            log.push((user.clone(), kind.0, other.clone(), None));
+        }
+    }
+
+    /// A relation change of which one user (the actor when `actor_remote`, else the other) is
+    /// served by node `dest`. This node decides every change of the pair (it serves the
+    /// conversation's slot, so also sequences their messages) and keeps both users' rows about
+    /// each other; the remote user's rows, as the change leaves them, go to `dest` through the
+    /// outbox (`RemoteWrite::relation`), with the notice that user's devices get when it is the
+    /// one asked or befriended.
+    pub(super) fn relate_routed(
+        &mut self,
+        change: RelationChange,
+        actor_remote: bool,
+        dest: &str,
+    ) -> Result<RoutedRelation, OpError> {
+        let (remote, local) = if actor_remote {
+            (change.user.clone(), change.other.clone())
+        } else {
+            (change.other.clone(), change.user.clone())
+        };
+        // Reads first: the remote user's rows before the change, the outbox seq.
+        let mut rows = std::collections::BTreeMap::new();
+        for kind in ALL_KINDS {
+            if let Some(row) = self.row(&remote, kind, &local)? {
+                rows.insert(kind.0, row);
+            }
+        }
+        // The pair's version: strictly increasing here, so that the other node can tell a late
+        // copy from a newer state even within one millisecond.
+        let last = self.row(&remote, VERSION, &local)?.map_or(0, |(v, _)| v);
+        self.outbox_last()?;
+        self.outbox.relation_log = Some(Vec::new());
+        let result = self.relate(change.clone());
+        let log = self.outbox.relation_log.take().unwrap_or_default();
+        let outcome = result?;
+        for (user, kind, other, row) in log {
+            if user == remote && other == local {
+                match row {
+                    Some(r) => rows.insert(kind, r),
+                    None => rows.remove(&kind),
+                };
+            }
+        }
+        let rows: Vec<(RelationKind, u64, String)> = rows
+            .into_iter()
+            .map(|(k, (since, note))| (RelationKind(k), since, note))
+            .collect();
+        let version = if outcome.changed {
+            self.now.max(last + 1)
+        } else {
+            last
+        };
+        if outcome.changed {
+            self.put_row(&remote, VERSION, &local, version, "")?;
+            // The notice goes to `change.other`: through the outbox only when it is remote.
+            let notice = match (actor_remote, outcome.befriended, outcome.requested) {
+                (true, _, _) => RelationNotice::None,
+                (false, true, _) => RelationNotice::Befriended,
+                (false, false, true) => RelationNotice::Requested,
+                (false, false, false) => RelationNotice::None,
+            };
+            let write = RemoteWrite::relation(&remote, &local, &rows, notice, version);
+            self.put_outbox(dest, write)?;
+        }
+        Ok(RoutedRelation {
+            outcome,
+            rows,
+            version,
+        })
+    }
+
+    /// Applies a relation write (`RemoteWrite::relation`): the user's rows about the peer
+    /// become the given ones. A write whose version is not above the last one applied for the
+    /// pair writes nothing (`duplicate`): the rows are a state, not a change, and the deciding
+    /// node's versions only grow, so a repeat or a late copy is harmless.
+    pub(super) fn apply_relation(&mut self, w: &RemoteWrite) -> Result<ApplyResult, OpError> {
+        let (user, peer) = (&w.recipient, &w.sender);
+        if user == peer {
+            return Err(OpError::Invalid("a relation needs two different users"));
+        }
+        let (rows, _) = w
+            .relation_rows()
+            .ok_or(OpError::Invalid("malformed relation write"))?;
+        let applied = self.row(user, VERSION, peer)?.map(|(v, _)| v);
+        if applied.is_some_and(|v| v >= w.time_ms) {
+            return Ok(ApplyResult {
+                inbox_seq: Seq::ZERO,
+                duplicate: true,
+            });
+        }
+        // Loaded before the rows change (the gate reads the engine).
+        let (u, gate) = self.gate_of(user)?;
+        for kind in ALL_KINDS {
+            match rows.iter().find(|(k, _, _)| *k == kind) {
+                Some((_, since, note)) => self.put_row(user, kind, peer, *since, note)?,
+                None => self.delete_row(user, kind, peer),
+            }
+        }
+        self.put_row(user, VERSION, peer, w.time_ms, "")?;
+        if rows.iter().any(|(k, _, _)| *k == RelationKind::BLOCKED) {
+            self.users.get_mut(u).gate = Some(Gate {
+                may_block: true,
+                ..gate
+            });
+        }
+        Ok(ApplyResult {
+            inbox_seq: Seq::ZERO,
+            duplicate: false,
+        })
     }
 
     /// Applies a relation change. Every read happens before the first change to the batch, so a

@@ -29,7 +29,13 @@ pub(super) struct Outbox {
     last: Option<u64>,
     /// Entries added to the open batch.
     created: Vec<OutboxEntry>,
+    /// While a routed relation change runs: the relation rows it writes (`None`: deleted), so
+    /// that the other node's user's rows can be sent on (`relations` module).
+    pub(super) relation_log: Option<Vec<RelationLogEntry>>,
 }
+
+/// A relation row written by a change: user, kind, other, and since/note (`None`: deleted).
+pub(super) type RelationLogEntry = (UserId, u8, UserId, Option<(u64, String)>);
 
 impl<E: KvEngine> WriterCore<E> {
     /// Takes the outbox entries the batch just sealed created; hand them on once it is durable.
@@ -105,6 +111,9 @@ impl<E: KvEngine> WriterCore<E> {
         if msg.sender == msg.recipient {
             return Err(OpError::Invalid("a note to self has no remote side"));
         }
+        if remote == RemoteSide::Relation {
+            return Err(OpError::Invalid("a message's remote side is a user"));
+        }
         let mut conv_bytes = Vec::new();
         keys::direct_prefix(&mut conv_bytes, &msg.sender, &msg.recipient);
         // Everything that can fail without harm (loads into the caches) comes first.
@@ -119,19 +128,19 @@ impl<E: KvEngine> WriterCore<E> {
         if let Some(original) = self.original(sender_u, &msg.sender, msg.client_msg_id)? {
             return Ok(original);
         }
-        // The recipient's relation rows live on the node that serves the recipient: checked
-        // here when that is this node.
-        if remote == RemoteSide::Sender {
-            self.check_gate(recipient_u, &msg.recipient, &msg.sender)?;
-        }
+        // The recipient's relation rows: here when this node serves the recipient; otherwise
+        // this node (which decides the pair's relation changes) holds a copy of the rows the
+        // recipient has about the sender, so a block applies too (a "friends only" setting is
+        // the recipient's node's alone and is not checked here).
+        self.check_gate(recipient_u, &msg.recipient, &msg.sender)?;
         let (local_u, local_r) = match remote {
             RemoteSide::Sender => (recipient_u, links.recents[r]),
-            RemoteSide::Recipient => (sender_u, links.recents[s]),
+            RemoteSide::Recipient | RemoteSide::Relation => (sender_u, links.recents[s]),
         };
         let local_last = self.inbox_last(local_u)?;
         let local_total = match remote {
             RemoteSide::Sender => Some(self.total(local_u)?),
-            RemoteSide::Recipient => None,
+            RemoteSide::Recipient | RemoteSide::Relation => None,
         };
         self.outbox_last()?;
 
@@ -154,7 +163,7 @@ impl<E: KvEngine> WriterCore<E> {
         let inbox_seq = self.push_inbox(local_u, local_last, &conv_bytes, conv_seq)?;
         let (sender_inbox_seq, recipient_inbox_seq) = match remote {
             RemoteSide::Sender => (Seq::ZERO, inbox_seq),
-            RemoteSide::Recipient => (inbox_seq, Seq::ZERO),
+            RemoteSide::Recipient | RemoteSide::Relation => (inbox_seq, Seq::ZERO),
         };
         let mut dedup_key = Vec::new();
         keys::dedup_key(&mut dedup_key, &msg.sender, msg.client_msg_id);
@@ -215,6 +224,9 @@ impl<E: KvEngine> WriterCore<E> {
     /// Applies the half of a message another node stored: see the module docs. Idempotent by
     /// (sender, client msg id), and by the message row once the dedup row has expired.
     pub(super) fn apply_remote(&mut self, w: RemoteWrite) -> Result<ApplyResult, OpError> {
+        if w.side == RemoteSide::Relation {
+            return self.apply_relation(&w);
+        }
         // A recall's half: the event, and the recalled message's copy flagged.
         let recalled = if w.kind == MessageKind::RECALL_EVENT {
             let seq = tern_protocol::wire::Reader::new(&w.body)
@@ -231,7 +243,7 @@ impl<E: KvEngine> WriterCore<E> {
         }
         let side_seq = |sender: Seq, recipient: Seq| match w.side {
             RemoteSide::Sender => sender,
-            RemoteSide::Recipient => recipient,
+            RemoteSide::Recipient | RemoteSide::Relation => recipient,
         };
         let mut key = Vec::new();
         keys::user_key(&mut key, &w.sender);
@@ -261,7 +273,7 @@ impl<E: KvEngine> WriterCore<E> {
         let last = self.inbox_last(u)?;
         let total = match w.side {
             RemoteSide::Recipient => Some(self.total(u)?),
-            RemoteSide::Sender => None,
+            RemoteSide::Sender | RemoteSide::Relation => None,
         };
 
         // This node keeps a copy of the conversation's rows, so it knows the last seq too.
@@ -312,7 +324,7 @@ impl<E: KvEngine> WriterCore<E> {
         let inbox_seq = self.push_inbox(u, last, &conv_bytes, w.conv_seq)?;
         let (sender_inbox_seq, recipient_inbox_seq) = match w.side {
             RemoteSide::Sender => (inbox_seq, Seq::ZERO),
-            RemoteSide::Recipient => (Seq::ZERO, inbox_seq),
+            RemoteSide::Recipient | RemoteSide::Relation => (Seq::ZERO, inbox_seq),
         };
         keys::dedup_key(&mut key, &w.sender, w.client_msg_id);
         self.put(
