@@ -619,6 +619,29 @@ fn history_read_and_recall_across_nodes_answer_as_on_one_node() {
     for l in &two_nodes {
         eprintln!("{l}");
     }
+    // What crossing costs: HISTORY of the newest 20 messages, asked by the user whose node does
+    // not hold the conversation (the asking node's call to the other node) against the same
+    // request on one node; printed, not asserted (a shared 2-CPU test machine).
+    for round in 0..4 {
+        let (name, pair) = if round % 2 == 0 {
+            ("one node", &mut local)
+        } else {
+            ("two nodes", &mut apart)
+        };
+        let peer = pair.u1.clone();
+        let mut took: Vec<Duration> = (0..200)
+            .map(|_| {
+                let at = Instant::now();
+                history(&mut pair.u2_phone, &peer, Direction::BEFORE, 0, 20).expect("HISTORY");
+                at.elapsed()
+            })
+            .collect();
+        took.sort();
+        eprintln!(
+            "HISTORY of 20 on {name}: p50 {:?}, p99 {:?} (200 requests)",
+            took[100], took[197]
+        );
+    }
 }
 
 /// Issue 9: a HISTORY whose conversation's node does not answer gets `UNAVAILABLE` (not an
