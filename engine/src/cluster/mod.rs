@@ -13,8 +13,8 @@
 //! absent node's slots its own); [`fault`] is the `--dev` fault injection the partition
 //! tests use.
 
-pub mod forward;
 pub mod fault;
+pub mod forward;
 pub mod links;
 pub mod membership;
 pub mod node;
