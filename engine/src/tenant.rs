@@ -254,6 +254,13 @@ fn visit<'a>(body: &mut Body<'a>, f: &mut dyn FnMut(&mut Cow<'a, str>) -> bool) 
         }
         Body::RoomJoin(j) => ok(f(&mut j.room))?,
         Body::TopicSub(t) => ok(f(&mut t.topic))?,
+        Body::TopicList(l) => ok(f(&mut l.cursor))?,
+        Body::TopicListPage(p) => {
+            ok(f(&mut p.next_cursor))?;
+            for t in &mut p.topics {
+                ok(f(&mut t.topic))?;
+            }
+        }
         Body::Relation(r) => ok(f(&mut r.user))?,
         Body::RelationList(l) => ok(f(&mut l.cursor))?,
         Body::RelationPage(p) => {

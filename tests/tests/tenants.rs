@@ -534,3 +534,37 @@ fn tenant_limits_are_enforced_with_their_codes() {
         c.stop();
     }
 }
+
+#[test]
+fn topics_are_scoped_by_tenant() {
+    let node = Node::start();
+    let acme_alice = client(&node, Some("acme"), "alice");
+    let acme_bob = client(&node, Some("acme"), "bob");
+    let globex_bob = client(&node, Some("globex"), "bob");
+    for c in [&acme_bob, &globex_bob] {
+        c.topic_subscribe("news", WAIT).unwrap();
+    }
+    acme_alice
+        .publish_wait("news", MessageKind::TEXT, b"acme news".to_vec(), WAIT)
+        .unwrap();
+    let m = next_message(&acme_bob);
+    assert_eq!(
+        (m.conv.id.as_ref(), text(&m).as_str()),
+        ("news", "acme news")
+    );
+    assert_eq!(m.sender.as_ref(), "alice", "names without the tenant");
+    assert_nothing_arrives(&globex_bob, "globex's bob");
+    // Each tenant lists its own "news", named as its clients named it.
+    let listed = acme_bob.topic_list(WAIT).unwrap();
+    assert_eq!(listed.len(), 1);
+    assert_eq!(listed[0].topic.as_ref(), "news");
+    assert_eq!(
+        listed[0].subscribers, 1,
+        "acme's news has only acme's subscriber"
+    );
+    let listed = globex_bob.topic_list(WAIT).unwrap();
+    assert_eq!((listed[0].topic.as_ref(), listed[0].last_seq), ("news", 0));
+    // globex's history of "news" is its own topic's: empty.
+    let page = globex_bob.topic_history("news", 0, 50, WAIT).unwrap();
+    assert!(page.messages.is_empty(), "{page:?}");
+}
