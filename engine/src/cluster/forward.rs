@@ -441,9 +441,21 @@ pub fn relation_notice(w: &RemoteWrite) -> Option<tern_protocol::Frame<'static>>
     ))
 }
 
-/// Sends `d` to the node serving its user when that is another node (nothing otherwise);
-/// whether it went.
+/// Whether a frame may cross to another node as a notice: RECEIPT, RELATION, TYPING (never a
+/// PUSH: see `deliver_remote`).
+fn is_notice(body: &Body<'_>) -> bool {
+    matches!(body, Body::Receipt(_) | Body::Relation(_) | Body::Typing(_))
+}
+
+/// Sends the notice `d` (RECEIPT, RELATION, TYPING) to the node serving its user when that is
+/// another node (nothing otherwise, and nothing for other frames); whether it went.
 pub fn deliver_remote(node: &NodeShared, d: &Delivery) -> bool {
+    // Only notices cross this way. A PUSH names an inbox seq of the node that stored it, which
+    // means nothing to a device of another node's inbox (a message's half reaches that node
+    // through the outbox and is pushed from there), so stored messages never go as notices.
+    if !is_notice(&d.frame.body) {
+        return false;
+    }
     let (Some(links), Some(to)) = (super::links::installed(), user_node(node, &d.user)) else {
         return false;
     };
@@ -705,11 +717,86 @@ pub fn serve(node: Arc<NodeShared>, peer: &str, call: Call) -> Answering {
 
 /// Delivers a frame another node sent for `user`'s devices here.
 pub fn notified(node: &NodeShared, user: &str, bytes: &[u8]) {
-    // Only a well-formed client frame is passed on to devices.
+    // Only a well-formed notice is passed on to devices (as `deliver_remote` sends).
     let Ok(Some((frame, _))) = tern_protocol::decode(bytes, tern_protocol::ABS_MAX_BODY) else {
         return;
     };
+    if !is_notice(&frame.body) {
+        return;
+    }
     if let Ok(user) = UserId::new(user) {
         super::links::deliver_local(node, &user, &frame);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn only_notices_cross_and_relation_ops_keep_their_meaning() {
+        let receipt = Body::Receipt(tern_protocol::Receipt {
+            conv: tern_protocol::Conv::direct("bob".to_owned()),
+            user: "bob".into(),
+            kind: tern_protocol::ReceiptKind::READ,
+            conv_seq: 3,
+            time: 1,
+        });
+        assert!(is_notice(&receipt));
+        let push = Body::Push(tern_protocol::Message {
+            conv: tern_protocol::Conv::direct("bob".to_owned()),
+            sender: "bob".into(),
+            sender_device: "phone".into(),
+            conv_seq: 1,
+            inbox_seq: 7,
+            msg_id: tern_protocol::MsgId([1; 16]),
+            time: 1,
+            kind: tern_protocol::MessageKind::TEXT,
+            flags: tern_protocol::MessageFlags::NONE,
+            body: b"hi".to_vec().into(),
+        });
+        assert!(
+            !is_notice(&push),
+            "an inbox seq of this node must not reach another's device"
+        );
+        for op in [
+            RelationOp::Follow,
+            RelationOp::Unfollow,
+            RelationOp::FriendRequest { note: "hi".into() },
+            RelationOp::FriendAccept,
+            RelationOp::FriendDecline,
+            RelationOp::Unfriend,
+            RelationOp::Block,
+            RelationOp::Unblock,
+        ] {
+            let (code, note) = op_code(&op);
+            assert_eq!(op_of(code, note), Some(op));
+        }
+        assert_eq!(op_of(0, String::new()), None);
+    }
+
+    #[test]
+    fn a_relation_write_carries_its_notice_to_the_asked_user() {
+        let (alice, bob) = (UserId::new("alice").unwrap(), UserId::new("bob").unwrap());
+        let rows = vec![(RelationKind::PENDING, 5, "hi, it's alice".to_owned())];
+        let w = RemoteWrite::relation(&bob, &alice, &rows, RelationNotice::Requested, 9);
+        assert_eq!((w.user(), w.peer()), (&bob, &alice));
+        let Some(frame) = relation_notice(&w) else {
+            panic!("no notice")
+        };
+        let Body::Relation(r) = frame.body else {
+            panic!("{frame:?}")
+        };
+        assert_eq!(
+            (r.op, r.user.as_ref(), r.note.as_ref()),
+            (
+                tern_protocol::RelationOp::FRIEND_REQUEST,
+                "alice",
+                "hi, it's alice"
+            )
+        );
+        let quiet = RemoteWrite::relation(&bob, &alice, &rows, RelationNotice::None, 10);
+        assert!(relation_notice(&quiet).is_none());
     }
 }
