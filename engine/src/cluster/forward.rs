@@ -563,6 +563,18 @@ fn refusal(e: &OpError) -> Reply {
 /// Serves a call from node `peer`.
 pub fn serve(node: Arc<NodeShared>, peer: &str, call: Call) -> Answering {
     let table = node.owners.load();
+    // Writes (a recall's sequence, a relation change) follow the quorum rules as a forwarded
+    // SEND does (`quorum`): none without quorum, and only for slots the fenced table gives
+    // this node.
+    let writes = super::quorum::writes_table(&node);
+    if matches!(call, Call::Recall { .. } | Call::Relate { .. }) && !super::quorum::has_quorum() {
+        return Box::pin(async {
+            refused(
+                ErrorCode::NO_QUORUM,
+                "the conversation's node has no quorum; retry",
+            )
+        });
+    }
     let user = |s: String| UserId::new(s).ok();
     match call {
         Call::History {
@@ -615,7 +627,7 @@ pub fn serve(node: Arc<NodeShared>, peer: &str, call: Call) -> Answering {
                 other,
                 op,
             };
-            if let Owner::Remote(o) = table.owner(conversation_slot(&ConvKey::direct(
+            if let Owner::Remote(o) = writes.owner(conversation_slot(&ConvKey::direct(
                 &change.user,
                 &change.other,
             ))) {
@@ -674,7 +686,7 @@ pub fn serve(node: Arc<NodeShared>, peer: &str, call: Call) -> Answering {
                 client_msg_id: ClientMsgId(msg_id),
                 window_ms,
             };
-            if let Owner::Remote(o) = table.owner(conversation_slot(&req.conv)) {
+            if let Owner::Remote(o) = writes.owner(conversation_slot(&req.conv)) {
                 let m = format!("the conversation is served by node {}; retry", o.node);
                 return Box::pin(async move { refused(ErrorCode::UNAVAILABLE, m) });
             }
