@@ -828,7 +828,10 @@ async fn front_door(core: Rc<Core>, a: Box<Accepted>) -> Option<Box<Connection>>
     let Accepted { stream, peer, kind } = *a;
     let opened = crate::front::open(Rc::clone(&core), stream, peer, kind).await?;
     let Some(id) = core.alloc_id() else {
-        tracing::error!("core {}: no connection slot left: connection closed", core.id);
+        tracing::error!(
+            "core {}: no connection slot left: connection closed",
+            core.id
+        );
         return None;
     };
     Some(Connection::new(

@@ -26,8 +26,8 @@ pub mod endpoint;
 pub mod group;
 pub mod receipts;
 pub mod state;
-pub mod topic;
 pub mod tls;
+pub mod topic;
 pub mod transport;
 pub mod tunnel;
 
