@@ -14,7 +14,7 @@ use tern_protocol::{
 };
 use tern_storage::{
     ClientMsgId, Diffusion, GroupAppendResult, GroupFanout, GroupId, GroupInfo, GroupMessage,
-    GroupOp, GroupSyncPage, HistoryDirection, Member, MemberRole, MessageKind, Seq, UserId,
+    GroupOp, HistoryDirection, Member, MemberRole, MessageKind, Seq, StoredMessage, UserId,
 };
 
 use crate::auth::valid_id;
@@ -470,7 +470,8 @@ pub fn pushes(fanout: &GroupFanout, except: Option<(&UserId, u64)>) -> Vec<Group
 pub fn merge_sync(
     page: &mut Frame<'static>,
     viewer: &UserId,
-    groups: &GroupSyncPage,
+    part: &[StoredMessage],
+    part_more: bool,
     max_body: u32,
 ) -> usize {
     let Body::SyncPage(SyncPage { more, messages, .. }) = &mut page.body else {
@@ -489,7 +490,7 @@ pub fn merge_sync(
             })
             .sum::<usize>();
     let mut added = 0;
-    for m in &groups.messages {
+    for m in part {
         used += crate::session::message_size(m);
         if used > max_body as usize && !messages.is_empty() {
             *more = true;
@@ -498,24 +499,30 @@ pub fn merge_sync(
         messages.push(wire_message(m, viewer, Seq::ZERO));
         added += 1;
     }
-    *more |= groups.more;
+    *more |= part_more;
     added
 }
 
-/// The positions a device reaches once it holds the first `taken` messages of a group SYNC
-/// part (each group's last message among them).
-pub fn reached(groups: &GroupSyncPage, taken: usize) -> Vec<(GroupId, Seq)> {
-    if taken >= groups.messages.len() {
-        return groups.positions.clone();
+/// The positions a device reaches once it holds the first `taken` messages of a read-diffused
+/// SYNC part (groups' or topics'): each conversation's last message among them. `positions` is
+/// the whole part's; `id` picks a message's conversation id of the part's kind.
+pub fn reached<K: Clone + PartialEq>(
+    messages: &[StoredMessage],
+    positions: &[(K, Seq)],
+    taken: usize,
+    id: impl Fn(&tern_storage::ConvKey) -> Option<&K>,
+) -> Vec<(K, Seq)> {
+    if taken >= messages.len() {
+        return positions.to_vec();
     }
-    let mut out: Vec<(GroupId, Seq)> = Vec::new();
-    for m in &groups.messages[..taken] {
-        let tern_storage::ConvKey::Group(g) = &m.conv else {
+    let mut out: Vec<(K, Seq)> = Vec::new();
+    for m in &messages[..taken] {
+        let Some(k) = id(&m.conv) else {
             continue;
         };
         match out.last_mut() {
-            Some((last, seq)) if last == g => *seq = m.seq,
-            _ => out.push((g.clone(), m.seq)),
+            Some((last, seq)) if last == k => *seq = m.seq,
+            _ => out.push((k.clone(), m.seq)),
         }
     }
     out

@@ -13,8 +13,8 @@ use tern_protocol::{
     TopicSummary,
 };
 use tern_storage::{
-    ClientMsgId, GroupSyncPage, HistoryDirection, MessageKind, Seq, Subscription,
-    TopicAppendResult, TopicId, TopicLimits, TopicMessage, TopicSyncPage, UserId,
+    ClientMsgId, HistoryDirection, MessageKind, Seq, Subscription, TopicAppendResult, TopicId,
+    TopicLimits, TopicMessage,
 };
 
 use crate::auth::valid_id;
@@ -342,42 +342,6 @@ pub fn send_ack(rid: u32, msg_id: MsgId, r: &TopicAppendResult) -> Frame<'static
             time: r.time_ms,
         }),
     )
-}
-
-/// Adds the topic part to a SYNC_PAGE whose inbox and group parts are complete; returns how
-/// many of its messages went in (the rest make the page's `more` true).
-pub fn merge_sync(
-    page: &mut Frame<'static>,
-    viewer: &UserId,
-    part: &TopicSyncPage,
-    max_body: u32,
-) -> usize {
-    // The groups' merge only reads the messages and `more`.
-    let as_group = GroupSyncPage {
-        messages: part.messages.clone(),
-        positions: Vec::new(),
-        more: part.more,
-    };
-    crate::groups::merge_sync(page, viewer, &as_group, max_body)
-}
-
-/// The positions a device reaches once it holds the first `taken` messages of a topic SYNC
-/// part (each topic's last message among them).
-pub fn reached(part: &TopicSyncPage, taken: usize) -> Vec<(TopicId, Seq)> {
-    if taken >= part.messages.len() {
-        return part.positions.clone();
-    }
-    let mut out: Vec<(TopicId, Seq)> = Vec::new();
-    for m in &part.messages[..taken] {
-        let tern_storage::ConvKey::Topic(t) = &m.conv else {
-            continue;
-        };
-        match out.last_mut() {
-            Some((last, seq)) if last == t => *seq = m.seq,
-            _ => out.push((t.clone(), m.seq)),
-        }
-    }
-    out
 }
 
 #[cfg(test)]

@@ -5,7 +5,7 @@
 //! holds them (its next SYNC or PUSH_ACK on this connection).
 
 use tern_protocol::{Body, Capabilities, ErrorCode, Frame, MIN_MAX_BODY};
-use tern_storage::{GroupId, GroupRequest, MarkRead, Seq};
+use tern_storage::{ConvKey, GroupId, GroupRequest, MarkRead};
 
 use super::{Connection, Delivery, State};
 use crate::groups::{self, GroupPlan};
@@ -290,8 +290,11 @@ impl Connection {
         if part.messages.is_empty() {
             return true;
         }
-        let taken = groups::merge_sync(page, &info.user, &part, max_out);
-        let reached: Vec<(GroupId, Seq)> = groups::reached(&part, taken);
+        let taken = groups::merge_sync(page, &info.user, &part.messages, part.more, max_out);
+        let reached = groups::reached(&part.messages, &part.positions, taken, |c| match c {
+            ConvKey::Group(g) => Some(g),
+            _ => None,
+        });
         if let Some(s) = self.session.as_mut() {
             s.seat.get_or_insert_with(Box::default).group_pulled = reached;
         }

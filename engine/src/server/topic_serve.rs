@@ -5,9 +5,10 @@
 //! groups' part (`group_serve`).
 
 use tern_protocol::{Body, Capabilities, ErrorCode, Frame, MIN_MAX_BODY};
-use tern_storage::{ConvKey, MarkRead, Seq, TopicId};
+use tern_storage::{ConvKey, MarkRead};
 
 use super::{Connection, Delivery, State};
+use crate::groups;
 use crate::session::{self, SessionInfo};
 use crate::topics::{self, TopicPlan};
 
@@ -189,8 +190,11 @@ impl Connection {
         if part.messages.is_empty() {
             return true;
         }
-        let taken = topics::merge_sync(page, &info.user, &part, max_out);
-        let reached: Vec<(TopicId, Seq)> = topics::reached(&part, taken);
+        let taken = groups::merge_sync(page, &info.user, &part.messages, part.more, max_out);
+        let reached = groups::reached(&part.messages, &part.positions, taken, |c| match c {
+            ConvKey::Topic(t) => Some(t),
+            _ => None,
+        });
         if let Some(s) = self.session.as_mut() {
             s.seat.get_or_insert_with(Box::default).topic_pulled = reached;
         }
