@@ -349,7 +349,7 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use tern_protocol::{ListRequest, Send, TopicSub};
-    use tern_storage::DeviceId;
+    use tern_storage::{DeviceId, UserId};
 
     fn me() -> SessionInfo {
         SessionInfo {
