@@ -246,7 +246,7 @@ pub struct NodeShared {
 /// The part of a connection other tasks of its core touch: the outbound queue and the kick.
 #[derive(Debug, Default)]
 pub struct ConnShared {
-    queue: RefCell<VecDeque<Bytes>>,
+    queue: RefCell<PushQueue>,
     kick: Cell<Option<CloseReason>>,
     waiter: RefCell<Waiter>,
     /// When the connection last moved bytes (ms since the epoch): it parks after
@@ -259,6 +259,46 @@ pub struct ConnShared {
     timer_due: Cell<bool>,
     /// Set when a tunnel session has upstream bytes (a socket's readiness says it otherwise).
     input: Cell<bool>,
+}
+
+/// Frames waiting for a connection's task. Boxed and dropped when the connection parks: an idle
+/// connection then keeps 8 bytes here instead of a deque's 32 and the buffer its last burst
+/// grew.
+#[derive(Debug, Default)]
+struct PushQueue(Option<Box<VecDeque<Bytes>>>);
+
+impl PushQueue {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, |q| q.len())
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn push_back(&mut self, frame: Bytes) {
+        self.0.get_or_insert_with(Box::default).push_back(frame);
+    }
+
+    fn front(&self) -> Option<&Bytes> {
+        self.0.as_ref()?.front()
+    }
+
+    fn pop_front(&mut self) -> Option<Bytes> {
+        self.0.as_mut()?.pop_front()
+    }
+
+    /// Drops everything, the allocation included.
+    fn clear(&mut self) {
+        self.0 = None;
+    }
+
+    /// Gives back the allocation if nothing waits.
+    fn release(&mut self) {
+        if self.is_empty() {
+            self.0 = None;
+        }
+    }
 }
 
 /// What a connection that waits for something left behind to be woken with.
@@ -952,6 +992,7 @@ impl Connection {
         }
         inc(&METRICS.connections_parked);
         let shared = Rc::clone(&self.shared);
+        shared.queue.borrow_mut().release();
         shared.park(self);
         Ok(())
     }
@@ -2627,6 +2668,25 @@ async fn accept_loop(i: u16, core: Rc<Core>, listener: TcpListener, kind: Listen
 mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
+
+    #[test]
+    fn a_push_queue_gives_its_memory_back_once_released_empty() {
+        let mut q = PushQueue::default();
+        assert!(q.0.is_none() && q.is_empty());
+        q.push_back(Bytes::from_static(b"a"));
+        q.push_back(Bytes::from_static(b"b"));
+        q.release();
+        assert_eq!(q.len(), 2, "kept while frames wait");
+        assert_eq!(q.pop_front().as_deref(), Some(&b"a"[..]));
+        assert_eq!(q.front().map(|f| f.as_ref()), Some(&b"b"[..]));
+        q.pop_front();
+        assert!(q.0.is_some(), "popping keeps the allocation for the next burst");
+        q.release();
+        assert!(q.0.is_none());
+        q.push_back(Bytes::from_static(b"c"));
+        q.clear();
+        assert!(q.0.is_none() && q.pop_front().is_none());
+    }
 
     #[test]
     fn session_ids_name_core_and_connection() {
