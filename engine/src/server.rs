@@ -2680,7 +2680,10 @@ mod tests {
         assert_eq!(q.pop_front().as_deref(), Some(&b"a"[..]));
         assert_eq!(q.front().map(|f| f.as_ref()), Some(&b"b"[..]));
         q.pop_front();
-        assert!(q.0.is_some(), "popping keeps the allocation for the next burst");
+        assert!(
+            q.0.is_some(),
+            "popping keeps the allocation for the next burst"
+        );
         q.release();
         assert!(q.0.is_none());
         q.push_back(Bytes::from_static(b"c"));
