@@ -47,7 +47,7 @@ use tern_storage::{
 use tracing::{debug, info, warn};
 
 use super::node::{ClusterNode, ClusterState};
-use super::ring::conversation_slot;
+use super::route::NotHere;
 use super::wire::{
     self, Batch, Challenge, Hello, Item, Opener, Proof, Role, Sealer, Transcript, WireError,
     WireMessage, WireResult, WireWrite, TAG_LEN,
@@ -879,11 +879,9 @@ impl Manager {
             if let Some(p) = outbox.get_mut(&s) {
                 p.sent = None;
                 p.hold_until = Some(later);
-                if let Owner::Remote(o) = table.owner_of_user(p.entry.write.user().as_str()) {
-                    if o.node != p.target {
-                        debug!(seq = s, from = %p.target, to = %o.node, "outbox entry follows the ring ({reason})");
-                        p.target = o.node.clone();
-                    }
+                if let Some(node) = super::route::follow(&table, &p.entry.write, &p.target) {
+                    debug!(seq = s, from = %p.target, to = %node, "outbox entry follows the ring ({reason})");
+                    p.target = node;
                 }
             }
         }
@@ -1312,19 +1310,20 @@ impl Manager {
                 };
                 // Cut off from the majority: assign no sequence (the forwarding node's client
                 // gets UNAVAILABLE and retransmits).
-                if !super::quorum::has_quorum() {
-                    return refuse(
-                        ErrorCode::NO_QUORUM,
-                        "the conversation's node has no quorum; retry".into(),
-                    );
-                }
-                let conv =
-                    ConvKey::Direct(DirectPair::new(msg.sender.clone(), msg.recipient.clone()));
-                if let Owner::Remote(o) = table.owner(conversation_slot(&conv)) {
-                    return refuse(
-                        ErrorCode::UNAVAILABLE,
-                        format!("the conversation is now served by node {}; retry", o.node),
-                    );
+                match super::route::take_forward(super::quorum::has_quorum(), table, &msg) {
+                    Ok(()) => {}
+                    Err(NotHere::NoQuorum) => {
+                        return refuse(
+                            ErrorCode::NO_QUORUM,
+                            "the conversation's node has no quorum; retry".into(),
+                        )
+                    }
+                    Err(NotHere::ServedBy(node)) => {
+                        return refuse(
+                            ErrorCode::UNAVAILABLE,
+                            format!("the conversation is now served by node {node}; retry"),
+                        )
+                    }
                 }
                 // The sender's half goes to the node that forwarded: it serves the sender.
                 match store.append_routed(msg.clone(), RemoteSide::Sender, peer.to_owned()) {
@@ -1345,11 +1344,12 @@ impl Manager {
                     return Answer::Now(Item::Acked { seqs: vec![seq] });
                 };
                 // The entry stays in the sender's outbox and comes again (never dropped).
-                if !super::quorum::has_quorum() {
-                    return not_applied("no quorum here; retry".into());
-                }
-                if let Owner::Remote(o) = table.owner_of_user(write.user().as_str()) {
-                    return not_applied(format!("user served by node {}", o.node));
+                match super::route::take_write(super::quorum::has_quorum(), table, &write) {
+                    Ok(()) => {}
+                    Err(NotHere::NoQuorum) => return not_applied("no quorum here; retry".into()),
+                    Err(NotHere::ServedBy(node)) => {
+                        return not_applied(format!("user served by node {node}"))
+                    }
                 }
                 match store.apply_remote(write.clone()) {
                     Ok(done) => Answer::Write { seq, write, done },

@@ -23,6 +23,8 @@ pub mod ring;
 pub mod route;
 #[cfg(test)]
 mod sim;
+#[cfg(test)]
+mod sim_route;
 pub mod wire;
 
 pub use membership::{

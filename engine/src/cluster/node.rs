@@ -713,9 +713,12 @@ impl Runner {
             let now = self.now();
             // The lease runs out by time alone, so this is evaluated on every pass (at least
             // every MAX_WAIT), not only on a view change.
-            super::quorum::publish_quorum(
-                self.m.has_quorum(self.size) && self.m.heard_from_majority(self.size, now),
-            );
+            super::quorum::publish_quorum(super::quorum::writable(
+                &self.m,
+                &self.absent,
+                self.size,
+                now,
+            ));
             while let Some(&Reverse((at, key))) = self.timers.peek() {
                 if at > now {
                     break;
@@ -831,6 +834,7 @@ impl Runner {
             &self.absent,
             &self.state.me,
             self.cores,
+            &mut self.cache,
         ) {
             super::quorum::publish_write_table(table);
         }

@@ -27,8 +27,8 @@ use std::sync::{Arc, OnceLock};
 
 use tern_protocol::{ErrorCode, Frame};
 
-use super::membership::{MembershipEvent, NodeId};
-use super::ring::{Ring, RingMember};
+use super::membership::{Membership, MembershipEvent, NodeId};
+use super::ring::{AssignmentCache, Ring, RingMember};
 use crate::metrics::{set, METRICS};
 use crate::server::NodeShared;
 use crate::session::{Plan, SessionInfo};
@@ -65,6 +65,14 @@ impl Absent {
         self.members.retain(|id, _| !live.contains(id));
     }
 
+    /// How many distinct members the home ring over `live` holds: the live ones and the
+    /// absent ones.
+    pub fn known(&self, live: &[RingMember]) -> usize {
+        let mut ids: std::collections::BTreeSet<&NodeId> = live.iter().map(|m| &m.id).collect();
+        ids.extend(self.members.keys());
+        ids.len()
+    }
+
     /// The absent members' ids.
     pub fn ids(&self) -> Vec<String> {
         self.members.keys().map(|id| id.to_string()).collect()
@@ -75,16 +83,33 @@ impl Absent {
     }
 
     /// The home ring: `live` (the ring's input of the current view) plus the absent members
-    /// that are not live again under another identity.
-    pub fn home_ring(&self, live: &[RingMember]) -> Ring {
+    /// that are not live again under another identity (`cache`: assignments of member sets
+    /// seen before).
+    pub fn home_ring(&self, live: &[RingMember], cache: &mut AssignmentCache) -> Ring {
         let mut all: Vec<RingMember> = live.to_vec();
         for (id, m) in &self.members {
             if !live.iter().any(|l| l.id == *id) {
                 all.push(m.clone());
             }
         }
-        Ring::new(all)
+        Ring::with_cache(all, cache)
     }
+}
+
+/// Whether a node takes writes now: it sees a majority of the configured `size` live, heard
+/// from such a majority within the quorum lease, and knows `size` members — live, or absent
+/// since it saw them (evaluated by the gossip thread on every pass, and by the simulator).
+///
+/// The last rule is the fence's: a member this process has not seen since it started is not
+/// in its absent set, so the ring it writes by would give that member's slots to others. A
+/// node that restarted (the absent set is in memory) or a cluster still forming therefore
+/// writes only once every configured member has been seen; the simulator found the case of a
+/// restarted node that reached a majority before it heard of the third node and assigned
+/// sequences in that node's conversations.
+pub fn writable(m: &Membership, absent: &Absent, size: usize, now_ms: u64) -> bool {
+    m.has_quorum(size)
+        && m.heard_from_majority(size, now_ms)
+        && absent.known(&m.ring_members()) >= size
 }
 
 /// The table writes follow: the home ring's owner table of node `me` (its own slots local,
@@ -94,8 +119,9 @@ pub fn write_table(
     absent: &Absent,
     me: &NodeId,
     cores: u16,
+    cache: &mut AssignmentCache,
 ) -> Option<OwnerTable> {
-    absent.home_ring(live).owner_table(me, cores).ok()
+    absent.home_ring(live, cache).owner_table(me, cores).ok()
 }
 
 /// What the gossip thread publishes for the cores.
@@ -266,7 +292,7 @@ mod tests {
         let live: Vec<RingMember> = all[..2].to_vec();
         let live_table = Ring::new(live.clone()).owner_table(&me, 2).unwrap();
         // … but writes keep them at c, and every other slot where the full ring had it.
-        let writes = write_table(&live, &absent, &me, 2).unwrap();
+        let writes = write_table(&live, &absent, &me, 2, &mut AssignmentCache::default()).unwrap();
         let full_table = full.owner_table(&me, 2).unwrap();
         assert_eq!(writes, full_table);
         let c_slots = (0..SLOTS)
@@ -288,7 +314,7 @@ mod tests {
             b.ring_member(),
             member("ccc", 2).ring_member(),
         ];
-        let writes = write_table(&back, &absent, &me, 2).unwrap();
+        let writes = write_table(&back, &absent, &me, 2, &mut AssignmentCache::default()).unwrap();
         assert_eq!(writes, Ring::new(back).owner_table(&me, 2).unwrap());
         // This node's own down event (an old identity of itself) fences nothing.
         absent.observe(&MembershipEvent::MemberDown(member("a", 1)), &me);

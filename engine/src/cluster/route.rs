@@ -13,11 +13,15 @@
 //!
 //! [`place`] is the decision (pure); [`submit_direct`] carries it out and returns a
 //! [`Completion`] awaited like any local append, so the connection code does not change.
+//! [`take_forward`], [`take_write`] and [`follow`] are the decisions of the other end and of
+//! the outbox (pure too): the link core (`links.rs`) and the simulator (`sim_route.rs`) both
+//! run them.
 
 use std::sync::Arc;
 
 use tern_storage::{
-    AppendResult, Completion, ConvKey, DirectMessage, DirectPair, RemoteSide, SubmitError,
+    AppendResult, Completion, ConvKey, DirectMessage, DirectPair, RemoteSide, RemoteWrite,
+    SubmitError,
 };
 
 use super::ring::conversation_slot;
@@ -46,6 +50,52 @@ pub fn place(table: &OwnerTable, msg: &DirectMessage) -> Placement {
                 dest: o.node.clone(),
             },
         },
+    }
+}
+
+/// Why a node does not take a request of another node now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum NotHere {
+    /// This node has no quorum: it assigns no sequence and applies nothing.
+    NoQuorum,
+    /// Under the table writes follow, this node serves the conversation or user.
+    ServedBy(String),
+}
+
+/// Whether this node assigns the sequence of a SEND another node forwarded to it: only with
+/// quorum (`quorum`), and only if it owns the conversation's slot in `table`, the fenced table
+/// writes follow.
+pub fn take_forward(quorum: bool, table: &OwnerTable, msg: &DirectMessage) -> Result<(), NotHere> {
+    if !quorum {
+        return Err(NotHere::NoQuorum);
+    }
+    let conv = ConvKey::Direct(DirectPair::new(msg.sender.clone(), msg.recipient.clone()));
+    match table.owner(conversation_slot(&conv)) {
+        Owner::Remote(o) => Err(NotHere::ServedBy(o.node.clone())),
+        Owner::Local(_) => Ok(()),
+    }
+}
+
+/// Whether this node applies an outbox entry another node sent it: only with quorum, and only
+/// if it serves the entry's user in `table` (the fenced table: it holds the user's data).
+/// Otherwise the entry stays in its sender's outbox.
+pub fn take_write(quorum: bool, table: &OwnerTable, write: &RemoteWrite) -> Result<(), NotHere> {
+    if !quorum {
+        return Err(NotHere::NoQuorum);
+    }
+    match table.owner_of_user(write.user().as_str()) {
+        Owner::Remote(o) => Err(NotHere::ServedBy(o.node.clone())),
+        Owner::Local(_) => Ok(()),
+    }
+}
+
+/// Where an outbox entry that node `target` did not apply goes next: the node `table` (the
+/// fenced table) names for its user, if that is another node; never this node, which does
+/// not hold the user's data. `None`: it stays with `target`.
+pub fn follow(table: &OwnerTable, write: &RemoteWrite, target: &str) -> Option<String> {
+    match table.owner_of_user(write.user().as_str()) {
+        Owner::Remote(o) if o.node != target => Some(o.node.clone()),
+        _ => None,
     }
 }
 

@@ -29,7 +29,8 @@ use super::membership::{
     ClientAddr, ClusterSecret, Membership, MembershipConfig, MembershipEvent, MembershipTimer,
     NodeId, NodeIdentity, Outputs,
 };
-use super::ring::{AssignmentCache, Ring};
+use super::ring::Ring;
+use super::sim_route::{with_rings, LinkItem, Traffic, TrafficEv};
 use crate::slots::{SlotId, SLOTS};
 
 /// How the simulated network treats each datagram.
@@ -63,6 +64,8 @@ enum Ev {
         process: u32,
         timer: MembershipTimer,
     },
+    /// Clients, node-to-node items and link ticks of the routing layer (`sim_route`).
+    Traffic(TrafficEv),
 }
 
 #[derive(Debug)]
@@ -75,6 +78,13 @@ pub(crate) struct SimNode {
     /// Bumped by each restart; timers of an earlier process are ignored.
     process: u32,
     pub m: Option<Membership>,
+}
+
+impl SimNode {
+    /// Which process of the node runs (changes with every crash and start).
+    pub(crate) fn process_id(&self) -> u32 {
+        self.process
+    }
 }
 
 #[derive(Debug)]
@@ -92,9 +102,10 @@ pub(crate) struct Sim {
     by_addr: HashMap<SocketAddr, usize>,
     /// Every epoch reported so far and the view behind it.
     epochs: HashMap<u64, Vec<(NodeId, u64)>>,
-    ring_cache: AssignmentCache,
     pub trace: bool,
     next_check: u64,
+    /// One-to-one messages between users of the nodes, if the scenario has them.
+    pub(crate) traffic: Option<Box<Traffic>>,
 }
 
 /// How often (virtual ms) the always-on invariant is checked.
@@ -135,9 +146,9 @@ impl Sim {
             side: vec![0; n],
             by_addr,
             epochs: HashMap::new(),
-            ring_cache: AssignmentCache::default(),
             trace: false,
             next_check: 0,
+            traffic: None,
         }
     }
 
@@ -176,12 +187,22 @@ impl Sim {
         let generation = node.generation;
         self.log(|| format!("n{i} starts, generation {generation}"));
         self.apply(i, out);
+        if let Some(mut t) = self.traffic.take() {
+            t.started(self, i);
+            if let Some(m) = self.nodes[i].m.as_ref() {
+                t.view_changed(i, m);
+            }
+            self.traffic = Some(t);
+        }
     }
 
     /// Kills node `i`: its state, timers and in-flight datagrams to it are gone.
     pub(crate) fn crash(&mut self, i: usize) {
         self.nodes[i].m = None;
         self.nodes[i].process += 1;
+        if let Some(t) = self.traffic.as_mut() {
+            t.crashed(i);
+        }
         self.log(|| format!("n{i} crashes"));
     }
 
@@ -209,6 +230,36 @@ impl Sim {
     pub(crate) fn heal(&mut self) {
         self.side.iter_mut().for_each(|s| *s = 0);
         self.log(|| "partition healed".to_string());
+    }
+
+    /// Schedules a traffic event.
+    pub(crate) fn push_traffic(&mut self, at: u64, ev: TrafficEv) {
+        self.push(at, Ev::Traffic(ev));
+    }
+
+    /// Sends a node-to-node item through the network as it treats gossip: lost, duplicated
+    /// and delayed (so reordered) alike, and dropped across a partition on delivery.
+    pub(crate) fn send_link(&mut self, from: usize, to: usize, process: u32, item: LinkItem) {
+        let copies = if self.rng.random_bool(self.net.dup) {
+            2
+        } else {
+            1
+        };
+        for _ in 0..copies {
+            if self.rng.random_bool(self.net.loss) {
+                continue;
+            }
+            let delay = self.rng.random_range(self.net.delay.0..=self.net.delay.1);
+            self.push(
+                self.now + delay,
+                Ev::Traffic(TrafficEv::Link {
+                    to,
+                    from,
+                    process,
+                    item: item.clone(),
+                }),
+            );
+        }
     }
 
     fn push(&mut self, at: u64, ev: Ev) {
@@ -253,7 +304,12 @@ impl Sim {
                 },
             );
         }
+        let mut changed = false;
         for e in out.events {
+            if let Some(t) = self.traffic.as_mut() {
+                t.observe(i, &e);
+            }
+            changed |= matches!(e, MembershipEvent::ViewChanged { .. });
             if let MembershipEvent::IdentityRenewed(id) = &e {
                 // What the node does with this event: persist the generation, so that a
                 // restart starts above it.
@@ -261,6 +317,11 @@ impl Sim {
             }
             if self.trace {
                 self.log(|| format!("n{i}: {}", describe(&e)));
+            }
+        }
+        if changed {
+            if let (Some(t), Some(m)) = (self.traffic.as_mut(), self.nodes[i].m.as_ref()) {
+                t.view_changed(i, m);
             }
         }
     }
@@ -307,6 +368,17 @@ impl Sim {
                     if let Some(m) = self.nodes[node].m.as_mut() {
                         let out = m.handle_timer(now, timer);
                         self.apply(node, out);
+                    }
+                }
+                Ev::Traffic(ev) => {
+                    if let TrafficEv::Link { to, from, .. } = &ev {
+                        if self.side[*from] != self.side[*to] {
+                            continue;
+                        }
+                    }
+                    if let Some(mut t) = self.traffic.take() {
+                        t.handle(self, ev);
+                        self.traffic = Some(t);
                     }
                 }
             }
@@ -388,7 +460,8 @@ impl Sim {
         let mut out = Vec::new();
         for (i, node) in self.nodes.iter().enumerate() {
             if let Some(m) = &node.m {
-                out.push((i, Ring::with_cache(m.ring_members(), &mut self.ring_cache)));
+                // Assignments depend on the ids only, which repeat from seed to seed.
+                out.push((i, with_rings(|c| Ring::with_cache(m.ring_members(), c))));
             }
         }
         out
@@ -416,12 +489,22 @@ pub(crate) struct SeedReport {
     pub partitioned: bool,
     pub crashed: bool,
     pub virtual_ms: u64,
+    /// Messages acknowledged to the simulated clients.
+    pub messages: usize,
 }
 
 /// Virtual time allowed for the majority side of a partition to settle.
 const PARTITION_SETTLE_MS: u64 = 30_000;
 /// Virtual time allowed for the whole cluster to converge after the network heals.
 const HEAL_SETTLE_MS: u64 = 60_000;
+/// Virtual time allowed for the cluster to form before the chaos.
+const FORM_MS: u64 = 20_000;
+/// Virtual time allowed, once the cluster converged, for every client's messages to be
+/// acknowledged and every outbox to drain.
+const DRAIN_MS: u64 = 60_000;
+/// Simulated users (clients) and the messages each sends to others.
+const USERS: usize = 6;
+const MESSAGES_PER_USER: usize = 3;
 
 /// One scenario: boot, chaos (loss, delay, duplicates, maybe a crash and a partition), the
 /// partition held on a clean network until it settles, then the heal.
@@ -432,6 +515,7 @@ pub(crate) fn run_seed(seed: u64, trace: bool) -> Result<SeedReport, String> {
     let n = plan.random_range(3..=5usize);
     let mut sim = Sim::new(seed, n);
     sim.trace = trace;
+    sim.traffic = Some(Box::new(Traffic::new(seed, n, USERS, MESSAGES_PER_USER)));
     let mut report = SeedReport {
         nodes: n,
         ..SeedReport::default()
@@ -450,9 +534,23 @@ pub(crate) fn run_seed(seed: u64, trace: bool) -> Result<SeedReport, String> {
         sim.start(i);
     }
     sim.run_until(2_000)?;
+    // Messages start in a formed cluster: without handoff, a node joining later would take
+    // over slots whose data it does not hold.
+    let everyone: Vec<usize> = (0..n).collect();
+    if !sim.run_until_true(2_000 + FORM_MS, |s| s.group_agrees(&everyone))? {
+        return Err(format!(
+            "cluster of {n} did not form in {FORM_MS} ms: {}",
+            views(&sim)
+        ));
+    }
+    let t0 = sim.now;
 
-    // Chaos.
-    let chaos_end = 2_000 + plan.random_range(1_000..=4_000u64);
+    // Chaos, while the clients send.
+    let chaos_end = t0 + plan.random_range(1_000..=4_000u64);
+    if let Some(mut t) = sim.traffic.take() {
+        t.start_clients(&mut sim, chaos_end - t0 + 2_000);
+        sim.traffic = Some(t);
+    }
     sim.net = Net {
         loss: plan.random_range(0.0..0.3),
         dup: plan.random_range(0.0..0.05),
@@ -462,7 +560,7 @@ pub(crate) fn run_seed(seed: u64, trace: bool) -> Result<SeedReport, String> {
     let victim = plan.random_range(0..n);
     if plan.random_bool(0.5) {
         report.crashed = true;
-        let at = plan.random_range(2_000..chaos_end);
+        let at = plan.random_range(t0..chaos_end);
         actions.push((at, Action::Crash(victim)));
         if plan.random_bool(0.5) {
             actions.push((plan.random_range(at..=chaos_end), Action::Restart(victim)));
@@ -477,7 +575,7 @@ pub(crate) fn run_seed(seed: u64, trace: bool) -> Result<SeedReport, String> {
             minority.push(all.swap_remove(plan.random_range(0..all.len())));
         }
         minority.sort_unstable();
-        actions.push((plan.random_range(2_000..chaos_end), Action::Partition));
+        actions.push((plan.random_range(t0..chaos_end), Action::Partition));
     }
     actions.sort_by_key(|(at, _)| *at);
     for (at, action) in actions {
@@ -533,7 +631,6 @@ pub(crate) fn run_seed(seed: u64, trace: bool) -> Result<SeedReport, String> {
         sim.heal();
     }
 
-    let everyone: Vec<usize> = (0..n).collect();
     let deadline = sim.now + HEAL_SETTLE_MS;
     if !sim.run_until_true(deadline, |s| s.group_agrees(&everyone))? {
         return Err(format!(
@@ -557,6 +654,28 @@ pub(crate) fn run_seed(seed: u64, trace: bool) -> Result<SeedReport, String> {
         }) {
             return Err(format!("n{i} and n0 disagree on the owner of slot {s}"));
         }
+    }
+    // Every message acknowledged, every outbox drained; then the messages' invariants.
+    let deadline = sim.now + DRAIN_MS;
+    if !sim.run_until_true(deadline, |s| s.traffic.as_ref().is_none_or(|t| t.drained()))? {
+        let pending = sim
+            .traffic
+            .as_ref()
+            .map(|t| t.pending())
+            .unwrap_or_default();
+        return Err(format!(
+            "messages not delivered {DRAIN_MS} ms after the cluster converged: {pending}"
+        ));
+    }
+    if let Some(t) = sim.traffic.as_ref() {
+        let node_of = |user: &tern_storage::UserId| {
+            first
+                .owner_of_user(user.as_str())
+                .and_then(|m| (0..n).find(|&i| sim.nodes[i].id == m.id))
+                .unwrap_or(0)
+        };
+        t.check(node_of)?;
+        report.messages = t.acknowledged();
     }
     report.virtual_ms = sim.now;
     Ok(report)
@@ -590,6 +709,7 @@ mod tests {
         by_size: [u64; 6],
         partitioned: u64,
         crashed: u64,
+        messages: u64,
     }
 
     /// Runs `count` seeds (every `stride`-th from `first`) and reports failures by seed.
@@ -604,6 +724,7 @@ mod tests {
                     sum.by_size[r.nodes.min(5)] += 1;
                     sum.partitioned += u64::from(r.partitioned);
                     sum.crashed += u64::from(r.crashed);
+                    sum.messages += r.messages as u64;
                 }
                 Err(why) => failures.push(format!("TERN_SIM_SEED={seed}: {why}")),
             }
@@ -639,13 +760,14 @@ mod tests {
         let (failures, sum) = run_many(half, 2, count);
         println!(
             "cluster sim: {count} seeds ({}; 3/4/5 nodes: {}/{}/{}; {} partitioned, {} with a \
-             crash), {:.0} s virtual, {:.1} s real",
+             crash; {} messages acknowledged and checked), {:.0} s virtual, {:.1} s real",
             if half == 0 { "even" } else { "odd" },
             sum.by_size[3],
             sum.by_size[4],
             sum.by_size[5],
             sum.partitioned,
             sum.crashed,
+            sum.messages,
             sum.virtual_ms as f64 / 1000.0,
             started.elapsed().as_secs_f64()
         );
