@@ -48,6 +48,13 @@ pub enum GroupPlan {
     Change { group: GroupId, op: GroupOp },
     /// Store a group message; answer SEND_ACK and push it.
     Send { msg: GroupMessage, msg_id: MsgId },
+    /// Recall message `seq` of a group (SPEC.md, RECALL); answer SEND_ACK for the RECALL event
+    /// and push it like a group message.
+    Recall {
+        group: GroupId,
+        seq: Seq,
+        msg_id: MsgId,
+    },
     /// A page of the group's timeline, for a member.
     History {
         group: GroupId,
@@ -80,7 +87,8 @@ pub fn group_of(p: &GroupPlan) -> Option<&GroupId> {
         | GroupPlan::History { group, .. }
         | GroupPlan::Read { group, .. }
         | GroupPlan::Get { group }
-        | GroupPlan::Receipts { group, .. } => Some(group),
+        | GroupPlan::Receipts { group, .. }
+        | GroupPlan::Recall { group, .. } => Some(group),
         GroupPlan::Send { msg, .. } => Some(&msg.group),
         GroupPlan::Create { .. } | GroupPlan::List { .. } => None,
     }
@@ -279,6 +287,11 @@ fn plan_inner(s: &SessionInfo, frame: &Frame<'_>, limits: &Limits) -> Result<Pla
                 limit,
             })
         }
+        Body::Recall(r) => plan_of(GroupPlan::Recall {
+            group: group_id(rid, &r.conv.id)?,
+            seq: Seq(r.conv_seq),
+            msg_id: r.msg_id,
+        }),
         Body::Read(r) => plan_of(GroupPlan::Read {
             group: group_id(rid, &r.conv.id)?,
             up_to: Seq(r.conv_seq),
@@ -343,6 +356,7 @@ pub fn is_group_request(frame: &Frame<'_>) -> bool {
         Body::SendWithMentions(_) => true,
         Body::History(h) => h.conv.kind == ConvKind::GROUP,
         Body::Read(r) => r.conv.kind == ConvKind::GROUP,
+        Body::Recall(r) => r.conv.kind == ConvKind::GROUP,
         _ => false,
     }
 }

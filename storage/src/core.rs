@@ -30,6 +30,7 @@
 //! reloaded from what is durable. A failed write fails its batch and every batch built after it
 //! on the same caches; the writer then drops its caches before building more.
 
+mod group_recall;
 mod groups;
 mod push;
 
@@ -72,6 +73,8 @@ pub(crate) enum WriteCmd {
     UpdatePosition(PositionUpdate, Reply<DevicePosition>),
     MarkRead(MarkRead, Reply<ReadState>),
     Recall(Recall, Reply<RecallResult>),
+    /// A recall in a group (`group_recall` module).
+    RecallGroup(Recall, Reply<GroupAppendResult>),
     PutGroup(GroupUpdate, Reply<GroupInfo>),
     PutMember(MemberUpdate, Reply<Member>),
     RemoveMember(GroupId, UserId, Reply<bool>),
@@ -619,6 +622,7 @@ impl<E: KvEngine> WriterCore<E> {
             }
             cmd @ (WriteCmd::Group(..)
             | WriteCmd::AppendGroup(..)
+            | WriteCmd::RecallGroup(..)
             | WriteCmd::GroupPositions(..)) => return self.apply_group(cmd),
             cmd @ (WriteCmd::TopicSub(..)
             | WriteCmd::AppendTopic(..)

@@ -829,6 +829,14 @@ impl<E: KvEngine> Store<E> {
         self.submit(|tx| WriteCmd::AppendGroup(msg, tx))
     }
 
+    /// Recalls a group message (SPEC.md, RECALL): by its sender, the owner, or an admin for a
+    /// plain member's message. The message is flagged RECALLED and a RECALL event is appended
+    /// to the group's timeline under its diffusion, as [`Self::append_group`] does; a
+    /// retransmission writes nothing and returns the original.
+    pub fn recall_group(&self, req: Recall) -> Result<Completion<GroupAppendResult>, SubmitError> {
+        self.submit(|tx| WriteCmd::RecallGroup(req, tx))
+    }
+
     /// Records how far a device has fetched read-diffused group messages (forward only).
     pub fn put_group_positions(
         &self,

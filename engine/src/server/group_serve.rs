@@ -138,6 +138,24 @@ impl Connection {
                 }
                 ok
             }
+            GroupPlan::Recall { group, seq, msg_id } => {
+                let req = tern_storage::Recall {
+                    conv: ConvKey::Group(group),
+                    seq,
+                    by: info.user.clone(),
+                    by_device: info.device.clone(),
+                    client_msg_id: tern_storage::ClientMsgId(msg_id.0),
+                    window_ms: self.core.node.cfg.limits.recall_window_ms,
+                };
+                let Some(r) = self.storage(rid, store.recall_group(req)).await else {
+                    return open(self);
+                };
+                let ok = self.write_frame(&groups::send_ack(rid, msg_id, &r)).await;
+                if let Some(fanout) = &r.fanout {
+                    self.push_group_entry(fanout, Some((&info.user, info.session_id)));
+                }
+                ok
+            }
             GroupPlan::History {
                 group,
                 anchor,

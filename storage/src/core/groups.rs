@@ -46,15 +46,15 @@ use super::{done, Applied, PendingAppend, RecentState, Reply, WriteCmd, WriterCo
 /// A cached group.
 #[derive(Debug, Clone)]
 pub(super) struct GroupState {
-    rec: GroupRecord,
-    members: BTreeMap<UserId, MemberState>,
+    pub(super) rec: GroupRecord,
+    pub(super) members: BTreeMap<UserId, MemberState>,
     /// The member ids, built when a read-diffused entry needs them and dropped on any change.
     list: Option<Arc<[UserId]>>,
 }
 
 #[derive(Debug, Clone, Copy)]
-struct MemberState {
-    role: MemberRole,
+pub(super) struct MemberState {
+    pub(super) role: MemberRole,
     muted_until_ms: u64,
     joined_ms: u64,
     /// Loaded on first use.
@@ -62,10 +62,10 @@ struct MemberState {
 }
 
 #[derive(Debug, Clone, Copy, Default)]
-struct CursorState {
-    acked: u64,
-    read: u64,
-    since: u64,
+pub(super) struct CursorState {
+    pub(super) acked: u64,
+    pub(super) read: u64,
+    pub(super) since: u64,
 }
 
 /// Encodes a GROUP_EVENT body (SPEC.md, Groups): `kind u8 · users list<string> · arg varint`.
@@ -82,7 +82,7 @@ pub(crate) fn event_body(kind: GroupEventKind, users: &[UserId], arg: u64) -> Ve
     b
 }
 
-fn group_conv(group: &GroupId) -> Vec<u8> {
+pub(super) fn group_conv(group: &GroupId) -> Vec<u8> {
     let mut conv = Vec::new();
     keys::conv_prefix(&mut conv, &ConvKey::Group(group.clone()));
     conv
@@ -104,19 +104,19 @@ fn info_of(id: &GroupId, rec: &GroupRecord) -> Result<GroupInfo, OpError> {
 }
 
 /// One timeline entry to append.
-struct Entry<'a> {
-    sender: &'a UserId,
-    sender_device: &'a DeviceId,
-    client_msg_id: [u8; 16],
-    kind: MessageKind,
-    body: Vec<u8>,
+pub(super) struct Entry<'a> {
+    pub(super) sender: &'a UserId,
+    pub(super) sender_device: &'a DeviceId,
+    pub(super) client_msg_id: [u8; 16],
+    pub(super) kind: MessageKind,
+    pub(super) body: Vec<u8>,
     /// Members whose mention flag the entry raises (members only, never the sender).
-    mentioned: Mentioned<'a>,
+    pub(super) mentioned: Mentioned<'a>,
 }
 
 /// Whom an entry mentions.
 #[derive(Clone, Copy)]
-enum Mentioned<'a> {
+pub(super) enum Mentioned<'a> {
     Nobody,
     Some(&'a [UserId]),
     All,
@@ -165,6 +165,17 @@ impl<E: KvEngine> WriterCore<E> {
                 let r = self.append_group(msg);
                 done(tx, r)
             }
+            WriteCmd::RecallGroup(req, tx) => {
+                let ConvKey::Group(group) = &req.conv else {
+                    return Applied::Barrier(WriteCmd::RecallGroup(req, tx));
+                };
+                // The recalled message's row is read: it must be durable.
+                if self.group_in_flight(group) || self.conv_dirty(&req.conv) {
+                    return Applied::Barrier(WriteCmd::RecallGroup(req, tx));
+                }
+                let r = self.recall_group(req);
+                done(tx, r)
+            }
             WriteCmd::GroupPositions(user, device, positions, tx) => {
                 if self.group_positions_in_flight(&user, &device, &positions) {
                     return Applied::Barrier(WriteCmd::GroupPositions(user, device, positions, tx));
@@ -172,7 +183,7 @@ impl<E: KvEngine> WriterCore<E> {
                 let r = self.put_group_positions(&user, &device, &positions);
                 done(tx, r)
             }
-            // `apply` routes only the three above here.
+            // `apply` routes only the four above here.
             other => return Applied::Barrier(other),
         })
     }
@@ -215,14 +226,14 @@ impl<E: KvEngine> WriterCore<E> {
         self.groups.remove(group);
     }
 
-    fn touch_group(&mut self, group: &GroupId) {
+    pub(super) fn touch_group(&mut self, group: &GroupId) {
         let mut key = Vec::new();
         keys::group_key(&mut key, group);
         self.touch(Cf::Groups, &key);
     }
 
     /// Loads `group` into the cache; false if it does not exist.
-    fn load_group_state(&mut self, group: &GroupId) -> Result<bool, EngineError> {
+    pub(super) fn load_group_state(&mut self, group: &GroupId) -> Result<bool, EngineError> {
         if self.groups.contains_key(group) {
             return Ok(true);
         }
@@ -274,7 +285,7 @@ impl<E: KvEngine> WriterCore<E> {
     }
 
     /// The cursor of a member of a cached group, loaded on first use.
-    fn member_cursor(
+    pub(super) fn member_cursor(
         &mut self,
         group: &GroupId,
         user: &UserId,
@@ -310,7 +321,7 @@ impl<E: KvEngine> WriterCore<E> {
         Ok(c)
     }
 
-    fn put_cursor_row(
+    pub(super) fn put_cursor_row(
         &mut self,
         group: &GroupId,
         user: &UserId,
@@ -392,7 +403,7 @@ impl<E: KvEngine> WriterCore<E> {
     /// Appends one entry to a cached group's timeline under its current diffusion, reaching
     /// the current members plus `also` (members just removed, who see their removal). Events
     /// never count as unread; content counts for everyone but its sender.
-    fn append_entry(
+    pub(super) fn append_entry(
         &mut self,
         group: &GroupId,
         conv_bytes: &[u8],
