@@ -136,3 +136,38 @@ fn recall_takes_a_message_back() {
     assert_eq!(hist[0]["body"], "");
     assert_eq!(hist[1]["conv_seq"], 2);
 }
+
+#[test]
+fn recall_takes_a_group_message_back() {
+    let node = Node::start();
+    let alice = node.token("alice", Some("cli"), 3600);
+    let bob = node.token("bob", Some("cli"), 3600);
+    let created = json_lines(&tern(
+        &node,
+        &alice,
+        &["group", "create", "club", "--member", "bob"],
+    ));
+    let g = created[0]["group"].as_str().unwrap().to_owned();
+    let sent = json_lines(&tern(&node, &alice, &["group", "send", &g, "oops"]));
+    let seq = sent[0]["conv_seq"].as_u64().unwrap().to_string();
+    // A member may not recall the owner's message: the command fails with the node's refusal.
+    let refused = Command::new(tern_bin())
+        .args(["--server", &node.native, "--token", &bob, "--json"])
+        .args(["recall", "--group", &g, &seq])
+        .output()
+        .unwrap();
+    assert!(!refused.status.success());
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(err.contains("FORBIDDEN"), "{err}");
+    let out = json_lines(&tern(&node, &alice, &["recall", "--group", &g, &seq]));
+    assert_eq!(out[0]["type"], "recalled");
+    assert_eq!(out[0]["kind"], "group");
+    assert_eq!(out[0]["conv"], g.as_str());
+    // bob's history of the group: the message is a tombstone.
+    let hist = json_lines(&tern(&node, &bob, &["group", "history", &g]));
+    let recalled = hist
+        .iter()
+        .find(|m| m["conv_seq"].to_string() == seq)
+        .unwrap_or_else(|| panic!("no #{seq} in {hist:?}"));
+    assert_eq!(recalled["body"], "", "{hist:?}");
+}

@@ -468,3 +468,28 @@ fn a_group_admin_recalls_under_read_diffusion_within_the_window() {
         Err(ErrorCode::RECALL_EXPIRED)
     );
 }
+
+#[test]
+fn the_sdk_recalls_a_group_message() {
+    let node = Node::start();
+    let alice = tern_tools::Client::start(tern_tools::ClientConfig::new(
+        node.native.clone(),
+        node.token("alice", Some("sdk"), 3600),
+        "sdk",
+    ));
+    let mut bob = node.connect("bob", "phone");
+    let g = alice
+        .group_create("club", &["bob"], WAIT)
+        .unwrap()
+        .group
+        .to_string();
+    let sent = alice
+        .send_group_wait(&g, MessageKind::TEXT, b"oops".to_vec(), WAIT)
+        .unwrap();
+    let event = alice.recall_group(&g, sent.conv_seq, WAIT).unwrap();
+    assert!(event.conv_seq > sent.conv_seq);
+    assert_group_tombstone(&mut bob, &g, sent.conv_seq, event.conv_seq);
+    // Recalled already: the node refuses a second recall.
+    assert!(alice.recall_group(&g, sent.conv_seq, WAIT).is_err());
+    alice.stop();
+}

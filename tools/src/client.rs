@@ -365,6 +365,26 @@ impl Client {
         conv_seq: u64,
         timeout: Duration,
     ) -> Result<SendAck, SendError> {
+        self.recall_in(Conv::direct(with.to_owned()), conv_seq, timeout)
+    }
+
+    /// Recalls message `conv_seq` of `group` (ours, or a member's when we own or administer
+    /// the group), as [`Client::recall`] does in a one-to-one conversation.
+    pub fn recall_group(
+        &self,
+        group: &str,
+        conv_seq: u64,
+        timeout: Duration,
+    ) -> Result<SendAck, SendError> {
+        self.recall_in(Conv::group(group.to_owned()), conv_seq, timeout)
+    }
+
+    fn recall_in(
+        &self,
+        conv: Conv<'static>,
+        conv_seq: u64,
+        timeout: Duration,
+    ) -> Result<SendAck, SendError> {
         let mut id = [0u8; 16];
         id[..8].copy_from_slice(&self.prefix);
         id[8..].copy_from_slice(
@@ -374,7 +394,7 @@ impl Client {
                 .to_be_bytes(),
         );
         let body = Body::Recall(Recall {
-            conv: Conv::direct(with.to_owned()),
+            conv,
             conv_seq,
             msg_id: MsgId(id),
         });
@@ -1099,6 +1119,12 @@ impl Worker {
     fn on_frame(&mut self, conn: &mut Connection, f: Frame<'static>) -> Result<(), String> {
         let rid = f.request_id;
         match f.body {
+            // A RECALL is a request whose answer is a SEND_ACK (of the recall event).
+            Body::SendAck(ack) if self.requests.contains_key(&rid) => {
+                if let Some(w) = self.requests.remove(&rid) {
+                    let _ = w.send(Ok(Frame::new(rid, Body::SendAck(ack))));
+                }
+            }
             Body::SendAck(ack) => {
                 if let Some(local_seq) = self.by_msg_id.remove(&ack.msg_id) {
                     if let Some(p) = self.pending.remove(&local_seq) {

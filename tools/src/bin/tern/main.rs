@@ -188,11 +188,20 @@ enum Cmd {
         #[arg(long)]
         seq: u64,
     },
-    /// Recall a message you sent to a user (within the node's recall window, 2 minutes by
-    /// default): it becomes a tombstone on every device of both of you.
+    /// Recall a message you sent to a user, or one in a group (yours, or a member's when you
+    /// own or administer the group), within the node's recall window (2 minutes by default): it
+    /// becomes a tombstone on every device of the conversation.
     Recall {
-        #[arg(long = "with")]
-        with: String,
+        /// The user the conversation is with.
+        #[arg(
+            long = "with",
+            required_unless_present = "group",
+            conflicts_with = "group"
+        )]
+        with: Option<String>,
+        /// The group the message is in.
+        #[arg(long)]
+        group: Option<String>,
         /// The message's conversation sequence (see `history`).
         seq: u64,
     },
@@ -931,12 +940,17 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
                 }
             }
         }
-        Cmd::Recall { with, seq } => {
+        Cmd::Recall { with, group, seq } => {
+            let (conv, name) = match (with, group) {
+                (_, Some(g)) => (Conv::group(g.as_str()), format!("in group {g}")),
+                (Some(w), None) => (Conv::direct(w.as_str()), format!("with {w}")),
+                (None, None) => bail!("name the conversation: --with USER or --group GROUP"),
+            };
             let mut conn = connect(&mut ladder, cli.state.as_ref(), &hello)?;
             let id: [u8; 16] = rand::random();
             let f = conn.request(
                 Body::Recall(Recall {
-                    conv: Conv::direct(with.as_str()),
+                    conv,
                     conv_seq: *seq,
                     msg_id: MsgId(id),
                 }),
@@ -948,10 +962,10 @@ fn run(cli: &Cli) -> anyhow::Result<()> {
             if json {
                 println!(
                     "{}",
-                    json!({"type": "recalled", "conv": with, "conv_seq": seq, "event_seq": a.conv_seq, "time": a.time})
+                    json!({"type": "recalled", "conv": with.as_ref().or(group.as_ref()), "kind": if group.is_some() { "group" } else { "direct" }, "conv_seq": seq, "event_seq": a.conv_seq, "time": a.time})
                 );
             } else {
-                println!("recalled #{seq} with {with} (event #{})", a.conv_seq);
+                println!("recalled #{seq} {name} (event #{})", a.conv_seq);
             }
         }
         Cmd::Read { with, seq } => {
