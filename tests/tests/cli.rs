@@ -149,7 +149,8 @@ fn recall_takes_a_group_message_back() {
     ));
     let g = created[0]["group"].as_str().unwrap().to_owned();
     let sent = json_lines(&tern(&node, &alice, &["group", "send", &g, "oops"]));
-    let seq = sent[0]["conv_seq"].as_u64().unwrap().to_string();
+    let seq_n = sent[0]["conv_seq"].as_u64().unwrap();
+    let seq = seq_n.to_string();
     // A member may not recall the owner's message: the command fails with the node's refusal.
     let refused = Command::new(tern_bin())
         .args(["--server", &node.native, "--token", &bob, "--json"])
@@ -167,7 +168,7 @@ fn recall_takes_a_group_message_back() {
     let hist = json_lines(&tern(&node, &bob, &["group", "history", &g]));
     let recalled = hist
         .iter()
-        .find(|m| m["conv_seq"].to_string() == seq)
+        .find(|m| m["conv_seq"].as_u64() == Some(seq_n))
         .unwrap_or_else(|| panic!("no #{seq} in {hist:?}"));
     assert_eq!(recalled["body"], "", "{hist:?}");
 }

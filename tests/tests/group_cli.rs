@@ -511,3 +511,27 @@ fn sdk_group_sends_survive_a_crash_and_read_diffused_messages_come_once() {
         "read-diffused messages handed out again after a restart"
     );
 }
+
+#[test]
+fn group_read_and_receipts_from_the_cli() {
+    let node = Node::start();
+    let alice = node.token("alice", Some("cli"), 3600);
+    let bob = node.token("bob", Some("cli"), 3600);
+    let created = tern(
+        &node,
+        &alice,
+        &["group", "create", "club", "--member", "bob"],
+    );
+    let g = created[0]["group"].as_str().unwrap().to_owned();
+    let sent = tern(&node, &alice, &["group", "send", &g, "read me"]);
+    let seq = sent[0]["conv_seq"].as_u64().unwrap().to_string();
+    let before = tern(&node, &alice, &["group", "receipts", &g, &seq]);
+    assert_eq!(before[0]["messages"][0]["read"], 0, "{before:?}");
+    let read = tern(&node, &bob, &["group", "read", &g, &seq]);
+    assert_eq!(read[0]["type"], "read");
+    let after = tern(&node, &alice, &["group", "receipts", &g, &seq, "--readers"]);
+    let m = &after[0]["messages"][0];
+    assert_eq!(m["conv_seq"].as_u64().map(|n| n.to_string()), Some(seq));
+    assert_eq!(m["read"], 1, "{after:?}");
+    assert_eq!(m["readers"], serde_json::json!(["bob"]));
+}

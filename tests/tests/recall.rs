@@ -480,13 +480,15 @@ fn the_sdk_recalls_a_group_message() {
     let mut bob = node.connect("bob", "phone");
     let g = alice
         .group_create("club", &["bob"], WAIT)
-        .unwrap()
+        .expect("group created")
         .group
         .to_string();
     let sent = alice
         .send_group_wait(&g, MessageKind::TEXT, b"oops".to_vec(), WAIT)
-        .unwrap();
-    let event = alice.recall_group(&g, sent.conv_seq, WAIT).unwrap();
+        .expect("sent");
+    let event = alice
+        .recall_group(&g, sent.conv_seq, WAIT)
+        .expect("recalled");
     assert!(event.conv_seq > sent.conv_seq);
     assert_group_tombstone(&mut bob, &g, sent.conv_seq, event.conv_seq);
     // Recalled already: the node refuses a second recall.

@@ -11,8 +11,8 @@ use anyhow::{bail, Context as _};
 use clap::Subcommand;
 use serde_json::json;
 use tern_protocol::{
-    Body, Conv, Direction, Frame, GroupCreate, GroupInfo, GroupMembers, GroupRef, GroupTransfer,
-    GroupUpdate, History, ListRequest, MemberOp, Message, MessageKind, Role,
+    Body, Conv, Direction, Frame, GroupCreate, GroupInfo, GroupMembers, GroupReceipts, GroupRef,
+    GroupTransfer, GroupUpdate, History, ListRequest, MemberOp, Message, MessageKind, Read, Role,
 };
 use tern_tools::group::role_name;
 use tern_tools::{Client, ClientConfig, Endpoints, GroupEvent, HelloParams};
@@ -115,6 +115,18 @@ pub enum GroupCmd {
         /// Messages before this conversation sequence (default: the newest).
         #[arg(long, default_value_t = 0)]
         before: u64,
+    },
+    /// Mark a group read up to a conversation sequence (clears its unread count and mention
+    /// flag; in a write-diffusion group the senders see the receipt).
+    Read { group: String, seq: u64 },
+    /// Who read your messages: "read by k of n" for each SEQ of a write-diffusion group, with the
+    /// readers' ids when one SEQ is asked with --readers; your own read position in a
+    /// read-diffusion group.
+    Receipts {
+        group: String,
+        seqs: Vec<u64>,
+        #[arg(long)]
+        readers: bool,
     },
 }
 
@@ -495,6 +507,68 @@ pub fn run(ctx: &mut Ctx<'_>, cmd: &GroupCmd) -> anyhow::Result<()> {
                     "(more: --before {})",
                     page.messages.first().map_or(0, |m| m.conv_seq)
                 );
+            }
+        }
+        GroupCmd::Read { group, seq } => {
+            let mut conn = connect(ctx.ladder, ctx.state, ctx.hello)?;
+            let f = conn
+                .request(
+                    Body::Read(Read {
+                        conv: Conv::group(group.clone()),
+                        conv_seq: *seq,
+                    }),
+                    TIMEOUT,
+                )
+                .with_context(|| format!("read of group {group}"))?;
+            let Body::Ok = f.body else {
+                return Err(unexpected(&f));
+            };
+            if json {
+                println!(
+                    "{}",
+                    json!({"type": "read", "group": group, "conv_seq": seq})
+                );
+            } else {
+                println!("group {group} read up to #{seq}");
+            }
+        }
+        GroupCmd::Receipts {
+            group,
+            seqs,
+            readers,
+        } => {
+            let mut conn = connect(ctx.ladder, ctx.state, ctx.hello)?;
+            let f = conn
+                .request(
+                    Body::GroupReceipts(GroupReceipts {
+                        group: group.clone().into(),
+                        seqs: seqs.clone(),
+                        readers: *readers,
+                    }),
+                    TIMEOUT,
+                )
+                .with_context(|| format!("receipts of group {group}"))?;
+            let Body::GroupReceiptsPage(page) = f.body else {
+                return Err(unexpected(&f));
+            };
+            if json {
+                let messages: Vec<_> = page
+                    .messages
+                    .iter()
+                    .map(|m| json!({"conv_seq": m.conv_seq, "members": m.members, "read": m.read, "readers": m.readers}))
+                    .collect();
+                println!(
+                    "{}",
+                    json!({"type": "receipts", "group": group, "diffusion": page.diffusion.0, "read_seq": page.read_seq, "messages": messages})
+                );
+            } else {
+                println!("group {group}: you read up to #{}", page.read_seq);
+                for m in &page.messages {
+                    println!("  #{} read by {} of {}", m.conv_seq, m.read, m.members);
+                    if !m.readers.is_empty() {
+                        println!("    {}", m.readers.join(", "));
+                    }
+                }
             }
         }
         GroupCmd::Rename { .. }
