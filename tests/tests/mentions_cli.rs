@@ -166,3 +166,34 @@ fn cli_and_sdk_send_mentions() {
         c.stop();
     }
 }
+
+#[test]
+fn a_mention_survives_the_group_shrinking_to_write_diffusion() {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = dir.path().join("tern.toml");
+    // Up to 2 members: write diffusion; 3: read diffusion.
+    std::fs::write(&cfg, "[limits]\ngroup_write_diffusion_max = 2\n").unwrap();
+    let node = Node::start_with(&["--config", cfg.to_str().unwrap()]);
+    let alice = client(&node, "alice");
+    let bob = client(&node, "bob");
+    let g = alice
+        .group_create("trio", &["bob", "carol"], WAIT)
+        .unwrap()
+        .group
+        .to_string();
+    alice
+        .send_group_mentioning_wait(
+            &g,
+            MessageKind::TEXT,
+            b"hi bob".to_vec(),
+            &["bob"],
+            false,
+            WAIT,
+        )
+        .unwrap();
+    assert!(mentioned(&bob, &g), "read diffusion: flagged by the mark");
+    // carol leaves the group's size at 2: write diffusion, the mark becomes bob's flag.
+    alice.group_remove(&g, &["carol"], WAIT).unwrap();
+    assert!(mentioned(&bob, &g), "the flag survives the switch");
+    read_all(&bob, &g);
+}

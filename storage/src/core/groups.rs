@@ -285,6 +285,29 @@ impl<E: KvEngine> WriterCore<E> {
     }
 
     /// The cursor of a member of a cached group, loaded on first use.
+    /// The seq of the last read-diffused message that mentions `user` by name or as everyone
+    /// (@all), from the stored marks; zero when none does.
+    fn stored_mention_mark(&self, group: &GroupId, user: &UserId) -> Result<u64, EngineError> {
+        let mut key = Vec::new();
+        let mut mark = 0;
+        for own in [true, false] {
+            if own {
+                mention_key(&mut key, group, user);
+            } else {
+                mention_all_key(&mut key, group);
+            }
+            let seq = self
+                .engine
+                .get_with(Cf::Cursors, &key, |v| {
+                    access::<ArchivedCursorRecord>(Cf::Cursors, v).map(|r| r.acked.to_native())
+                })?
+                .transpose()?
+                .unwrap_or(0);
+            mark = mark.max(seq);
+        }
+        Ok(mark)
+    }
+
     pub(super) fn member_cursor(
         &mut self,
         group: &GroupId,
@@ -606,6 +629,13 @@ impl<E: KvEngine> WriterCore<E> {
             } else {
                 let read = cursor.read.max(state.read_seq.0).min(last.0);
                 let unread = u32::try_from(last.0 - read).unwrap_or(u32::MAX);
+                // A mention past the read position (the member's mark or the group's @all
+                // mark) becomes the recent row's flag, as the flag became a mark the other way.
+                let mark = self
+                    .stored_mention_mark(group, user)
+                    .map_err(|e| self.poison(e))?;
+                // (A mark from before the member joined does not count.)
+                state.mentioned = mark > read.max(cursor.since);
                 state.read_seq = Seq(read);
                 state.unread = unread;
                 state.last_seq = last;
