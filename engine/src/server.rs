@@ -1035,7 +1035,9 @@ impl Connection {
             if self.conn.state() == State::Closed {
                 return;
             }
-            if let Some(reason) = self.shared.kick.take() {
+            // The kick stays set: pushes that arrive while the connection closes are dropped
+            // by `enqueue` instead of overflowing the queue (and counting) a second time.
+            if let Some(reason) = self.shared.kick.get() {
                 let trigger = match reason {
                     CloseReason::SLOW_CONSUMER => Trigger::OutboundFull,
                     CloseReason::REPLACED => Trigger::Replaced,
