@@ -299,6 +299,24 @@ impl<T> Slab<T> {
     }
 }
 
+/// [`WriterCore::dedup_check`]'s answer.
+pub(super) struct DedupCheck {
+    /// The sender's user slot.
+    pub(super) user: u32,
+    /// The `dedup` key (sender ‖ client message id).
+    pub(super) key: Vec<u8>,
+    /// What the earlier write with this key was given, if there was one.
+    pub(super) earlier: Option<Earlier>,
+}
+
+/// What an earlier write with the same sender and client message id was given.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Earlier {
+    pub(super) conv_seq: Seq,
+    pub(super) sender_inbox_seq: Seq,
+    pub(super) time_ms: u64,
+}
+
 /// An append whose batch is not yet known durable, by (sender's user slot, client msg id).
 #[derive(Clone, Copy, Debug)]
 struct PendingAppend {
@@ -1230,6 +1248,56 @@ impl<E: KvEngine> WriterCore<E> {
         })
     }
 
+    /// Looks up an earlier write by `sender` with client message id `id`, in the batch being
+    /// built or stored: a retransmission is answered with what it was given and writes
+    /// nothing. The user slot and dedup key come back for the write that records a new one.
+    /// (One-to-one appends also need the recipient's side and read both maps themselves.)
+    pub(super) fn dedup_check(
+        &mut self,
+        sender: &UserId,
+        id: crate::ClientMsgId,
+    ) -> Result<DedupCheck, EngineError> {
+        let mut key = Vec::new();
+        keys::user_key(&mut key, sender);
+        let user = self.user_slot(&key);
+        keys::dedup_key(&mut key, sender, id);
+        let earlier = match self.pending_dedup.get(&(user, id.0)) {
+            Some(p) => Some(Earlier {
+                conv_seq: p.conv_seq,
+                sender_inbox_seq: p.sender_inbox_seq,
+                time_ms: p.time_ms,
+            }),
+            None => self.stored_dedup(&key)?.map(|r| Earlier {
+                conv_seq: r.conv_seq,
+                sender_inbox_seq: r.sender_inbox_seq,
+                time_ms: r.time_ms,
+            }),
+        };
+        Ok(DedupCheck { user, key, earlier })
+    }
+
+    /// The stored message at `key` (`conv ‖ seq` in `messages`), owned.
+    pub(super) fn stored_message(&self, key: &[u8]) -> Result<Option<MessageRecord>, EngineError> {
+        self.engine
+            .get_with(
+                Cf::Messages,
+                key,
+                |v| -> Result<MessageRecord, EngineError> {
+                    let r = access::<ArchivedMessageRecord>(Cf::Messages, v)?;
+                    Ok(MessageRecord {
+                        sender: r.sender.as_str().to_owned(),
+                        sender_device: r.sender_device.as_str().to_owned(),
+                        client_msg_id: r.client_msg_id,
+                        time_ms: r.time_ms.to_native(),
+                        kind: r.kind,
+                        flags: r.flags,
+                        body: r.body.as_slice().to_vec(),
+                    })
+                },
+            )
+            .and_then(Option::transpose)
+    }
+
     /// The result an earlier write with this dedup key (sender ‖ client message id) stored.
     fn stored_dedup(&self, key: &[u8]) -> Result<Option<AppendResult>, EngineError> {
         self.engine
@@ -1283,24 +1351,7 @@ impl<E: KvEngine> WriterCore<E> {
         let mut key = conv_bytes.to_vec();
         keys::put_seq(&mut key, req.seq);
         let original = self
-            .engine
-            .get_with(
-                Cf::Messages,
-                &key,
-                |v| -> Result<MessageRecord, EngineError> {
-                    let r = access::<ArchivedMessageRecord>(Cf::Messages, v)?;
-                    Ok(MessageRecord {
-                        sender: r.sender.as_str().to_owned(),
-                        sender_device: r.sender_device.as_str().to_owned(),
-                        client_msg_id: r.client_msg_id,
-                        time_ms: r.time_ms.to_native(),
-                        kind: r.kind,
-                        flags: r.flags,
-                        body: r.body.as_slice().to_vec(),
-                    })
-                },
-            )?
-            .transpose()?
+            .stored_message(&key)?
             .ok_or(OpError::NotFound("message"))?;
         if original.sender != req.by.as_str() {
             return Err(OpError::NotAllowed("only the sender may recall a message"));

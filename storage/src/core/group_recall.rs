@@ -3,11 +3,11 @@
 //! and the RECALL event appended through the group append path so it reaches every member
 //! under the group's diffusion like any group entry.
 
-use crate::engine::{Cf, EngineError, KvEngine};
+use crate::engine::{Cf, KvEngine};
 use crate::error::OpError;
 use crate::ids::{ConvKey, MessageFlags, MessageKind, Seq};
 use crate::keys;
-use crate::records::{access, ArchivedMessageRecord, DedupRecordRef, MessageRecord};
+use crate::records::{DedupRecordRef, MessageRecord};
 use crate::types::{Diffusion, GroupAppendResult, MemberRole, Recall};
 
 use super::groups::{group_conv, CursorState, Entry, Mentioned};
@@ -22,28 +22,9 @@ impl<E: KvEngine> WriterCore<E> {
         let ConvKey::Group(group) = &req.conv else {
             return Err(OpError::Invalid("not a group conversation"));
         };
-        let mut user_key = Vec::new();
-        keys::user_key(&mut user_key, &req.by);
-        let by_u = self.user_slot(&user_key);
-        if let Some(p) = self.pending_dedup.get(&(by_u, req.client_msg_id.0)) {
-            return Ok(GroupAppendResult {
-                conv_seq: p.conv_seq,
-                sender_inbox_seq: p.sender_inbox_seq,
-                time_ms: p.time_ms,
-                duplicate: true,
-                fanout: None,
-            });
-        }
-        let mut dedup_key = Vec::new();
-        keys::dedup_key(&mut dedup_key, &req.by, req.client_msg_id);
-        if let Some(original) = self.stored_dedup(&dedup_key)? {
-            return Ok(GroupAppendResult {
-                conv_seq: original.conv_seq,
-                sender_inbox_seq: original.sender_inbox_seq,
-                time_ms: original.time_ms,
-                duplicate: true,
-                fanout: None,
-            });
+        let seen = self.dedup_check(&req.by, req.client_msg_id)?;
+        if let Some(e) = seen.earlier {
+            return Ok(GroupAppendResult::repeated(e));
         }
         if !self.load_group_state(group)? {
             return Err(OpError::NotFound("group"));
@@ -59,24 +40,7 @@ impl<E: KvEngine> WriterCore<E> {
         let mut key = conv_bytes.clone();
         keys::put_seq(&mut key, req.seq);
         let original = self
-            .engine
-            .get_with(
-                Cf::Messages,
-                &key,
-                |v| -> Result<MessageRecord, EngineError> {
-                    let r = access::<ArchivedMessageRecord>(Cf::Messages, v)?;
-                    Ok(MessageRecord {
-                        sender: r.sender.as_str().to_owned(),
-                        sender_device: r.sender_device.as_str().to_owned(),
-                        client_msg_id: r.client_msg_id,
-                        time_ms: r.time_ms.to_native(),
-                        kind: r.kind,
-                        flags: r.flags,
-                        body: r.body.as_slice().to_vec(),
-                    })
-                },
-            )?
-            .transpose()?
+            .stored_message(&key)?
             .ok_or(OpError::NotFound("message"))?;
         if original.sender != req.by.as_str() {
             // A former member's message counts as a plain member's.
@@ -168,7 +132,7 @@ impl<E: KvEngine> WriterCore<E> {
             recipient_inbox_seq: 0,
             time_ms: now,
         };
-        self.put(Cf::Dedup, &dedup_key, &dedup)?;
+        self.put(Cf::Dedup, &seen.key, &dedup)?;
         if let Some(c) = cursor {
             self.put_cursor_row(
                 group,
@@ -183,7 +147,7 @@ impl<E: KvEngine> WriterCore<E> {
         }
         let c = self.conv_slot(&conv_bytes)?;
         self.pending_dedup.insert(
-            (by_u, req.client_msg_id.0),
+            (seen.user, req.client_msg_id.0),
             PendingAppend {
                 conv: c,
                 conv_seq: seq,

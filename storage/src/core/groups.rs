@@ -146,6 +146,19 @@ pub(crate) fn mention_key(out: &mut Vec<u8>, group: &GroupId, user: &UserId) {
     out.push(0);
 }
 
+impl GroupAppendResult {
+    /// The answer to a retransmission: what the original was given, nothing written.
+    pub(super) fn repeated(e: super::Earlier) -> GroupAppendResult {
+        GroupAppendResult {
+            conv_seq: e.conv_seq,
+            sender_inbox_seq: e.sender_inbox_seq,
+            time_ms: e.time_ms,
+            duplicate: true,
+            fanout: None,
+        }
+    }
+}
+
 impl<E: KvEngine> WriterCore<E> {
     /// Applies a group command (see `WriterCore::apply`).
     pub(super) fn apply_group(&mut self, cmd: WriteCmd) -> Applied {
@@ -1060,28 +1073,9 @@ impl<E: KvEngine> WriterCore<E> {
         if msg.kind.is_event() || msg.kind.0 == 0 {
             return Err(OpError::Invalid("event kinds cannot be sent as messages"));
         }
-        let mut user_key = Vec::new();
-        keys::user_key(&mut user_key, &msg.sender);
-        let sender_u = self.user_slot(&user_key);
-        if let Some(p) = self.pending_dedup.get(&(sender_u, msg.client_msg_id.0)) {
-            return Ok(GroupAppendResult {
-                conv_seq: p.conv_seq,
-                sender_inbox_seq: p.sender_inbox_seq,
-                time_ms: p.time_ms,
-                duplicate: true,
-                fanout: None,
-            });
-        }
-        let mut dedup_key = Vec::new();
-        keys::dedup_key(&mut dedup_key, &msg.sender, msg.client_msg_id);
-        if let Some(original) = self.stored_dedup(&dedup_key)? {
-            return Ok(GroupAppendResult {
-                conv_seq: original.conv_seq,
-                sender_inbox_seq: original.sender_inbox_seq,
-                time_ms: original.time_ms,
-                duplicate: true,
-                fanout: None,
-            });
+        let seen = self.dedup_check(&msg.sender, msg.client_msg_id)?;
+        if let Some(e) = seen.earlier {
+            return Ok(GroupAppendResult::repeated(e));
         }
         if !self.load_group_state(&msg.group)? {
             return Err(OpError::NotFound("group"));
@@ -1167,7 +1161,7 @@ impl<E: KvEngine> WriterCore<E> {
             recipient_inbox_seq: 0,
             time_ms: now,
         };
-        self.put(Cf::Dedup, &dedup_key, &dedup)?;
+        self.put(Cf::Dedup, &seen.key, &dedup)?;
         if let Some(c) = cursor {
             // A member has read everything up to what they send.
             self.put_cursor_row(
@@ -1183,7 +1177,7 @@ impl<E: KvEngine> WriterCore<E> {
         }
         let c = self.conv_slot(&conv_bytes)?;
         self.pending_dedup.insert(
-            (sender_u, msg.client_msg_id.0),
+            (seen.user, msg.client_msg_id.0),
             PendingAppend {
                 conv: c,
                 conv_seq: seq,

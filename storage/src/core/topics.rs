@@ -390,23 +390,11 @@ impl<E: KvEngine> WriterCore<E> {
         if msg.kind.is_event() || msg.kind.0 == 0 {
             return Err(OpError::Invalid("event kinds cannot be sent as messages"));
         }
-        let mut user_key = Vec::new();
-        keys::user_key(&mut user_key, &msg.sender);
-        let sender_u = self.user_slot(&user_key);
-        if let Some(p) = self.pending_dedup.get(&(sender_u, msg.client_msg_id.0)) {
+        let seen = self.dedup_check(&msg.sender, msg.client_msg_id)?;
+        if let Some(e) = seen.earlier {
             return Ok(TopicAppendResult {
-                conv_seq: p.conv_seq,
-                time_ms: p.time_ms,
-                duplicate: true,
-                fanout: None,
-            });
-        }
-        let mut dedup_key = Vec::new();
-        keys::dedup_key(&mut dedup_key, &msg.sender, msg.client_msg_id);
-        if let Some(original) = self.stored_dedup(&dedup_key)? {
-            return Ok(TopicAppendResult {
-                conv_seq: original.conv_seq,
-                time_ms: original.time_ms,
+                conv_seq: e.conv_seq,
+                time_ms: e.time_ms,
                 duplicate: true,
                 fanout: None,
             });
@@ -447,14 +435,14 @@ impl<E: KvEngine> WriterCore<E> {
             recipient_inbox_seq: 0,
             time_ms: now,
         };
-        self.put(Cf::Dedup, &dedup_key, &dedup)?;
+        self.put(Cf::Dedup, &seen.key, &dedup)?;
         if let Some(sub) = sender_sub {
             // A subscriber has read what they publish.
             self.put_subscription_row(&msg.topic, &msg.sender, sub, seq.0)?;
             self.touch_topic(&msg.topic, None);
         }
         self.pending_dedup.insert(
-            (sender_u, msg.client_msg_id.0),
+            (seen.user, msg.client_msg_id.0),
             PendingAppend {
                 conv: c,
                 conv_seq: seq,
