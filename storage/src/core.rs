@@ -32,6 +32,7 @@
 
 mod group_recall;
 mod groups;
+mod handoff;
 mod push;
 
 pub(crate) use groups::{mention_all_key, mention_key};
@@ -114,6 +115,12 @@ pub(crate) enum WriteCmd {
     RelateRouted(RelationChange, bool, String, Reply<RoutedRelation>),
     /// Outbox entries the other node acknowledged.
     OutboxDone(Vec<u64>, Reply<()>),
+    /// A slot handoff's rows and slot terms (`handoff` module).
+    HandoffImport(
+        Vec<crate::handoff::HandoffRow>,
+        Vec<crate::handoff::SlotTerm>,
+        Reply<()>,
+    ),
 }
 
 /// A result waiting for its batch to be committed.
@@ -363,6 +370,8 @@ pub(crate) struct WriterCore<E: KvEngine> {
     touched: HashMap<Vec<u8>, u64>,
     /// Every batch up to this generation has been written (or failed).
     durable: u64,
+    /// The open batch holds a handoff import: nothing else joins it (`handoff` module).
+    import_in_batch: bool,
     // Scratch buffers reused across operations.
     k1: Vec<u8>,
     k2: Vec<u8>,
@@ -401,6 +410,7 @@ impl<E: KvEngine> WriterCore<E> {
             groups: HashMap::new(),
             topics: topics::TopicCache::default(),
             durable: 0,
+            import_in_batch: false,
             k1: Vec::new(),
             k2: Vec::new(),
             k3: Vec::new(),
@@ -417,6 +427,9 @@ impl<E: KvEngine> WriterCore<E> {
     /// later batches may not be readable yet, so the core keeps their effects in memory.
     pub(crate) fn begin(&mut self, now_ms: u64, durable: u64) {
         self.durable = durable;
+        if self.import_in_batch && durable + 1 >= self.gen {
+            self.import_in_batch = false;
+        }
         if !self.pending_dedup.is_empty() {
             self.pending_dedup.retain(|_, p| p.gen > durable);
         }
@@ -543,8 +556,8 @@ impl<E: KvEngine> WriterCore<E> {
     /// Applies one operation to the batch, or hands it back when it needs a barrier (commit the
     /// batch, `begin` a new one, apply again).
     pub(crate) fn apply(&mut self, cmd: WriteCmd) -> Applied {
-        if self.poisoned.is_some() {
-            // Nothing more goes into a batch that will not be written.
+        if self.poisoned.is_some() || self.import_in_batch {
+            // Nothing more goes into a batch that will not be written, nor after an import.
             return Applied::Barrier(cmd);
         }
         Applied::Queued(match cmd {
@@ -698,6 +711,14 @@ impl<E: KvEngine> WriterCore<E> {
                 self.outbox_done(&seqs);
                 done(tx, Ok(()))
             }
+            cmd @ WriteCmd::HandoffImport(..) => match self.import_barrier(cmd) {
+                Ok(WriteCmd::HandoffImport(rows, terms, tx)) => {
+                    let r = self.import(&rows, &terms);
+                    done(tx, r)
+                }
+                Ok(cmd) => return Applied::Barrier(cmd),
+                Err(barrier) => return barrier,
+            },
         })
     }
 

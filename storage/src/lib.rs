@@ -116,6 +116,7 @@ mod core;
 mod engine;
 mod error;
 mod group_read;
+mod handoff;
 mod ids;
 mod keys;
 mod mem;
@@ -139,6 +140,7 @@ pub use ids::{
     ClientMsgId, ConvKey, ConvKind, DeviceId, DirectPair, GroupId, IdError, MessageFlags,
     MessageKind, RoomId, Seq, TopicId, UserId, MAX_ID_LEN,
 };
+pub use handoff::{ExportCursor, ExportPage, HandoffRow, SlotTerm, UserFilter, EXPORTED};
 pub use keys::KeyError;
 pub use mem::MemEngine;
 pub use push::{PushSetting, PushTargets, PushToken};

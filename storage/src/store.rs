@@ -804,6 +804,17 @@ impl<E: KvEngine> Store<E> {
         self.submit(|tx| WriteCmd::OutboxDone(seqs, tx))
     }
 
+    /// Writes rows a slot handoff brought (merged with what is stored, module `handoff`) and
+    /// slot terms, in a batch of their own; completes once durable. Operations submitted
+    /// after it see its rows.
+    pub fn handoff_import(
+        &self,
+        rows: Vec<crate::handoff::HandoffRow>,
+        terms: Vec<crate::handoff::SlotTerm>,
+    ) -> Result<Completion<()>, SubmitError> {
+        self.submit(|tx| WriteCmd::HandoffImport(rows, terms, tx))
+    }
+
     /// Sets the function the commit thread calls with every durable batch's new outbox entries
     /// (once per store; `false` if one was set already). Entries written before it was set are
     /// read with [`Store::outbox_page`].
@@ -954,6 +965,23 @@ impl<E: KvEngine> Store<E> {
     /// The highest outbox seq in use (zero when the outbox is empty).
     pub fn outbox_last(&self) -> Result<Completion<u64>, SubmitError> {
         self.query(remote::outbox_last)
+    }
+
+    /// A page of the rows a slot handoff moves: those of the users `moving` accepts, from
+    /// `from` on (module `handoff`: a filtered full scan, on a reader thread).
+    pub fn handoff_export(
+        &self,
+        moving: crate::handoff::UserFilter,
+        from: Option<crate::handoff::ExportCursor>,
+        max_rows: usize,
+        max_bytes: usize,
+    ) -> Result<Completion<crate::handoff::ExportPage>, SubmitError> {
+        self.query(move |e| crate::handoff::export_page(e, &*moving, from, max_rows, max_bytes))
+    }
+
+    /// Every slot term recorded here (module `handoff`).
+    pub fn slot_terms(&self) -> Result<Completion<Vec<crate::handoff::SlotTerm>>, SubmitError> {
+        self.query(crate::handoff::slot_terms)
     }
 
     /// Up to `limit` inbox entries after `after`, oldest first, joined with their messages.

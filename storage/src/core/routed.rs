@@ -248,18 +248,31 @@ impl<E: KvEngine> WriterCore<E> {
         let mut key = Vec::new();
         keys::user_key(&mut key, &w.sender);
         let sender_u = self.user_slot(&key);
+        // The other side's inbox seq when only that side was applied here: a node that served
+        // one user of the pair wrote zero for the other, and after a slot handoff both users
+        // may be served here, so this side's half still applies (once: its seq is then set).
+        let mut other_side = None;
         if let Some(original) = self.original(sender_u, &w.sender, w.client_msg_id)? {
-            return Ok(ApplyResult {
-                inbox_seq: side_seq(original.sender_inbox_seq, original.recipient_inbox_seq),
-                duplicate: true,
-            });
+            let mine = side_seq(original.sender_inbox_seq, original.recipient_inbox_seq);
+            let theirs = match w.side {
+                RemoteSide::Sender => original.recipient_inbox_seq,
+                RemoteSide::Recipient | RemoteSide::Relation => original.sender_inbox_seq,
+            };
+            if mine != Seq::ZERO || theirs == Seq::ZERO || original.conv_seq != w.conv_seq {
+                return Ok(ApplyResult {
+                    inbox_seq: mine,
+                    duplicate: true,
+                });
+            }
+            other_side = Some(theirs);
         }
         let mut conv_bytes = Vec::new();
         keys::direct_prefix(&mut conv_bytes, &w.sender, &w.recipient);
         key.clear();
         key.extend_from_slice(&conv_bytes);
         keys::put_seq(&mut key, w.conv_seq);
-        if self.engine.get_with(Cf::Messages, &key, |_| ())?.is_some() {
+        let row_here = self.engine.get_with(Cf::Messages, &key, |_| ())?.is_some();
+        if row_here && other_side.is_none() {
             return Ok(ApplyResult {
                 inbox_seq: Seq::ZERO,
                 duplicate: true,
@@ -280,19 +293,22 @@ impl<E: KvEngine> WriterCore<E> {
         if self.convs.get(c).last < w.conv_seq {
             self.set_conv_last(c, w.conv_seq);
         }
-        self.put_message(
-            &conv_bytes,
-            w.conv_seq,
-            &MessageRecordRef {
-                sender: w.sender.as_str(),
-                sender_device: w.sender_device.as_str(),
-                client_msg_id: w.client_msg_id.0,
-                time_ms: w.time_ms,
-                kind: w.kind.0,
-                flags: MessageFlags::NONE.0,
-                body: &w.body,
-            },
-        )?;
+        // A row already here (the other side's) may since have been flagged RECALLED.
+        if !row_here {
+            self.put_message(
+                &conv_bytes,
+                w.conv_seq,
+                &MessageRecordRef {
+                    sender: w.sender.as_str(),
+                    sender_device: w.sender_device.as_str(),
+                    client_msg_id: w.client_msg_id.0,
+                    time_ms: w.time_ms,
+                    kind: w.kind.0,
+                    flags: MessageFlags::NONE.0,
+                    body: &w.body,
+                },
+            )?;
+        }
         // The copy of a recalled message, when it is here, reads as recalled.
         let mut recalled_was_unread = false;
         if let Some(seq) = recalled {
@@ -322,9 +338,10 @@ impl<E: KvEngine> WriterCore<E> {
             }
         }
         let inbox_seq = self.push_inbox(u, last, &conv_bytes, w.conv_seq)?;
+        let theirs = other_side.unwrap_or(Seq::ZERO);
         let (sender_inbox_seq, recipient_inbox_seq) = match w.side {
-            RemoteSide::Sender => (inbox_seq, Seq::ZERO),
-            RemoteSide::Recipient | RemoteSide::Relation => (Seq::ZERO, inbox_seq),
+            RemoteSide::Sender => (inbox_seq, theirs),
+            RemoteSide::Recipient | RemoteSide::Relation => (theirs, inbox_seq),
         };
         keys::dedup_key(&mut key, &w.sender, w.client_msg_id);
         self.put(
