@@ -711,14 +711,13 @@ impl<E: KvEngine> WriterCore<E> {
                 self.outbox_done(&seqs);
                 done(tx, Ok(()))
             }
-            cmd @ WriteCmd::HandoffImport(..) => match self.import_barrier(cmd) {
-                Ok(WriteCmd::HandoffImport(rows, terms, tx)) => {
-                    let r = self.import(&rows, &terms);
-                    done(tx, r)
+            WriteCmd::HandoffImport(rows, terms, tx) => {
+                if !self.import_alone() {
+                    return Applied::Barrier(WriteCmd::HandoffImport(rows, terms, tx));
                 }
-                Ok(cmd) => return Applied::Barrier(cmd),
-                Err(barrier) => return barrier,
-            },
+                let r = self.import(&rows, &terms);
+                done(tx, r)
+            }
         })
     }
 

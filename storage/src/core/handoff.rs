@@ -10,18 +10,16 @@ use crate::engine::{Cf, KvEngine};
 use crate::error::OpError;
 use crate::handoff::{merged, slot_term_key, slot_term_value, HandoffRow, SlotTerm, EXPORTED};
 
-use super::{Applied, WriteCmd, WriterCore};
+use super::WriterCore;
 
 impl<E: KvEngine> WriterCore<E> {
-    /// Whether an import must wait for a barrier: it starts a batch of its own with no batch
-    /// in flight; and nothing follows it in its batch.
-    pub(super) fn import_barrier(&self, cmd: WriteCmd) -> Result<WriteCmd, Applied> {
-        let alone = self.batch.is_empty() && self.dirty.is_empty() && self.durable + 1 >= self.gen;
-        if alone && !self.import_in_batch {
-            Ok(cmd)
-        } else {
-            Err(Applied::Barrier(cmd))
-        }
+    /// Whether an import may go into the open batch: it starts a batch of its own with no
+    /// batch in flight (otherwise it waits for a barrier), and nothing follows it there.
+    pub(super) fn import_alone(&self) -> bool {
+        self.batch.is_empty()
+            && self.dirty.is_empty()
+            && self.durable + 1 >= self.gen
+            && !self.import_in_batch
     }
 
     /// Writes a handoff's rows (merged with what is stored: `handoff::merged`) and slot terms.
