@@ -202,6 +202,8 @@ pub struct FileConfig {
     pub rooms: RoomsFile,
     #[serde(default)]
     pub topics: TopicsFile,
+    #[serde(default)]
+    pub storage: StorageFile,
     /// `[tenants.<id>]`: limits of one tenant.
     #[serde(default)]
     pub tenants: std::collections::BTreeMap<String, TenantFile>,
@@ -236,6 +238,21 @@ pub struct TopicsFile {
     /// `"news/" = ["newsroom"]`; topics under no reserved prefix accept anyone.
     #[serde(default)]
     pub publishers: std::collections::BTreeMap<String, Vec<String>>,
+}
+
+/// `[storage]`: RocksDB tuning (README, "Tuning storage").
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StorageFile {
+    /// Memtable size per column family, MiB (default 32).
+    pub memtable_mb: Option<usize>,
+    /// Shared block cache, MiB (default 256).
+    pub block_cache_mb: Option<usize>,
+    /// Background flush and compaction threads (default 2).
+    pub background_jobs: Option<i32>,
+    /// Compactions run at the lowest CPU priority, so that the cores and the commit thread are
+    /// not kept waiting behind them (default true; flushes keep normal priority).
+    pub low_priority_compaction: Option<bool>,
 }
 
 /// `[rooms]`: chat rooms.
@@ -388,6 +405,8 @@ pub struct Settings {
     pub io_driver: IoDriver,
     pub storage_write_queue: usize,
     pub storage_read_queue: usize,
+    /// RocksDB tuning (`[storage]`).
+    pub rocks: tern_storage::RocksConfig,
     pub rooms: RoomConfig,
     /// Topic caps, publish rate and reserved publishers.
     pub topics: crate::topics::TopicConfig,
@@ -419,6 +438,33 @@ impl std::fmt::Debug for PushSettings {
 pub struct FilterSettings {
     pub words: PathBuf,
     pub mode: crate::filter::FilterMode,
+}
+
+/// The RocksDB tuning of `[storage]`, defaults from [`tern_storage::RocksConfig`].
+fn rocks_config(file: &StorageFile) -> anyhow::Result<tern_storage::RocksConfig> {
+    let mut c = tern_storage::RocksConfig::default();
+    if let Some(mb) = file.memtable_mb {
+        if !(1..=1024).contains(&mb) {
+            bail!("[storage] memtable_mb = {mb}: use 1 to 1024");
+        }
+        c.write_buffer_size = mb << 20;
+    }
+    if let Some(mb) = file.block_cache_mb {
+        if !(1..=1 << 20).contains(&mb) {
+            bail!("[storage] block_cache_mb = {mb}: use 1 to 1048576");
+        }
+        c.block_cache_bytes = mb << 20;
+    }
+    if let Some(jobs) = file.background_jobs {
+        if !(1..=64).contains(&jobs) {
+            bail!("[storage] background_jobs = {jobs}: use 1 to 64");
+        }
+        c.background_jobs = jobs;
+    }
+    if let Some(low) = file.low_priority_compaction {
+        c.low_priority_compaction = low;
+    }
+    Ok(c)
 }
 
 /// Name of the generated dev secret in the data dir.
@@ -680,6 +726,7 @@ impl Settings {
             io_driver: args.io_driver.or(file.io_driver).unwrap_or_default(),
             storage_write_queue: file.limits.storage_write_queue.unwrap_or(65_536).max(1),
             storage_read_queue: file.limits.storage_read_queue.unwrap_or(4_096).max(1),
+            rocks: rocks_config(&file.storage)?,
             groups: {
                 let d = tern_storage::GroupLimits::default();
                 tern_storage::GroupLimits {
@@ -841,5 +888,40 @@ mod tests {
         args.push_secret = None;
         args.push_webhook = Some("https://gw/x".into());
         assert!(Settings::resolve(&args, true).is_err(), "https");
+    }
+
+    #[test]
+    fn storage_tuning_from_file() {
+        let dir = tempfile::tempdir().unwrap();
+        let args = NodeArgs {
+            data_dir: Some(dir.path().into()),
+            ..Default::default()
+        };
+        let d = Settings::resolve(&args, true).unwrap().rocks;
+        assert_eq!(d.write_buffer_size, 8 << 20);
+        assert!(d.low_priority_compaction);
+
+        let cfg = dir.path().join("tern.toml");
+        let with = |text: &str| {
+            std::fs::write(&cfg, text).unwrap();
+            Settings::resolve(
+                &NodeArgs {
+                    config: Some(cfg.clone()),
+                    data_dir: Some(dir.path().into()),
+                    ..Default::default()
+                },
+                true,
+            )
+        };
+        let r = with("[storage]\nmemtable_mb = 32\nblock_cache_mb = 64\nbackground_jobs = 4\nlow_priority_compaction = false\n")
+            .unwrap()
+            .rocks;
+        assert_eq!(r.write_buffer_size, 32 << 20);
+        assert_eq!(r.block_cache_bytes, 64 << 20);
+        assert_eq!(r.background_jobs, 4);
+        assert!(!r.low_priority_compaction);
+        assert!(with("[storage]\nmemtable_mb = 0\n").is_err());
+        assert!(with("[storage]\nbackground_jobs = 0\n").is_err());
+        assert!(with("[storage]\nmemtable = 8\n").is_err(), "unknown key");
     }
 }

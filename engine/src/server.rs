@@ -40,8 +40,7 @@ use tern_protocol::{
 };
 use tern_storage::{
     AppendResult, Completion, DeviceId, DirectMessage, MarkRead, PositionUpdate, Recall,
-    RecentCursor, RocksConfig, RocksEngine, Seq, Store, StoreConfig, SubmitError, SystemClock,
-    UserId,
+    RecentCursor, RocksEngine, Seq, Store, StoreConfig, SubmitError, SystemClock, UserId,
 };
 use tracing::{debug, info, warn};
 
@@ -2313,7 +2312,7 @@ pub fn start(settings: &Settings) -> anyhow::Result<RunningNode> {
     let _ = std::fs::remove_file(&ports_path);
 
     let db_path = settings.data_dir.join("db");
-    let engine = RocksEngine::open(&db_path, &RocksConfig::default())
+    let engine = RocksEngine::open(&db_path, &settings.rocks)
         .with_context(|| format!("opening database {}", db_path.display()))?;
     let store_config = StoreConfig {
         write_queue_capacity: settings.storage_write_queue,
@@ -2727,7 +2726,7 @@ mod tests {
 
     fn test_node(owners: OwnerTable) -> (tempfile::TempDir, Arc<NodeShared>) {
         let dir = tempfile::tempdir().unwrap();
-        let engine = RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap();
+        let engine = RocksEngine::open(dir.path(), &tern_storage::RocksConfig::default()).unwrap();
         let store =
             Arc::new(Store::open(engine, StoreConfig::default(), Arc::new(SystemClock)).unwrap());
         let node = Arc::new(NodeShared {
@@ -2830,7 +2829,7 @@ mod tests {
     #[test]
     fn connection_future_is_small() {
         let dir = tempfile::tempdir().unwrap();
-        let engine = RocksEngine::open(dir.path(), &RocksConfig::default()).unwrap();
+        let engine = RocksEngine::open(dir.path(), &tern_storage::RocksConfig::default()).unwrap();
         let store =
             Arc::new(Store::open(engine, StoreConfig::default(), Arc::new(SystemClock)).unwrap());
         let node = Arc::new(NodeShared {

@@ -54,6 +54,10 @@ pub struct RocksConfig {
     /// Expirable families get every file compacted at least this often, so expiry happens even
     /// when a family receives few writes.
     pub periodic_compaction_secs: u64,
+    /// Run compactions at the lowest CPU priority (the low-priority pool's threads get nice 19;
+    /// flushes, which writes wait for when memtables fill, keep normal priority). Applies to
+    /// the process-wide RocksDB environment, so to every database the process opens.
+    pub low_priority_compaction: bool,
     /// Read every block of every family once at open, verifying checksums. Open always checks
     /// CURRENT, the MANIFEST, the WAL and every table's footer and size; this adds the data blocks,
     /// at the cost of reading the whole database.
@@ -63,12 +67,19 @@ pub struct RocksConfig {
 impl Default for RocksConfig {
     fn default() -> Self {
         RocksConfig {
-            write_buffer_size: 32 << 20,
+            // 8 MiB rather than RocksDB's 64 (or the 32 used before): under moderate load a
+            // commit batch holds a few messages whose rows land far apart in each memtable's
+            // skiplist, so every insert is a full descent with a cache miss per level; a smaller
+            // memtable is shallower and stays in cache. At 20,000 messages per second this
+            // took the commit thread from 12-15 to 8-9.5 us per message, for 1.7 us of flushing
+            // on a background thread.
+            write_buffer_size: 8 << 20,
             max_write_buffer_number: 4,
             block_cache_bytes: 256 << 20,
             background_jobs: 2,
             max_total_wal_size: 512 << 20,
             periodic_compaction_secs: 24 * 3600,
+            low_priority_compaction: true,
             verify_on_open: false,
         }
     }
@@ -284,6 +295,11 @@ impl RocksEngine {
         db_opts.set_enable_pipelined_write(false);
         db_opts.set_wal_recovery_mode(DBRecoveryMode::TolerateCorruptedTailRecords);
         db_opts.set_max_background_jobs(config.background_jobs);
+        if config.low_priority_compaction {
+            let mut env = rocksdb::Env::new().map_err(|e| open_error(&path, e))?;
+            env.lower_thread_pool_cpu_priority();
+            db_opts.set_env(&env);
+        }
         db_opts.set_max_total_wal_size(config.max_total_wal_size);
         db_opts.set_keep_log_file_num(4);
         // Table files written by flushes and compactions are synced a megabyte at a time as
