@@ -3,6 +3,8 @@
 //! spread over worker processes (each under the 20,000 open-files limit) and over source
 //! addresses 127.0.0.x (past the ephemeral-port limit of one address). Loopback targets only.
 
+mod failover;
+mod placement;
 mod proto;
 mod tls;
 mod worker;
@@ -21,6 +23,8 @@ use hdrhistogram::Histogram;
 use indicatif::{ProgressBar, ProgressStyle};
 use serde_json::json;
 
+use failover::Failover;
+use placement::PairPlacement;
 use proto::Transport;
 use tls::Suite;
 use worker::{hist, Load, Report, Scenario, Spec};
@@ -108,6 +112,43 @@ enum Cmd {
         /// Message body size in bytes (at least 16: a timestamp and a sequence).
         #[arg(long, default_value_t = 100)]
         body: usize,
+        /// The admin API of a cluster node (`GET /cluster/owner`): the report says how many
+        /// pairs have their two users on different nodes.
+        #[arg(long)]
+        admin: Option<SocketAddr>,
+        /// Name every pair's users so that the two sit on different nodes (asks --admin), the
+        /// sender's node sequencing the conversation on even pairs and the receiver's on odd ones.
+        #[arg(long, requires = "admin")]
+        cross_node: bool,
+    },
+    /// Clients connected over a cluster; ternbench SIGKILLs one node and measures the time until
+    /// every client of that node is back: HELLO accepted by the node that now serves it (after
+    /// REDIRECTs) and a SYNC answered. Clients reconnect as the SDK does (backoff from 100 ms
+    /// doubling, plus up to 100 ms of jitter) and try the nodes in turn. Native transport only.
+    Failover {
+        #[arg(long, default_value_t = 5000)]
+        clients: usize,
+        /// Native addresses of the cluster's nodes, the killed one included (client i enters
+        /// by node i mod N and follows REDIRECT to its owner).
+        #[arg(long, value_delimiter = ',', required = true)]
+        nodes: Vec<SocketAddr>,
+        /// The native address of the node to kill (one of --nodes).
+        #[arg(long)]
+        victim: SocketAddr,
+        /// Process id of that node: ternbench sends it SIGKILL once every client is connected.
+        #[arg(long)]
+        kill_pid: u32,
+        /// Seconds an affected client may take, from its connection's close, to be back.
+        #[arg(long, default_value_t = 30)]
+        wait: u64,
+        /// The reconnection backoff's first wait and cap, in ms (the SDK's: 100 and 5000).
+        #[arg(long, default_value_t = 100)]
+        backoff_min_ms: u64,
+        #[arg(long, default_value_t = 5000)]
+        backoff_max_ms: u64,
+        /// Connection attempts in flight per worker while connecting.
+        #[arg(long, default_value_t = 256)]
+        inflight: usize,
     },
     /// N clients with offline messages reconnect at once and resync: time until all are synced.
     Storm {
@@ -157,6 +198,17 @@ fn main() -> Result<()> {
     if !target.ip().is_loopback() {
         bail!("ternbench only targets loopback addresses; {target} is not one");
     }
+    if let Cmd::Failover { nodes, victim, .. } = &cli.cmd {
+        if let Some(a) = nodes.iter().find(|a| !a.ip().is_loopback()) {
+            bail!("ternbench only targets loopback addresses; {a} is not one");
+        }
+        if !nodes.contains(victim) {
+            bail!("--victim {victim} is not one of --nodes");
+        }
+        if cli.transport != Transport::Native {
+            bail!("failover runs over the native transport only (it follows REDIRECT)");
+        }
+    }
     let ca = match (&cli.ca, &cli.data_dir) {
         (Some(ca), _) => Some(ca.clone()),
         (None, Some(d)) if cli.transport.uses_tls() => Some(d.join("tls").join("cert.pem")),
@@ -192,6 +244,7 @@ fn main() -> Result<()> {
             .duration_since(std::time::UNIX_EPOCH)?
             .as_millis()
     );
+    let mut placement: Option<PairPlacement> = None;
     let scenario = match cli.cmd.clone() {
         Cmd::Idle {
             conns,
@@ -208,13 +261,52 @@ fn main() -> Result<()> {
             rate,
             window,
             body,
-        } => Scenario::P2p {
-            pairs,
-            messages,
-            rate,
-            window: window.max(1),
-            body: body.max(16),
-        },
+            admin,
+            cross_node,
+        } => {
+            let mut cross = None;
+            if let Some(admin) = admin {
+                if !admin.ip().is_loopback() {
+                    bail!("ternbench only targets loopback addresses; {admin} is not one");
+                }
+                if !cli.json {
+                    eprintln!("asking {admin} where the {pairs} pairs' users sit");
+                }
+                if cross_node {
+                    let (picks, placed) = placement::choose_cross_pairs(admin, &run_id, pairs)?;
+                    cross = Some(picks);
+                    placement = Some(placed);
+                } else {
+                    placement = Some(placement::count_pairs(admin, &run_id, pairs)?);
+                }
+            }
+            Scenario::P2p {
+                pairs,
+                messages,
+                rate,
+                window: window.max(1),
+                body: body.max(16),
+                cross,
+            }
+        }
+        Cmd::Failover {
+            clients,
+            nodes,
+            victim,
+            kill_pid: _,
+            wait,
+            backoff_min_ms,
+            backoff_max_ms,
+            inflight,
+        } => Scenario::Failover(Failover {
+            clients,
+            nodes,
+            victim,
+            wait_secs: wait,
+            backoff_min_ms,
+            backoff_max_ms: backoff_max_ms.max(backoff_min_ms),
+            inflight,
+        }),
         Cmd::Storm { clients, messages } => Scenario::Storm { clients, messages },
         Cmd::Fanout {
             members,
@@ -246,7 +338,7 @@ fn main() -> Result<()> {
     let sources = cli.sources.clamp(1, 250);
     let workers = cli.workers.max(1);
     let params = json!({
-        "scenario": format!("{:?}", scenario), "target": target.to_string(), "workers": workers,
+        "scenario": scenario_text(&scenario), "target": target.to_string(), "workers": workers,
         "transport": cli.transport, "tls_resumption": cli.transport.uses_tls().then_some(!cli.no_resume),
         "tls_suite": cli.tls_suite,
         "sources": format!("127.0.0.2-127.0.0.{}", 1 + sources as u32), "timeout_secs": cli.timeout, "run_id": run_id,
@@ -262,6 +354,7 @@ fn main() -> Result<()> {
         Scenario::Fanout { members, load, .. } => {
             (load.messages * (*members as u64 - 1), "deliveries")
         }
+        Scenario::Failover(f) => (f.clients as u64, "clients connected, then back"),
     };
     let rss_before = cli.node_pid.and_then(rss_kib);
     let (tx, rx) = mpsc::channel::<(usize, String)>();
@@ -336,12 +429,26 @@ fn main() -> Result<()> {
         } else if line == "ready" {
             ready += 1;
             if ready == workers {
-                // Everyone is set up: measure memory of idle connections, release the storm.
+                // Everyone is set up: measure memory of idle connections, release the storm;
+                // for the failover, kill the node and tell the workers when.
                 rss_held = cli.node_pid.and_then(rss_kib);
                 started = Some(Instant::now());
+                let mut go = String::from("go");
+                if let Cmd::Failover { kill_pid, .. } = &cli.cmd {
+                    bar.println(format!("every client is connected: SIGKILL to {kill_pid}"));
+                    match kill(*kill_pid) {
+                        Ok(at) => go = format!("go {at}"),
+                        Err(e) => {
+                            for (c, _) in &mut children {
+                                let _ = c.kill();
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
                 for (c, _) in &mut children {
                     if let Some(stdin) = c.stdin.as_mut() {
-                        let _ = writeln!(stdin, "go");
+                        let _ = writeln!(stdin, "{go}");
                     }
                 }
             }
@@ -383,7 +490,40 @@ fn main() -> Result<()> {
         connected: rss_held,
         idle: rss_idle,
     };
-    summarize(&cli, &scenario, params, &reports, mem, ok)
+    summarize(&cli, &scenario, params, &reports, mem, placement, ok)
+}
+
+/// The scenario for the report, without the per-pair name picks.
+fn scenario_text(s: &Scenario) -> String {
+    match s {
+        Scenario::P2p {
+            pairs,
+            messages,
+            rate,
+            window,
+            body,
+            cross,
+        } => format!(
+            "P2p {{ pairs: {pairs}, messages: {messages}, rate: {rate}, window: {window}, \
+             body: {body}, cross_node: {} }}",
+            cross.is_some()
+        ),
+        other => format!("{other:?}"),
+    }
+}
+
+/// SIGKILL to `pid` (through kill(1): the workspace forbids unsafe code); returns the wall-clock
+/// time in ns taken just before, from which the failover's times are counted.
+fn kill(pid: u32) -> Result<u64> {
+    let at = worker::wall_ns();
+    let status = Command::new("kill")
+        .args(["-KILL", &pid.to_string()])
+        .status()
+        .context("running kill")?;
+    if !status.success() {
+        bail!("kill -KILL {pid} failed ({status})");
+    }
+    Ok(at)
 }
 
 /// `--target`, else the listener of the transport in the node's `ports.json`, else the
@@ -469,6 +609,7 @@ fn summarize(
     params: serde_json::Value,
     reports: &[Report],
     mem: MemSamples,
+    placement: Option<PairPlacement>,
     workers_ok: bool,
 ) -> Result<()> {
     let sum = |f: fn(&Report) -> u64| reports.iter().map(f).sum::<u64>();
@@ -535,6 +676,25 @@ fn summarize(
             result["delivered_per_sec"] = json!(rate);
             result["send_to_ack"] = pcts(&ack);
             result["send_to_push"] = pcts(&push);
+            if let Some(p) = &placement {
+                result["placement"] = json!(p);
+                rows.push((
+                    "pairs across nodes".into(),
+                    format!(
+                        "{} of {} (conversation on the sender's node {}, on the receiver's {})",
+                        p.cross_node,
+                        p.cross_node + p.same_node,
+                        p.conv_on_sender_node,
+                        p.conv_on_receiver_node
+                    ),
+                ));
+                let per: Vec<String> = p
+                    .users_per_node
+                    .iter()
+                    .map(|(n, k)| format!("{n} {k}"))
+                    .collect();
+                rows.push(("users per node".into(), per.join(", ")));
+            }
             rows.push((
                 "sent / acked / delivered".into(),
                 format!("{} / {} / {delivered}", sum(|r| r.sent), sum(|r| r.acked)),
@@ -619,6 +779,77 @@ fn summarize(
                     ));
                 }
             }
+        }
+        Scenario::Failover(f) => {
+            let h = merge(reports, |r| &r.sync_us);
+            let (affected, back) = (sum(|r| r.affected), sum(|r| r.back));
+            let secs = max(|r| r.elapsed_secs);
+            let mut per_node = std::collections::BTreeMap::<String, u64>::new();
+            let mut moved_to = std::collections::BTreeMap::<String, u64>::new();
+            for r in reports {
+                for (n, k) in &r.per_node {
+                    *per_node.entry(n.clone()).or_default() += k;
+                }
+                for (n, k) in &r.moved_to {
+                    *moved_to.entry(n.clone()).or_default() += k;
+                }
+            }
+            let show = |m: &std::collections::BTreeMap<String, u64>| {
+                m.iter()
+                    .map(|(n, k)| format!("{n} {k}"))
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            };
+            let failed = affected - back.min(affected);
+            result["connected"] = json!(sum(|r| r.connected));
+            result["connect_failed"] = json!(sum(|r| r.failed));
+            result["clients_per_node"] = json!(per_node);
+            result["victim"] = json!(f.victim.to_string());
+            result["affected"] = json!(affected);
+            result["back"] = json!(back);
+            result["failed"] = json!(failed);
+            result["back_at"] = json!(moved_to);
+            result["reconnect_attempts"] = json!(sum(|r| r.reconnect_attempts));
+            result["unaffected_disconnected"] = json!(sum(|r| r.unaffected_closed));
+            result["last_back_secs"] = json!(secs);
+            result["per_client"] = pcts(&h);
+            rows.push((
+                "clients connected".into(),
+                format!(
+                    "{} (failed {}; {})",
+                    sum(|r| r.connected),
+                    sum(|r| r.failed),
+                    show(&per_node)
+                ),
+            ));
+            rows.push((
+                "affected (on the killed node)".into(),
+                format!("{affected} on {}", f.victim),
+            ));
+            rows.push((
+                "back / failed".into(),
+                format!("{back} / {failed} ({})", show(&moved_to)),
+            ));
+            rows.push((
+                "reconnect attempts".into(),
+                sum(|r| r.reconnect_attempts).to_string(),
+            ));
+            rows.push(("SIGKILL -> last client back".into(), format!("{secs:.3} s")));
+            if !h.is_empty() {
+                rows.push((
+                    "per client p50/p99/max".into(),
+                    format!(
+                        "{} / {} / {} ms",
+                        h.value_at_quantile(0.5) / 1000,
+                        h.value_at_quantile(0.99) / 1000,
+                        h.max() / 1000
+                    ),
+                ));
+            }
+            rows.push((
+                "other nodes' clients disconnected".into(),
+                sum(|r| r.unaffected_closed).to_string(),
+            ));
         }
         Scenario::Storm { .. } => {
             let synced = sum(|r| r.connected);

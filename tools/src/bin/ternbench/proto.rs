@@ -487,6 +487,21 @@ pub async fn login(
     device: &str,
     resume: u64,
 ) -> Result<Conn> {
+    Ok(login_at(d, source, d.target, token, device, resume)
+        .await?
+        .0)
+}
+
+/// [`login`] entering the cluster at `entry` instead of the dialer's target; also returns the
+/// address of the node that accepted the HELLO (after any REDIRECT).
+pub async fn login_at(
+    d: &Arc<Dialer>,
+    source: IpAddr,
+    entry: SocketAddr,
+    token: &str,
+    device: &str,
+    resume: u64,
+) -> Result<(Conn, SocketAddr)> {
     let hello = Frame::new(
         1,
         Body::Hello(Hello {
@@ -499,7 +514,7 @@ pub async fn login(
             client: "ternbench".into(),
         }),
     );
-    let mut target = d.target;
+    let mut target = entry;
     // A cluster node that does not own the user answers REDIRECT (SPEC §6); native clients
     // follow it, so a run can be pointed at any node of a cluster.
     for _hop in 0..MAX_REDIRECTS {
@@ -524,7 +539,7 @@ pub async fn login(
             Some(Frame {
                 body: Body::Welcome(_),
                 ..
-            }) => return Ok(c),
+            }) => return Ok((c, target)),
             Some(Frame {
                 body: Body::Redirect(r),
                 ..

@@ -2,7 +2,7 @@
 //! reports to the parent over stdout (`progress N`, `ready`, `result {json}`); `go` on stdin
 //! releases a barrier (the storm starts in every worker at once).
 
-use std::collections::HashMap;
+use std::collections::{BTreeMap, HashMap};
 use std::io::{BufRead, Write};
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
@@ -16,6 +16,8 @@ use hdrhistogram::Histogram;
 use serde::{Deserialize, Serialize};
 use tern_protocol::*;
 
+use crate::failover::Failover;
+use crate::placement::pair_users;
 use crate::proto::{login, token, Conn, Dialer, Transport};
 use crate::tls::Suite;
 
@@ -56,6 +58,9 @@ pub enum Scenario {
         rate: u64,
         window: usize,
         body: usize,
+        /// Per pair, the cross-node name pick (`placement::pair_users`); none: plain names.
+        #[serde(default)]
+        cross: Option<Vec<u16>>,
     },
     Storm {
         clients: usize,
@@ -69,6 +74,8 @@ pub enum Scenario {
         group: bool,
         load: Load,
     },
+    /// Connected clients over a cluster, one node killed: time until its clients are back.
+    Failover(Failover),
 }
 
 /// A worker's findings.
@@ -94,6 +101,22 @@ pub struct Report {
     /// of this worker's members (0: no member here got it).
     #[serde(default)]
     pub last_us: Vec<u64>,
+    /// Failover: clients per node that accepted their HELLO (native address), before the kill.
+    #[serde(default)]
+    pub per_node: BTreeMap<String, u64>,
+    /// Failover: clients on the killed node, those back (HELLO accepted and SYNC answered), the
+    /// nodes they came back at, their connection attempts, and how many clients of the other
+    /// nodes lost their connection.
+    #[serde(default)]
+    pub affected: u64,
+    #[serde(default)]
+    pub back: u64,
+    #[serde(default)]
+    pub moved_to: BTreeMap<String, u64>,
+    #[serde(default)]
+    pub reconnect_attempts: u64,
+    #[serde(default)]
+    pub unaffected_closed: u64,
 }
 
 pub fn hist() -> Histogram<u64> {
@@ -109,13 +132,13 @@ pub fn encode_hist(h: &Histogram<u64>) -> String {
     hex::encode(v)
 }
 
-fn say(line: &str) {
+pub(crate) fn say(line: &str) {
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{line}");
     let _ = out.flush();
 }
 
-fn source(spec: &Spec, n: usize) -> IpAddr {
+pub(crate) fn source(spec: &Spec, n: usize) -> IpAddr {
     IpAddr::V4(Ipv4Addr::new(
         127,
         0,
@@ -131,13 +154,19 @@ async fn ready_and_wait() -> Result<()> {
 
 /// Says `word` and waits for the parent's `go`, which comes once every worker said it.
 async fn barrier(word: &str) -> Result<()> {
+    barrier_line(word).await.map(drop)
+}
+
+/// [`barrier`], returning the parent's line (`go`, and for the failover the kill's time).
+pub(crate) async fn barrier_line(word: &str) -> Result<String> {
     say(word);
-    tokio::task::spawn_blocking(|| {
+    let line = tokio::task::spawn_blocking(|| {
         let mut line = String::new();
         let _ = std::io::stdin().lock().read_line(&mut line);
+        line
     })
     .await?;
-    Ok(())
+    Ok(line)
 }
 
 /// Tells the parent every 200 ms how many more items `done` counts, until aborted.
@@ -156,7 +185,7 @@ fn report_progress(done: Arc<AtomicU64>) -> tokio::task::JoinHandle<()> {
 }
 
 /// The indexes of items `0..total` this worker handles.
-fn slice(spec: &Spec, total: usize) -> std::ops::Range<usize> {
+pub(crate) fn slice(spec: &Spec, total: usize) -> std::ops::Range<usize> {
     let per = total.div_ceil(spec.workers.max(1));
     let start = (spec.index * per).min(total);
     start..(start + per).min(total)
@@ -203,7 +232,14 @@ async fn scenario(spec: &Spec) -> Result<Report> {
             rate,
             window,
             body,
-        } => p2p(spec, &d, &secret, pairs, messages, rate, window, body).await,
+            cross,
+        } => {
+            let cross = cross.as_deref();
+            p2p(
+                spec, &d, &secret, pairs, cross, messages, rate, window, body,
+            )
+            .await
+        }
         Scenario::Storm { clients, messages } => storm(spec, &d, &secret, clients, messages).await,
         Scenario::Fanout {
             members,
@@ -211,6 +247,7 @@ async fn scenario(spec: &Spec) -> Result<Report> {
             group,
             load,
         } => fanout(spec, &d, &secret, members, load, &room, group).await,
+        Scenario::Failover(f) => crate::failover::run(spec, &d, &secret, &f).await,
     }?;
     r.tls_full = d.tls_full.load(Ordering::Relaxed);
     r.tls_resumed = d.tls_resumed.load(Ordering::Relaxed);
@@ -302,6 +339,7 @@ async fn p2p(
     d: &Arc<Dialer>,
     secret: &[u8],
     pairs: usize,
+    cross: Option<&[u16]>,
     messages: u64,
     rate: u64,
     window: usize,
@@ -319,8 +357,8 @@ async fn p2p(
     let mut senders = Vec::new();
     let mut receivers = Vec::new();
     for (k, i) in mine.clone().enumerate() {
-        let s_user = format!("{}-s{i}", spec.run_id);
-        let r_user = format!("{}-r{i}", spec.run_id);
+        let pick = cross.and_then(|c| c.get(i).copied());
+        let (s_user, r_user) = pair_users(&spec.run_id, i, pick);
         let s = login(
             d,
             source(spec, 2 * i),
@@ -639,7 +677,7 @@ pub struct Load {
 
 /// Wall-clock nanoseconds: room messages are stamped in one worker and received in others, so
 /// the stamp needs a clock every process shares.
-fn wall_ns() -> u64 {
+pub(crate) fn wall_ns() -> u64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map(|d| d.as_nanos() as u64)
