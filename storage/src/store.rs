@@ -341,12 +341,81 @@ struct Sealed {
 struct Pipeline {
     /// Generation of the newest batch the committer has finished with.
     durable: AtomicU64,
+    /// Generation of the newest batch whose operations have all been completed.
+    finished: AtomicU64,
     /// A write failed: the writer must drop its caches before building more.
     failed: std::sync::atomic::AtomicBool,
+    /// The error of the failed write, for every batch built on the caches of before it, until
+    /// one built after the reset. Only one batch is written at a time (by the committer, or by
+    /// the writer while nothing is in flight), so the lock is never contended.
+    broken: std::sync::Mutex<Option<EngineError>>,
 }
 
-/// The committer: writes batches in order and completes their operations. After a failed write
-/// it fails every batch built on the writer's then-stale caches, until one built after the reset.
+/// Batches of at most this many operations are written by the writer thread itself when
+/// nothing is in flight (see `writer_loop`).
+const INLINE_MAX_OPS: usize = 64;
+
+/// Writes one sealed batch and completes its operations; returns the emptied batch for reuse.
+/// After a failed write it fails every batch built on the writer's then-stale caches, until
+/// one built after the reset.
+fn commit<E: KvEngine>(
+    engine: &E,
+    sealed: Sealed,
+    pipeline: &Pipeline,
+    sync: bool,
+    stats: &StatsCell,
+    outbox_hook: &OnceLock<OutboxHook>,
+) -> WriteBatch {
+    let Sealed {
+        mut batch,
+        waiting,
+        gen,
+        poisoned,
+        after_reset,
+        done,
+        outbox,
+    } = sealed;
+    let mut broken = pipeline
+        .broken
+        .lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner);
+    if after_reset {
+        *broken = None;
+    }
+    let result = match (&poisoned, &*broken) {
+        (Some(e), _) | (None, Some(e)) => Err(e.clone()),
+        (None, None) if batch.is_empty() => Ok(()),
+        (None, None) => engine.write(&batch, sync),
+    };
+    if let (Err(e), None, None) = (&result, &poisoned, &*broken) {
+        *broken = Some(e.clone());
+        pipeline.failed.store(true, Ordering::SeqCst);
+    }
+    drop(broken);
+    stats.batches.fetch_add(1, Ordering::Relaxed);
+    stats.ops.fetch_add(waiting.len() as u64, Ordering::Relaxed);
+    stats.rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
+    if result.is_err() {
+        stats.failed_batches.fetch_add(1, Ordering::Relaxed);
+    }
+    pipeline.durable.store(gen, Ordering::SeqCst);
+    if result.is_ok() && !outbox.is_empty() {
+        if let Some(hook) = outbox_hook.get() {
+            hook(outbox);
+        }
+    }
+    for w in waiting {
+        w.complete(&result);
+    }
+    pipeline.finished.store(gen, Ordering::SeqCst);
+    if let Some(done) = done {
+        let _ = done.send(());
+    }
+    batch.clear();
+    batch
+}
+
+/// The committer: writes the batches the writer hands it, in order.
 fn committer_loop<E: KvEngine>(
     engine: &E,
     rx: Receiver<Sealed>,
@@ -356,48 +425,8 @@ fn committer_loop<E: KvEngine>(
     stats: &StatsCell,
     outbox_hook: &OnceLock<OutboxHook>,
 ) {
-    let mut broken: Option<EngineError> = None;
     while let Ok(sealed) = rx.recv() {
-        let Sealed {
-            mut batch,
-            waiting,
-            gen,
-            poisoned,
-            after_reset,
-            done,
-            outbox,
-        } = sealed;
-        if after_reset {
-            broken = None;
-        }
-        let result = match (&poisoned, &broken) {
-            (Some(e), _) | (None, Some(e)) => Err(e.clone()),
-            (None, None) if batch.is_empty() => Ok(()),
-            (None, None) => engine.write(&batch, sync),
-        };
-        if let (Err(e), None, None) = (&result, &poisoned, &broken) {
-            broken = Some(e.clone());
-            pipeline.failed.store(true, Ordering::SeqCst);
-        }
-        stats.batches.fetch_add(1, Ordering::Relaxed);
-        stats.ops.fetch_add(waiting.len() as u64, Ordering::Relaxed);
-        stats.rows.fetch_add(batch.len() as u64, Ordering::Relaxed);
-        if result.is_err() {
-            stats.failed_batches.fetch_add(1, Ordering::Relaxed);
-        }
-        pipeline.durable.store(gen, Ordering::SeqCst);
-        if result.is_ok() && !outbox.is_empty() {
-            if let Some(hook) = outbox_hook.get() {
-                hook(outbox);
-            }
-        }
-        for w in waiting {
-            w.complete(&result);
-        }
-        if let Some(done) = done {
-            let _ = done.send(());
-        }
-        batch.clear();
+        let batch = commit(engine, sealed, pipeline, sync, stats, outbox_hook);
         let _ = spare.send(batch);
     }
 }
@@ -405,6 +434,12 @@ fn committer_loop<E: KvEngine>(
 /// The writer thread: drains the queue into batches and applies the timeline rules, while the
 /// committer thread writes the previous batch, so the two halves of a write (logic, RocksDB
 /// insert + fsync) run on two cores. At most one sealed batch waits for the committer.
+///
+/// A small batch sealed while nothing is in flight is written by the writer itself: under
+/// moderate load most batches are like that, and handing one over costs a wake-up of the
+/// committer and, on busy cores, a wait in the run queue before it runs, for no overlap (there
+/// is nothing to overlap with). Under heavy load batches grow past [`INLINE_MAX_OPS`] or find
+/// the previous one still in flight, and the pipeline runs as before.
 fn writer_loop<E: KvEngine>(w: WriterThread<E>) {
     let WriterThread {
         mut core,
@@ -419,6 +454,7 @@ fn writer_loop<E: KvEngine>(w: WriterThread<E>) {
     let pipeline = Pipeline::default();
     let (commit_tx, commit_rx) = bounded::<Sealed>(1);
     let (spare_tx, spare_rx) = crossbeam_channel::unbounded::<WriteBatch>();
+    let inline_spare = spare_tx.clone();
     std::thread::scope(|scope| {
         let committer = std::thread::Builder::new()
             .name("tern-storage-commit".into())
@@ -464,6 +500,27 @@ fn writer_loop<E: KvEngine>(w: WriterThread<E>) {
                 // Sorting and encoding here rather than in the engine's write keeps them off the
                 // committer, which is the busier thread of the two.
                 engine.prepare(&mut batch);
+            }
+            if waiting.len() <= INLINE_MAX_OPS
+                && pipeline.finished.load(Ordering::SeqCst) + 1 == gen
+            {
+                // Nothing in flight: every earlier batch is written and its operations
+                // completed, so writing this one here keeps the order.
+                let sealed = Sealed {
+                    batch,
+                    waiting: std::mem::take(waiting),
+                    gen,
+                    poisoned: poisoned.clone(),
+                    after_reset: std::mem::take(after_reset),
+                    done: None,
+                    outbox,
+                };
+                let spare = commit(&*engine, sealed, &pipeline, sync, &stats, &outbox_hook);
+                let _ = inline_spare.send(spare);
+                if poisoned.is_some() || core.over_cache_limit() {
+                    core.reset();
+                }
+                return;
             }
             let must_wait = wait || poisoned.is_some() || core.over_cache_limit();
             let (done, done_rx) = if must_wait {

@@ -1338,6 +1338,98 @@ impl<E: KvEngine> KvEngine for Flaky<E> {
     }
 }
 
+/// Wraps an engine so that every write takes at least `delay` (a slow fsync).
+struct Slow<E> {
+    inner: E,
+    delay: Duration,
+}
+
+impl<E: KvEngine> KvEngine for Slow<E> {
+    fn get_with<R>(
+        &self,
+        cf: Cf,
+        key: &[u8],
+        visit: impl FnOnce(&[u8]) -> R,
+    ) -> Result<Option<R>, EngineError> {
+        self.inner.get_with(cf, key, visit)
+    }
+    fn scan(
+        &self,
+        cf: Cf,
+        range: ScanRange<'_>,
+        direction: Direction,
+        limit: usize,
+        visit: &mut tern_storage::Visitor<'_>,
+    ) -> Result<usize, EngineError> {
+        self.inner.scan(cf, range, direction, limit, visit)
+    }
+    fn prepare(&self, batch: &mut WriteBatch) {
+        self.inner.prepare(batch)
+    }
+    fn write(&self, batch: &WriteBatch, sync: bool) -> Result<(), EngineError> {
+        std::thread::sleep(self.delay);
+        self.inner.write(batch, sync)
+    }
+    fn set_expiry(&self, cf: Cf, time_of: TimeOf, cutoff_ms: u64) {
+        self.inner.set_expiry(cf, time_of, cutoff_ms)
+    }
+    fn expire_now(&self, cf: Cf) -> Result<(), EngineError> {
+        self.inner.expire_now(cf)
+    }
+    fn flush(&self) -> Result<(), EngineError> {
+        self.inner.flush()
+    }
+}
+
+/// A burst larger than the writer writes itself goes through the committer in batches of
+/// more than 64 operations, one in flight while the next is built; a trickle is written by the
+/// writer one small batch at a time. Both keep every conversation's order and every count.
+fn bursts_and_trickles_keep_order<H: Harness>() {
+    let h = H::new();
+    let clock = Arc::new(ManualClock::new(T0));
+    let engine = Slow {
+        inner: h.engine(),
+        delay: Duration::from_millis(3),
+    };
+    let store = Store::open(engine, StoreConfig::default(), clock).unwrap();
+    const SENDERS: u64 = 20;
+    const EACH: u64 = 100;
+    let pending: Vec<_> = (0..EACH)
+        .flat_map(|i| (0..SENDERS).map(move |s| (s, i)))
+        .map(|(s, i)| {
+            let m = msg(&format!("s{s}"), "bob", i + 1);
+            (s, i, store.append_direct(m).unwrap())
+        })
+        .collect();
+    for (s, i, c) in pending {
+        let r = c.wait().unwrap();
+        assert_eq!(r.conv_seq, Seq(i + 1), "sender {s}, message {i}");
+        assert_eq!(r.sender_inbox_seq, Seq(i + 1));
+    }
+    let burst = store.writer_stats();
+    assert!(
+        burst.ops / burst.batches > 64,
+        "the burst went through the pipeline: {burst:?}"
+    );
+    // A trickle: one operation at a time, each written by the writer itself.
+    for i in 0..10 {
+        let r = send(&store, msg("s0", "bob", EACH + 1 + i));
+        assert_eq!(r.conv_seq, Seq(EACH + 1 + i));
+    }
+    let after = store.writer_stats();
+    assert_eq!(
+        (after.ops - burst.ops, after.batches - burst.batches),
+        (10, 10)
+    );
+    let inbox = inbox(&store, "bob", 0, 5000);
+    assert_eq!(inbox.len() as u64, SENDERS * EACH + 10);
+    assert!(inbox
+        .iter()
+        .enumerate()
+        .all(|(k, m)| m.inbox_seq == Seq(k as u64 + 1)));
+    assert_eq!(recent(&store, "bob").total_unread, SENDERS * EACH + 10);
+}
+
 fn failed_writes_fail_their_operations_and_recover<H: Harness>() {
     let h = H::new();
     let clock = Arc::new(ManualClock::new(T0));
@@ -1464,6 +1556,10 @@ macro_rules! conformance {
             #[test]
             fn completions_are_futures() {
                 super::completions_are_futures::<$harness>();
+            }
+            #[test]
+            fn bursts_and_trickles_keep_order() {
+                super::bursts_and_trickles_keep_order::<$harness>();
             }
         }
     };
