@@ -72,6 +72,9 @@ pub enum Call {
         msg_id: [u8; 16],
         window_ms: u64,
     },
+    /// Whether `user`, served by the answering node, takes one-to-one messages from friends
+    /// only (`super::admits`).
+    FriendsOnly { user: String },
 }
 
 /// A message of a HISTORY answer.
@@ -106,6 +109,8 @@ pub enum Reply {
         rows: Vec<(u8, u64, String)>,
         version: u64,
     },
+    /// The answer to [`Call::FriendsOnly`].
+    FriendsOnly(bool),
     /// Refused with a wire error code (SPEC §8) and message.
     Refused {
         code: u16,
@@ -577,6 +582,7 @@ pub fn serve(node: Arc<NodeShared>, peer: &str, call: Call) -> Answering {
     }
     let user = |s: String| UserId::new(s).ok();
     match call {
+        Call::FriendsOnly { user } => super::admits::serve(node, user),
         Call::History {
             low,
             high,

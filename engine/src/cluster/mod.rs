@@ -13,6 +13,7 @@
 //! absent node's slots its own); [`fault`] is the `--dev` fault injection the partition
 //! tests use.
 
+pub mod admits;
 pub mod fault;
 pub mod forward;
 pub mod links;

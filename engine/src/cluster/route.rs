@@ -20,8 +20,7 @@
 use std::sync::Arc;
 
 use tern_storage::{
-    AppendResult, Completion, ConvKey, DirectMessage, DirectPair, RemoteSide, RemoteWrite,
-    SubmitError,
+    AppendResult, Completion, ConvKey, DirectMessage, DirectPair, RemoteWrite, SubmitError,
 };
 
 use super::ring::conversation_slot;
@@ -112,7 +111,8 @@ pub fn submit_direct(
     // Writes follow the fenced table: a slot whose node went away stays that node's.
     match place(&super::quorum::writes_table(node), &msg) {
         Placement::Local => node.store.append_direct(msg),
-        Placement::Routed { dest } => node.store.append_routed(msg, RemoteSide::Recipient, dest),
+        // The recipient's "friends only" setting is asked of their node first (`admits`).
+        Placement::Routed { dest } => Ok(super::admits::append_routed(node, links, msg, dest)),
         Placement::Forward { to } => Ok(Arc::clone(links).forward(to, msg)),
     }
 }
