@@ -1,6 +1,7 @@
 //! The admin endpoint: a tiny blocking HTTP/1.1 server on its own thread (never on an io core)
 //! with `/healthz`, Prometheus-format `/metrics` and, in a cluster, `/cluster/members` and
-//! `/cluster/owner?user=U` (JSON), and on a `--dev` cluster node the fault injection of
+//! `/cluster/owner?user=U` (JSON), `POST /cluster/drain` (hand this node's slots to the
+//! others, `cluster::handoff`), and on a `--dev` cluster node the fault injection of
 //! `/cluster/partition` (POST/DELETE). One request per connection, parsed with `httparse`;
 //! anything else is 404.
 
@@ -133,6 +134,22 @@ pub fn route(method: &str, target: &str, info: &AdminInfo) -> (&'static str, Str
         }
         ("GET", p) if p.starts_with("/cluster/") => cluster_route(p, query, info),
         ("POST" | "DELETE", "/cluster/partition") => partition_route(method, query, info),
+        ("POST", "/cluster/drain") => match &info.cluster {
+            Some(cluster) => {
+                cluster.request_drain();
+                (
+                    "202 Accepted",
+                    format!(
+                        "{}\n",
+                        serde_json::json!({ "draining": true, "node": cluster.node_id().as_str() })
+                    ),
+                )
+            }
+            None => (
+                "404 Not Found",
+                "this node is not in a cluster (start it with --cluster)\n".into(),
+            ),
+        },
         (_, "/healthz" | "/metrics" | "/cluster/members" | "/cluster/owner") => {
             ("405 Method Not Allowed", "method not allowed\n".into())
         }

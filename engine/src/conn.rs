@@ -36,6 +36,8 @@ pub enum Trigger {
     OutboundFull,
     Drain,
     Replaced,
+    /// The user's slot was handed to another node (cluster handoff).
+    SlotMoved,
     DecodeError,
     PeerClose,
     /// The node is stopping (storage closed, process shutting down).
@@ -165,6 +167,7 @@ pub const TRANSITIONS: &[Transition] = &[
     ),
     t(Open, T::Drain, Closed, E::Close(CloseReason::DRAIN)),
     t(Open, T::Replaced, Closed, E::Close(CloseReason::REPLACED)),
+    t(Open, T::SlotMoved, Closed, E::Close(CloseReason::REDIRECT)),
     t(Open, T::DecodeError, Closed, E::DecodeErrorCode),
     t(Open, T::PeerClose, Closed, E::Nothing),
     t(

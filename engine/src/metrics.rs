@@ -99,6 +99,12 @@ counters! {
     cluster_forwarded_total: "counter",
     /// Outbox entries of other nodes applied here (new, not repeats).
     cluster_outbox_applied_total: "counter",
+    /// Session slots this node holds (writes to): its ring's slots once their data is here.
+    cluster_slots_held: "gauge",
+    /// Slots this node is handing to another node now (rows being sent).
+    cluster_handoffs_in_progress: "gauge",
+    /// Slots this node handed to other nodes (confirmed by the new holder).
+    cluster_handoff_slots_total: "counter",
     /// TYPING frames dropped by the per-connection rate limit.
     typing_dropped_total: "counter",
     /// Changes of a user's aggregated presence.
@@ -158,6 +164,9 @@ pub static METRICS: Metrics = Metrics {
     cluster_link_refused_total: AtomicU64::new(0),
     cluster_forwarded_total: AtomicU64::new(0),
     cluster_outbox_applied_total: AtomicU64::new(0),
+    cluster_slots_held: AtomicU64::new(0),
+    cluster_handoffs_in_progress: AtomicU64::new(0),
+    cluster_handoff_slots_total: AtomicU64::new(0),
     typing_dropped_total: AtomicU64::new(0),
     presence_changes_total: AtomicU64::new(0),
     presence_notices_total: AtomicU64::new(0),

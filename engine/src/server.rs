@@ -140,6 +140,11 @@ pub enum CoreMsg {
     Kick { conn: ConnRef, reason: CloseReason },
     /// To every core: stop accepting, close every connection with CLOSE DRAIN.
     Drain,
+    /// To every core: these slots were handed to another node (`cluster::handoff`); close
+    /// their users' sessions registered here with CLOSE REDIRECT.
+    SlotsMoved {
+        slots: Arc<std::collections::HashSet<u16>>,
+    },
     /// To the slot owner: one of the user's devices chose a presence.
     PresenceSet {
         user: Arc<str>,
@@ -678,6 +683,24 @@ impl Core {
                     w.wake();
                 }
             }
+            CoreMsg::SlotsMoved { slots } => {
+                let moved: Vec<ConnRef> = self
+                    .sessions
+                    .borrow()
+                    .iter()
+                    .filter(|(user, _)| slots.contains(&crate::slots::SlotId::of_user(user).0))
+                    .flat_map(|(_, regs)| regs.iter().map(|r| r.conn))
+                    .collect();
+                for conn in moved {
+                    self.route(
+                        conn.core,
+                        CoreMsg::Kick {
+                            conn,
+                            reason: CloseReason::REDIRECT,
+                        },
+                    );
+                }
+            }
             CoreMsg::PresenceSet { user, status, text } => self.presence_set(&user, status, text),
             CoreMsg::PresenceWatch { user, conn, add } => self.presence_watch(&user, conn, add),
             CoreMsg::Offline { note } => self.offline(*note),
@@ -1040,6 +1063,7 @@ impl Connection {
                 let trigger = match reason {
                     CloseReason::SLOW_CONSUMER => Trigger::OutboundFull,
                     CloseReason::REPLACED => Trigger::Replaced,
+                    CloseReason::REDIRECT => Trigger::SlotMoved,
                     _ => Trigger::Drain,
                 };
                 Box::pin(self.transition(trigger, 0, "closed by the node")).await;
@@ -2158,6 +2182,7 @@ impl Connection {
                     let trigger = match self.shared.kick.get() {
                         Some(CloseReason::REPLACED) => Trigger::Replaced,
                         Some(CloseReason::SLOW_CONSUMER) => Trigger::OutboundFull,
+                        Some(CloseReason::REDIRECT) => Trigger::SlotMoved,
                         _ => Trigger::Drain,
                     };
                     self.conn.apply(trigger);

@@ -133,6 +133,7 @@ pub use engine::{
     BatchEntry, Cf, Direction, EngineError, KvEngine, ScanRange, TimeOf, Visitor, WriteBatch,
 };
 pub use error::{OpError, OpenError, SubmitError};
+pub use handoff::{ExportCursor, ExportPage, HandoffRow, SlotTerm, UserFilter, EXPORTED};
 pub use ids::{
     scoped, split_scoped, tenant_of, valid_tenant, MAX_SCOPED_ID_LEN, MAX_TENANT_LEN, TENANT_SEP,
 };
@@ -140,7 +141,6 @@ pub use ids::{
     ClientMsgId, ConvKey, ConvKind, DeviceId, DirectPair, GroupId, IdError, MessageFlags,
     MessageKind, RoomId, Seq, TopicId, UserId, MAX_ID_LEN,
 };
-pub use handoff::{ExportCursor, ExportPage, HandoffRow, SlotTerm, UserFilter, EXPORTED};
 pub use keys::KeyError;
 pub use mem::MemEngine;
 pub use push::{PushSetting, PushTargets, PushToken};

@@ -53,14 +53,19 @@ fn three_nodes() -> [Node; 3] {
         .iter()
         .map(|n| n.admin_json("/cluster/members")["epoch"].to_string())
         .collect();
+    // ... and takes writes: quorum, and each node has recorded which slots it holds.
     let settled = poll(CONVERGE, || {
         let e: Vec<String> = nodes
             .iter()
             .map(|n| n.admin_json("/cluster/members")["epoch"].to_string())
             .collect();
-        e.windows(2).all(|w| w[0] == w[1]).then_some(())
+        (e.windows(2).all(|w| w[0] == w[1])
+            && nodes
+                .iter()
+                .all(|n| n.metric("tern_cluster_quorum") == Some(1)))
+        .then_some(())
     });
-    assert!(settled.is_some(), "epochs differ: {epochs:?}");
+    assert!(settled.is_some(), "epochs differ or no quorum: {epochs:?}");
     nodes
 }
 

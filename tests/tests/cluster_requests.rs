@@ -43,7 +43,11 @@ fn three_nodes() -> [Node; 3] {
         let links = nodes
             .iter()
             .all(|n| n.metric("tern_cluster_links_connected") == Some(2));
-        (members && links && epochs.windows(2).all(|w| w[0] == w[1])).then_some(())
+        // Writes are taken once each node has recorded which slots it holds.
+        let writable = nodes
+            .iter()
+            .all(|n| n.metric("tern_cluster_quorum") == Some(1));
+        (members && links && writable && epochs.windows(2).all(|w| w[0] == w[1])).then_some(())
     });
     if ready.is_none() {
         for n in &nodes {

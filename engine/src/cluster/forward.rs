@@ -75,6 +75,13 @@ pub enum Call {
     /// Whether `user`, served by the answering node, takes one-to-one messages from friends
     /// only (`super::admits`).
     FriendsOnly { user: String },
+    /// Rows of slots the asking node hands to this one (`super::handoff`): (family, key,
+    /// value) as stored.
+    HandoffRows { rows: Vec<(u8, Vec<u8>, Vec<u8>)> },
+    /// The asking node hands these slots to this one at these terms; their rows were sent.
+    HandoffDone { slots: Vec<(u16, u64)> },
+    /// Which slots does this node hold (`super::handoff`, a node's first start)?
+    HeldSlots,
 }
 
 /// A message of a HISTORY answer.
@@ -115,6 +122,13 @@ pub enum Reply {
     Refused {
         code: u16,
         message: String,
+    },
+    /// Done (handoff rows durable, slots taken).
+    Done,
+    /// The slots the answering node holds; `initialized`: it has recorded slot terms.
+    Held {
+        initialized: bool,
+        slots: Vec<u16>,
     },
 }
 
@@ -479,7 +493,7 @@ pub fn deliver_remote(node: &NodeShared, d: &Delivery) -> bool {
     true
 }
 
-fn submit_error(e: SubmitError) -> OpError {
+pub(super) fn submit_error(e: SubmitError) -> OpError {
     match e {
         SubmitError::Busy => OpError::Unavailable("storage is busy; retry".into()),
         SubmitError::Closed => OpError::Closed,
@@ -550,14 +564,14 @@ pub fn recall_write(
 /// The answer to a call, awaited by the connection's writer.
 pub type Answering = Pin<Box<dyn Future<Output = Reply>>>;
 
-fn refused(code: ErrorCode, message: impl Into<String>) -> Reply {
+pub(super) fn refused(code: ErrorCode, message: impl Into<String>) -> Reply {
     Reply::Refused {
         code: code.0,
         message: message.into(),
     }
 }
 
-fn refusal(e: &OpError) -> Reply {
+pub(super) fn refusal(e: &OpError) -> Reply {
     let code = match crate::session::op_error(0, e).body {
         Body::Error(err) => err.code,
         _ => ErrorCode::INTERNAL,
@@ -582,6 +596,9 @@ pub fn serve(node: Arc<NodeShared>, peer: &str, call: Call) -> Answering {
     }
     let user = |s: String| UserId::new(s).ok();
     match call {
+        Call::HandoffRows { rows } => super::handoff::serve_rows(node, rows),
+        Call::HandoffDone { slots } => super::handoff::serve_done(node, peer, slots),
+        Call::HeldSlots => super::handoff::serve_held(),
         Call::FriendsOnly { user } => super::admits::serve(node, user),
         Call::History {
             low,

@@ -106,6 +106,7 @@ pub fn install(
         Arc::clone(&cluster.state),
         listener,
     );
+    super::handoff::install(store)?;
     let hook = Arc::clone(&links);
     if !store.set_outbox_hook(Box::new(move |entries| hook.note_durable(entries))) {
         anyhow::bail!("the store's outbox hook was set already");
@@ -285,6 +286,11 @@ impl Links {
             }
         }
         s
+    }
+
+    /// The cluster's view.
+    pub(super) fn cluster(&self) -> &Arc<ClusterState> {
+        &self.cluster
     }
 
     fn take_rx(&self) -> Option<flume::Receiver<Cmd>> {
@@ -662,6 +668,10 @@ pub async fn run(node: Arc<NodeShared>, links: Arc<Links>) {
         }
     });
     m.tick();
+    monoio::spawn(super::handoff::drive(
+        Arc::clone(&m.node),
+        Arc::clone(&m.links),
+    ));
     while let Ok(cmd) = rx.recv_async().await {
         match cmd {
             Cmd::Forward { to, msg, resolver } => m.forward(to, msg, resolver),
@@ -760,6 +770,18 @@ impl Manager {
                 time_ms,
                 duplicate,
             } => {
+                // The sender's slot was handed to another node meanwhile (handoff): its half
+                // goes there through the conversation node's outbox; the client retransmits
+                // to the new node and gets the original SEND_ACK from there.
+                if !matches!(
+                    super::quorum::writes_table(&self.node).owner_of_user(f.msg.sender.as_str()),
+                    Owner::Local(_)
+                ) {
+                    f.resolver.resolve(Err(OpError::Unavailable(
+                        "the sender's slot moved to another node; retry".into(),
+                    )));
+                    return;
+                }
                 let store = Arc::clone(&self.node.store);
                 monoio::spawn(async move {
                     let write = RemoteWrite::of(&f.msg, RemoteSide::Sender, Seq(conv_seq), time_ms);
@@ -825,7 +847,9 @@ impl Manager {
             _ => return,
         };
         if target == self.links.me {
-            // Only the node that held the user's data applies the entry; it waits for it.
+            // The user's slot came here (handoff): the entry is applied here, once this node
+            // holds the slot; until then it waits.
+            self.apply_here(seq);
             return;
         }
         let peer = self.peer(&target);
@@ -842,6 +866,52 @@ impl Manager {
         peer.push(Item::Write {
             seq,
             write: wire_write(&p.entry.write),
+        });
+    }
+
+    /// Applies entry `seq`, whose user this node now serves, to its own store.
+    fn apply_here(self: &Rc<Self>, seq: u64) {
+        let write = {
+            let mut outbox = self.outbox.borrow_mut();
+            let Some(p) = outbox.get_mut(&seq) else {
+                return;
+            };
+            let table = super::quorum::writes_table(&self.node);
+            if p.sent.is_some()
+                || p.hold_until.is_some_and(|h| h > self.now())
+                || !matches!(
+                    table.owner_of_user(p.entry.write.user().as_str()),
+                    Owner::Local(_)
+                )
+            {
+                return;
+            }
+            // Marked sent on no connection: the resend timer retries it if this fails.
+            p.sent = Some((0, self.now()));
+            p.entry.write.clone()
+        };
+        let m = Rc::clone(self);
+        monoio::spawn(async move {
+            let done = match m.node.store.apply_remote(write.clone()) {
+                Ok(c) => c.await,
+                Err(_) => return,
+            };
+            match done {
+                Ok(r) => {
+                    if !r.duplicate {
+                        inc(&METRICS.cluster_outbox_applied_total);
+                        if write.side == RemoteSide::Relation {
+                            if let Some(f) = super::forward::relation_notice(&write) {
+                                deliver_local(&m.node, write.user(), &f);
+                            }
+                        } else {
+                            deliver_local(&m.node, write.user(), &push_frame(&write, r.inbox_seq));
+                        }
+                    }
+                    m.acked(vec![seq]);
+                }
+                Err(e) => m.not_applied(vec![seq], &format!("storage: {e}")),
+            }
         });
     }
 
@@ -882,6 +952,12 @@ impl Manager {
                 if let Some(node) = super::route::follow(&table, &p.entry.write, &p.target) {
                     debug!(seq = s, from = %p.target, to = %node, "outbox entry follows the ring ({reason})");
                     p.target = node;
+                } else if matches!(
+                    table.owner_of_user(p.entry.write.user().as_str()),
+                    Owner::Local(_)
+                ) {
+                    // The user's slot was handed to this node: the entry is applied here.
+                    p.target = self.links.me.clone();
                 }
             }
         }

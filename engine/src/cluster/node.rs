@@ -9,10 +9,10 @@
 //! [`SharedOwners`]. A plain thread rather than a monoio core because gossip is a few small
 //! datagrams per second and must keep its timing when the cores are busy with clients.
 //!
-//! What this does not do yet (CLUSTER.md): handoff, quorum refusal, and requests other than
-//! one-to-one SENDs across nodes (those travel over `cluster::links`). Requests that would need
-//! another node are refused with `UNAVAILABLE` ([`remote_refusal`]) instead of being stored on
-//! the wrong node.
+//! `POST /cluster/drain` ([`ClusterState::request_drain`]) has the gossip thread mark this node
+//! draining; the slots then move by `cluster::handoff`. Requests that would need another node
+//! and that the links do not carry are refused with `UNAVAILABLE` ([`remote_refusal`]) instead
+//! of being stored on the wrong node.
 
 use std::cmp::Reverse;
 use std::collections::{BinaryHeap, HashMap};
@@ -400,6 +400,8 @@ pub struct ClusterState {
     size: usize,
     bound: SocketAddr,
     view: RwLock<View>,
+    /// Set by `POST /cluster/drain`: the gossip thread marks this node draining.
+    drain: AtomicBool,
 }
 
 impl ClusterState {
@@ -410,6 +412,18 @@ impl ClusterState {
 
     fn publish(&self, view: View) {
         *self.view.write().unwrap_or_else(|e| e.into_inner()) = view;
+    }
+
+    /// Asks the gossip thread to drain this node (`POST /cluster/drain`): it gossips itself
+    /// draining, every ring gives its slots to the other members, and it hands their data
+    /// over (`handoff`). It stays a member (and serves nothing) until stopped.
+    pub fn request_drain(&self) {
+        self.drain.store(true, Ordering::SeqCst);
+    }
+
+    /// Whether this node was asked to drain.
+    pub fn drain_requested(&self) -> bool {
+        self.drain.load(Ordering::SeqCst)
     }
 
     /// This node's id.
@@ -471,6 +485,8 @@ impl ClusterState {
             "configured_size": self.size,
             "quorum": v.quorum,
             "writable": super::quorum::has_quorum(),
+            "draining": self.drain_requested(),
+            "handoff": super::handoff::status_json(),
             "absent": v.absent,
             "partitioned_from": super::fault::blocked_ids(),
             "gossip_dropped_unauthenticated": v.stats.dropped_unauthenticated,
@@ -586,6 +602,7 @@ impl ClusterNode {
                 stats: membership.stats(),
                 absent: Vec::new(),
             }),
+            drain: AtomicBool::new(false),
         });
         if settings.secret.is_dev() {
             warn!(
@@ -710,15 +727,18 @@ impl Runner {
                 cv.notify_all();
                 return;
             }
+            if self.state.drain_requested() && !self.m.identity().draining {
+                info!("cluster: draining (asked by the admin API); the other members take this node's slots");
+                let out = self.m.drain(self.now());
+                self.apply(out);
+            }
             let now = self.now();
             // The lease runs out by time alone, so this is evaluated on every pass (at least
             // every MAX_WAIT), not only on a view change.
-            super::quorum::publish_quorum(super::quorum::writable(
-                &self.m,
-                &self.absent,
-                self.size,
-                now,
-            ));
+            let writable = super::quorum::writable(&self.m, &self.absent, self.size, now);
+            super::handoff::note_writable(writable);
+            // A fresh node takes writes once it has recorded which slots it holds (`handoff`).
+            super::quorum::publish_quorum(writable && super::handoff::ready());
             while let Some(&Reverse((at, key))) = self.timers.peek() {
                 if at > now {
                     break;
@@ -817,14 +837,15 @@ impl Runner {
     /// the admin view.
     fn publish_view(&mut self) {
         let ring = Ring::with_cache(self.m.ring_members(), &mut self.cache);
-        match ring.owner_table(&self.state.me, self.cores) {
+        // A draining node is outside the ring: every slot is another member's.
+        match ring.owner_table_of(&self.state.me, self.cores) {
             Ok(table) => {
                 set(&METRICS.cluster_slots_owned, table.local_slots() as u64);
                 set(&METRICS.cluster_epoch, epoch_gauge(table.epoch()));
                 self.owners.store(table);
             }
-            // Only when this node is not in its own ring, which `ring_members` rules out
-            // unless it drains (not offered yet); the previous table stays in force.
+            // Only for an empty ring, which `ring_members` rules out (this node is live); the
+            // previous table stays in force.
             Err(e) => warn!("cluster: owner table not updated: {e}"),
         }
         let live: Vec<NodeId> = self.m.live_members().into_iter().map(|m| m.id).collect();
@@ -836,7 +857,8 @@ impl Runner {
             self.cores,
             &mut self.cache,
         ) {
-            super::quorum::publish_write_table(table);
+            // Writes also wait for the slots whose data is on its way here (`handoff`).
+            super::handoff::publish_home(table);
         }
         if !self.absent.is_empty() {
             info!(absent = ?self.absent.ids(), "cluster: writes to absent members' slots wait for them");
@@ -864,6 +886,7 @@ impl Runner {
 pub fn publish_single_node(table: &OwnerTable) {
     set(&METRICS.cluster_members_alive, 1);
     set(&METRICS.cluster_slots_owned, table.local_slots() as u64);
+    set(&METRICS.cluster_slots_held, table.local_slots() as u64);
     set(&METRICS.cluster_epoch, epoch_gauge(table.epoch()));
 }
 

@@ -107,13 +107,17 @@ impl Absent {
 /// restarted node that reached a majority before it heard of the third node and assigned
 /// sequences in that node's conversations.
 pub fn writable(m: &Membership, absent: &Absent, size: usize, now_ms: u64) -> bool {
-    m.has_quorum(size)
-        && m.heard_from_majority(size, now_ms)
-        && absent.known(&m.ring_members()) >= size
+    // Draining members are live and known, though outside the ring.
+    let live: Vec<RingMember> = m
+        .live_members()
+        .iter()
+        .map(super::NodeIdentity::ring_member)
+        .collect();
+    m.has_quorum(size) && m.heard_from_majority(size, now_ms) && absent.known(&live) >= size
 }
 
 /// The table writes follow: the home ring's owner table of node `me` (its own slots local,
-/// an absent node's slots remote to that node). `None` if `me` is not in the ring (it drains).
+/// an absent node's slots remote to that node; every slot remote while `me` drains).
 pub fn write_table(
     live: &[RingMember],
     absent: &Absent,
@@ -121,7 +125,7 @@ pub fn write_table(
     cores: u16,
     cache: &mut AssignmentCache,
 ) -> Option<OwnerTable> {
-    absent.home_ring(live, cache).owner_table(me, cores).ok()
+    absent.home_ring(live, cache).owner_table_of(me, cores).ok()
 }
 
 /// What the gossip thread publishes for the cores.
@@ -236,6 +240,13 @@ pub fn writes(plan: &Plan) -> bool {
 pub fn refusal(request_id: u32, info: &SessionInfo, plan: &Plan) -> Option<Frame<'static>> {
     let gate = GATE.get()?;
     if !writes(plan) {
+        // Reads of a slot whose data is still on its way here (handoff) wait for it too: an
+        // empty answer now would look like a gap.
+        let table = gate.writes.load();
+        if super::handoff::is_moving(table.owner_of_user(info.user.as_str())) {
+            return super::node::remote_refusal(&table, info, plan)
+                .map(|why| crate::session::error(request_id, ErrorCode::UNAVAILABLE, why));
+        }
         return None;
     }
     if !gate.writable.load(Ordering::SeqCst) {

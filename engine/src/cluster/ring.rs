@@ -176,6 +176,20 @@ impl Ring {
             .members
             .binary_search_by(|m| m.id.cmp(me))
             .map_err(|_| RingError::NotAMember(me.to_string()))?;
+        self.table(Some(mine), cores)
+    }
+
+    /// The owner table of node `me`, which may be outside the ring (a draining node: every
+    /// slot is another member's).
+    pub fn owner_table_of(&self, me: &NodeId, cores: u16) -> Result<OwnerTable, RingError> {
+        let mine = self.members.binary_search_by(|m| m.id.cmp(me)).ok();
+        self.table(mine, cores)
+    }
+
+    fn table(&self, mine: Option<usize>, cores: u16) -> Result<OwnerTable, RingError> {
+        if self.members.is_empty() {
+            return Err(RingError::Empty);
+        }
         let cores = cores.max(1);
         // One shared description per member, not one copy per slot.
         let remote: Vec<Arc<RemoteOwner>> = self
@@ -197,7 +211,7 @@ impl Ring {
             .iter()
             .enumerate()
             .map(|(slot, &i)| {
-                if usize::from(i) == mine {
+                if Some(usize::from(i)) == mine {
                     Owner::Local(CoreId(slot as u16 % cores))
                 } else {
                     Owner::Remote(Arc::clone(&remote[usize::from(i)]))

@@ -43,9 +43,15 @@ impl<E: KvEngine> WriterCore<E> {
         mem::take(&mut self.outbox.created)
     }
 
-    /// Forgets the cached outbox seq (after a failed write it is reloaded).
+    /// Forgets the outbox state of the open batch. The last seq assigned is kept: reloading
+    /// it from the store would find the highest entry *still stored*, and entries above it
+    /// that were acknowledged and deleted would have their seqs assigned again, which the
+    /// link core (that saw those seqs already) would never load. A seq of a failed batch kept
+    /// here only leaves a gap, which the link core reads over.
     pub(super) fn reset_outbox(&mut self) {
+        let last = self.outbox.last;
         self.outbox = Outbox::default();
+        self.outbox.last = last;
     }
 
     pub(super) fn outbox_last(&mut self) -> Result<u64, OpError> {
