@@ -157,6 +157,17 @@ pub enum CoreMsg {
         conn: ConnRef,
         add: bool,
     },
+    /// To the slot owner: node `node` starts, renews or ends watching the user's presence.
+    PresenceNodeWatch {
+        user: Arc<str>,
+        node: String,
+        add: bool,
+    },
+    /// To the core of a remote user's slot: the user's node sent their presence.
+    PresenceRemote {
+        user: Arc<str>,
+        shown: crate::presence::Shown,
+    },
     /// To the slot owner of the note's user: a message was stored for them; notify the push
     /// hook if none of their devices is online.
     Offline { note: Box<crate::push::PushNote> },
@@ -440,6 +451,10 @@ pub struct Core {
     room_members: RefCell<HashMap<Arc<str>, Vec<u32>>>,
     /// Presence of the users whose slots this core owns.
     presence: RefCell<crate::presence::Book>,
+    /// Other nodes watching the presence of this core's users (`cluster::presence`).
+    node_watchers: RefCell<crate::cluster::presence::NodeWatchers>,
+    /// Users of other nodes watched by connections here, at their slot's core.
+    watched: RefCell<crate::cluster::presence::Watched>,
     /// Set once the node drains: accepts stop, connections close.
     draining: Cell<bool>,
     /// Wakes `core_main` when draining starts.
@@ -471,6 +486,8 @@ impl Core {
             rooms: RefCell::new(HashMap::new()),
             room_members: RefCell::new(HashMap::new()),
             presence: RefCell::new(crate::presence::Book::default()),
+            node_watchers: RefCell::default(),
+            watched: RefCell::default(),
             draining: Cell::new(false),
             drained: RefCell::new(None),
             pool: BufPool::new(POOL_BUF, 64),
@@ -703,6 +720,10 @@ impl Core {
             }
             CoreMsg::PresenceSet { user, status, text } => self.presence_set(&user, status, text),
             CoreMsg::PresenceWatch { user, conn, add } => self.presence_watch(&user, conn, add),
+            CoreMsg::PresenceNodeWatch { user, node, add } => {
+                self.presence_node_watch(&user, node, add)
+            }
+            CoreMsg::PresenceRemote { user, shown } => self.presence_remote(&user, shown),
             CoreMsg::Offline { note } => self.offline(*note),
             tunnel @ (CoreMsg::TunnelUp { .. }
             | CoreMsg::TunnelPoll { .. }
@@ -2631,7 +2652,9 @@ async fn core_main(
     monoio::spawn(async move {
         loop {
             monoio::time::sleep(SWEEP_INTERVAL).await;
-            sweep_core.sweep(now_ms());
+            let now = now_ms();
+            sweep_core.sweep(now);
+            sweep_core.presence_leases(now);
         }
     });
     if let Some(parking) = &core.parking {

@@ -36,7 +36,7 @@ use tern_storage::{
 };
 
 use super::ring::conversation_slot;
-use crate::server::NodeShared;
+use crate::server::{CoreMsg, NodeShared};
 use crate::session::Delivery;
 use crate::slots::Owner;
 
@@ -751,16 +751,70 @@ pub fn serve(node: Arc<NodeShared>, peer: &str, call: Call) -> Answering {
 }
 
 /// Delivers a frame another node sent for `user`'s devices here.
-pub fn notified(node: &NodeShared, user: &str, bytes: &[u8]) {
-    // Only a well-formed notice is passed on to devices (as `deliver_remote` sends).
+pub fn notified(node: &NodeShared, peer: &str, user: &str, bytes: &[u8]) {
     let Ok(Some((frame, _))) = tern_protocol::decode(bytes, tern_protocol::ABS_MAX_BODY) else {
         return;
     };
-    if !is_notice(&frame.body) {
+    let Ok(user) = UserId::new(user) else {
         return;
+    };
+    match &frame.body {
+        // Presence across nodes (`super::presence`): node `peer` watches `user`, served here.
+        Body::Subscribe(s) => {
+            let add = s.op == tern_protocol::SubOp::ADD;
+            route_presence(
+                node,
+                &user,
+                CoreMsg::PresenceNodeWatch {
+                    user: Arc::from(user.as_str()),
+                    node: peer.to_owned(),
+                    add,
+                },
+            );
+        }
+        // The presence of a user `peer` serves, for the connections here that watch them
+        // (addressed to the user it is about; a friend's or follower's copy is addressed to
+        // them and goes to their devices below).
+        Body::Presence(p) if p.user.as_ref() == user.as_str() => {
+            let shown = crate::presence::Shown {
+                status: p.status,
+                last_seen: p.last_seen,
+                text: p.text.to_string(),
+            };
+            route_presence(
+                node,
+                &user,
+                CoreMsg::PresenceRemote {
+                    user: Arc::from(user.as_str()),
+                    shown,
+                },
+            );
+        }
+        // Only a well-formed notice is passed on to devices (as `deliver_remote` and the
+        // presence fan-out send).
+        body if is_notice(body) || matches!(body, Body::Presence(_)) => {
+            super::links::deliver_local(node, &user, &frame);
+        }
+        _ => {}
     }
-    if let Ok(user) = UserId::new(user) {
-        super::links::deliver_local(node, &user, &frame);
+}
+
+/// Hands a presence message to the core of `user`'s slot (the owning core, or the one the
+/// slot has here when another node serves the user), where the presence book keeps them.
+fn route_presence(node: &NodeShared, user: &UserId, msg: CoreMsg) {
+    let cores = node.peers.len() as u16;
+    let core = match node.owners.load().owner_of_user(user.as_str()) {
+        Owner::Local(c) => c.0,
+        Owner::Remote(_) => {
+            crate::slots::OwnerTable::home_core(crate::slots::SlotId::of_user(user.as_str()), cores)
+                .0
+        }
+    };
+    if let Some(tx) = node.peers.get(usize::from(core)) {
+        if tx.try_send(msg).is_err() {
+            // Presence is refreshed by the next change or lease renewal.
+            crate::metrics::inc(&crate::metrics::METRICS.core_queue_full_total);
+        }
     }
 }
 

@@ -1310,7 +1310,7 @@ async fn serve_inbound(m: Rc<Manager>, mut stream: TcpStream, from: SocketAddr) 
             let table = super::quorum::writes_table(&m.node);
             for item in batch.items {
                 if let Item::Notify { user, frame } = &item {
-                    super::forward::notified(&m.node, user, frame);
+                    super::forward::notified(&m.node, &peer, user, frame);
                     continue;
                 }
                 let answer = m.request(&peer, &table, item);

@@ -9,7 +9,8 @@
 //! [`wire`] is the node-to-node link protocol (sans-io) and [`links`] runs it: forwarded
 //! SENDs and the durable outbox of cross-node writes; [`forward`] is what a node asks of
 //! another for its clients (HISTORY, RECALL, notices to devices there).
-//! [`handoff`] moves a slot's data when its owner changes (drain, join).
+//! [`handoff`] moves a slot's data when its owner changes (drain, join). [`presence`] keeps
+//! the leases by which a node watches the presence of another node's users.
 //! [`quorum`] decides which writes the node may take (quorum, and the fence that keeps an
 //! absent node's slots its own); [`fault`] is the `--dev` fault injection the partition
 //! tests use.
@@ -21,6 +22,7 @@ pub mod handoff;
 pub mod links;
 pub mod membership;
 pub mod node;
+pub mod presence;
 pub mod quorum;
 pub mod ring;
 pub mod route;

@@ -276,14 +276,9 @@ pub fn remote_refusal(table: &OwnerTable, session: &SessionInfo, plan: &Plan) ->
         | Plan::SetPresence { .. }
         | Plan::PushToken { .. }
         | Plan::Mute { .. } => (true, None),
-        // A user's presence is kept by the node that serves them.
-        Plan::Subscribe { users, .. } => (
-            false,
-            users.iter().find_map(|u| {
-                user_owner(u.as_str())
-                    .map(|node| Needed::new("user", u.as_str().to_owned(), Some(node)))
-            }),
-        ),
+        // A user's presence is kept by the node that serves them; this node watches it there
+        // for its connections (`super::presence`).
+        Plan::Subscribe { .. } => (false, None),
         // A one-to-one message to a user of another node is stored where its conversation
         // lives and crosses over the node-to-node links (`cluster::route`); so do a recall
         // (stored where the conversation lives, the other half through the outbox), HISTORY

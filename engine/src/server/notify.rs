@@ -96,16 +96,91 @@ impl Core {
     }
 
     /// SUBSCRIBE of one user by `conn`, at the user's owning core: the current presence goes to
-    /// the subscriber at once.
+    /// the subscriber at once. For a user another node serves, at the core the user's slot has
+    /// here: the subscription is kept here and that node is asked for the presence
+    /// (`cluster::presence`).
     pub(super) fn presence_watch(&self, user: &Arc<str>, conn: ConnRef, add: bool) {
+        let remote = match self.node.owners.load().owner_of_user(user) {
+            Owner::Remote(o) => Some(o.node.clone()),
+            Owner::Local(_) => None,
+        };
         if !add {
-            self.presence.borrow_mut().unwatch(user, conn);
+            let mut book = self.presence.borrow_mut();
+            book.unwatch(user, conn);
+            let last = book.watchers(user).is_empty();
+            drop(book);
+            if last && self.watched.borrow_mut().unwatch(user) {
+                if let Some(to) = remote {
+                    send_watch(to, user, false);
+                }
+            }
             return;
         }
         let shown = self.presence.borrow_mut().watch(user, conn);
+        let shown = match remote {
+            None => shown,
+            Some(to) => match self.watched.borrow_mut().watch(user, now_ms()) {
+                crate::cluster::presence::OnWatch::Register => {
+                    send_watch(to, user, true);
+                    return;
+                }
+                crate::cluster::presence::OnWatch::Known(None) => return,
+                crate::cluster::presence::OnWatch::Known(Some(shown)) => shown,
+            },
+        };
         if let Some(frame) = encode(&shown.frame(user), user) {
             inc(&METRICS.presence_notices_total);
             self.route(conn.core, CoreMsg::Push { conn, frame });
+        }
+    }
+
+    /// At a user's owning core: node `node` starts (or renews) or ends watching the user. A
+    /// registration is answered with the current presence.
+    pub(super) fn presence_node_watch(&self, user: &Arc<str>, node: String, add: bool) {
+        if !add {
+            self.node_watchers.borrow_mut().unwatch(user, &node);
+            return;
+        }
+        self.node_watchers.borrow_mut().watch(user, &node, now_ms());
+        let shown = self.presence.borrow().shown(user);
+        send_presence(node, user, &shown);
+    }
+
+    /// At the core a remote user's slot has here: that user's node sent their presence; it
+    /// goes to the connections here that watch them.
+    pub(super) fn presence_remote(&self, user: &Arc<str>, shown: Shown) {
+        if !self.watched.borrow_mut().heard(user, shown.clone()) {
+            return;
+        }
+        let Some(frame) = encode(&shown.frame(user), user) else {
+            return;
+        };
+        let watchers: Vec<ConnRef> = self.presence.borrow().watchers(user).to_vec();
+        for conn in watchers {
+            inc(&METRICS.presence_notices_total);
+            self.route(
+                conn.core,
+                CoreMsg::Push {
+                    conn,
+                    frame: frame.clone(),
+                },
+            );
+        }
+    }
+
+    /// Renews this core's registrations with other nodes and drops the leases other nodes let
+    /// run out (every sweep; each renewal is due every `cluster::presence::RENEW_MS`).
+    pub(super) fn presence_leases(&self, now: u64) {
+        self.node_watchers.borrow_mut().expire(now);
+        let due = self.watched.borrow_mut().due(now);
+        if due.is_empty() {
+            return;
+        }
+        let owners = self.node.owners.load();
+        for user in due {
+            if let Owner::Remote(o) = owners.owner_of_user(&user) {
+                send_watch(o.node.clone(), &user, true);
+            }
         }
     }
 
@@ -127,10 +202,15 @@ impl Core {
                 },
             );
         }
+        for node in self.node_watchers.borrow().nodes(user, now_ms()) {
+            send_presence(node, user, shown);
+        }
         let Ok(user) = UserId::new(user.as_ref()) else {
             return;
         };
-        monoio::spawn(fan_out_presence(Arc::clone(&self.node), user, frame));
+        // Friends and followers of other nodes get it as stored: their node shows it per tenant.
+        let raw = shown.frame(user.as_str()).to_bytes().unwrap_or_default();
+        monoio::spawn(fan_out_presence(Arc::clone(&self.node), user, frame, raw));
     }
 
     /// A newly stored message: if the recipient has no device online at its owning core, the
@@ -206,7 +286,7 @@ impl Core {
 
 /// Tells the online friends and followers of `user` (at most [`MAX_FANOUT`], each once) in
 /// pages of [`FANOUT_BATCH`]: one page read, one round of deliveries to the cores owning them.
-async fn fan_out_presence(node: Arc<NodeShared>, user: UserId, frame: Bytes) {
+async fn fan_out_presence(node: Arc<NodeShared>, user: UserId, frame: Bytes, raw: Vec<u8>) {
     let mut told: HashSet<UserId> = HashSet::new();
     for kind in [RelationKind::FRIEND, RelationKind::FOLLOWER] {
         let mut after: Option<UserId> = None;
@@ -233,9 +313,18 @@ async fn fan_out_presence(node: Arc<NodeShared>, user: UserId, frame: Bytes) {
                 if told.len() >= MAX_FANOUT || !told.insert(r.other.clone()) {
                     continue;
                 }
-                // A user of another node is not reachable from here.
-                let Owner::Local(core) = owners.owner_of_user(r.other.as_str()) else {
-                    continue;
+                let core = match owners.owner_of_user(r.other.as_str()) {
+                    Owner::Local(core) => core,
+                    // Their node passes it to their devices (`cluster::forward::notified`).
+                    Owner::Remote(o) => {
+                        if let (Some(links), false) =
+                            (crate::cluster::links::installed(), raw.is_empty())
+                        {
+                            inc(&METRICS.presence_notices_total);
+                            links.notify(o.node.clone(), r.other.as_str().to_owned(), raw.clone());
+                        }
+                        continue;
+                    }
                 };
                 if let Some(tx) = node.peers.get(usize::from(core.0)) {
                     inc(&METRICS.presence_notices_total);
@@ -255,6 +344,40 @@ async fn fan_out_presence(node: Arc<NodeShared>, user: UserId, frame: Bytes) {
                 break;
             }
         }
+    }
+}
+
+/// Asks node `to` to start (or renew) or end telling this node about `user`'s presence: a
+/// SUBSCRIBE frame as a node-to-node notice (`cluster::presence`).
+fn send_watch(to: String, user: &str, add: bool) {
+    let Some(links) = crate::cluster::links::installed() else {
+        return;
+    };
+    let frame = Frame::new(
+        0,
+        Body::Subscribe(tern_protocol::Subscribe {
+            op: if add {
+                tern_protocol::SubOp::ADD
+            } else {
+                tern_protocol::SubOp::REMOVE
+            },
+            users: vec![std::borrow::Cow::Borrowed(user)],
+        }),
+    );
+    if let Ok(bytes) = frame.to_bytes() {
+        links.notify(to, user.to_owned(), bytes);
+    }
+}
+
+/// Sends `user`'s presence to node `to`, which watches them: a PRESENCE notice about the user
+/// addressed to the user, with ids as stored (the watching node shows them per tenant).
+fn send_presence(to: String, user: &str, shown: &Shown) {
+    let Some(links) = crate::cluster::links::installed() else {
+        return;
+    };
+    if let Ok(bytes) = shown.frame(user).to_bytes() {
+        inc(&METRICS.presence_notices_total);
+        links.notify(to, user.to_owned(), bytes);
     }
 }
 
