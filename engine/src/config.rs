@@ -251,7 +251,7 @@ pub struct StorageFile {
     /// Background flush and compaction threads (default 2).
     pub background_jobs: Option<i32>,
     /// Compactions run at the lowest CPU priority, so that the cores and the commit thread are
-    /// not kept waiting behind them (default true; flushes keep normal priority).
+    /// not kept waiting behind them (default false; flushes keep normal priority).
     pub low_priority_compaction: Option<bool>,
 }
 
@@ -898,8 +898,8 @@ mod tests {
             ..Default::default()
         };
         let d = Settings::resolve(&args, true).unwrap().rocks;
-        assert_eq!(d.write_buffer_size, 8 << 20);
-        assert!(d.low_priority_compaction);
+        assert_eq!(d.write_buffer_size, 32 << 20);
+        assert!(!d.low_priority_compaction);
 
         let cfg = dir.path().join("tern.toml");
         let with = |text: &str| {
@@ -913,13 +913,13 @@ mod tests {
                 true,
             )
         };
-        let r = with("[storage]\nmemtable_mb = 32\nblock_cache_mb = 64\nbackground_jobs = 4\nlow_priority_compaction = false\n")
+        let r = with("[storage]\nmemtable_mb = 8\nblock_cache_mb = 64\nbackground_jobs = 4\nlow_priority_compaction = true\n")
             .unwrap()
             .rocks;
-        assert_eq!(r.write_buffer_size, 32 << 20);
+        assert_eq!(r.write_buffer_size, 8 << 20);
         assert_eq!(r.block_cache_bytes, 64 << 20);
         assert_eq!(r.background_jobs, 4);
-        assert!(!r.low_priority_compaction);
+        assert!(r.low_priority_compaction);
         assert!(with("[storage]\nmemtable_mb = 0\n").is_err());
         assert!(with("[storage]\nbackground_jobs = 0\n").is_err());
         assert!(with("[storage]\nmemtable = 8\n").is_err(), "unknown key");

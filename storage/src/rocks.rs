@@ -67,19 +67,18 @@ pub struct RocksConfig {
 impl Default for RocksConfig {
     fn default() -> Self {
         RocksConfig {
-            // 8 MiB rather than RocksDB's 64 (or the 32 used before): under moderate load a
-            // commit batch holds a few messages whose rows land far apart in each memtable's
-            // skiplist, so every insert is a full descent with a cache miss per level; a smaller
-            // memtable is shallower and stays in cache. At 20,000 messages per second this
-            // took the commit thread from 12-15 to 8-9.5 us per message, for 1.7 us of flushing
-            // on a background thread.
-            write_buffer_size: 8 << 20,
+            // Smaller memtables (`[storage] memtable_mb`) make each insert a shallower skiplist
+            // descent: with a compiler running beside the node, 8 MiB took the commit path from
+            // 12-15 to 8-9.5 us of CPU per message at 20,000 messages/s. On a quiet machine they
+            // gained nothing there and cost 9% of the saturated throughput (more flushes and
+            // compactions), so 32 MiB stays the default.
+            write_buffer_size: 32 << 20,
             max_write_buffer_number: 4,
             block_cache_bytes: 256 << 20,
             background_jobs: 2,
             max_total_wal_size: 512 << 20,
             periodic_compaction_secs: 24 * 3600,
-            low_priority_compaction: true,
+            low_priority_compaction: false,
             verify_on_open: false,
         }
     }
