@@ -1290,10 +1290,11 @@ fn full_queue_is_busy<H: Harness>() {
     drop(store);
 }
 
-/// Wraps an engine so a test can make writes fail.
+/// Wraps an engine so a test can make writes fail, or take at least `delay` (a slow fsync).
 struct Flaky<E> {
     inner: E,
     fail: Arc<std::sync::atomic::AtomicBool>,
+    delay: Duration,
 }
 
 impl<E: KvEngine> KvEngine for Flaky<E> {
@@ -1319,6 +1320,9 @@ impl<E: KvEngine> KvEngine for Flaky<E> {
         self.inner.prepare(batch)
     }
     fn write(&self, batch: &WriteBatch, sync: bool) -> Result<(), EngineError> {
+        if !self.delay.is_zero() {
+            std::thread::sleep(self.delay);
+        }
         if self.fail.load(std::sync::atomic::Ordering::SeqCst) {
             return Err(EngineError::Backend {
                 family: None,
@@ -1338,57 +1342,15 @@ impl<E: KvEngine> KvEngine for Flaky<E> {
     }
 }
 
-/// Wraps an engine so that every write takes at least `delay` (a slow fsync).
-struct Slow<E> {
-    inner: E,
-    delay: Duration,
-}
-
-impl<E: KvEngine> KvEngine for Slow<E> {
-    fn get_with<R>(
-        &self,
-        cf: Cf,
-        key: &[u8],
-        visit: impl FnOnce(&[u8]) -> R,
-    ) -> Result<Option<R>, EngineError> {
-        self.inner.get_with(cf, key, visit)
-    }
-    fn scan(
-        &self,
-        cf: Cf,
-        range: ScanRange<'_>,
-        direction: Direction,
-        limit: usize,
-        visit: &mut tern_storage::Visitor<'_>,
-    ) -> Result<usize, EngineError> {
-        self.inner.scan(cf, range, direction, limit, visit)
-    }
-    fn prepare(&self, batch: &mut WriteBatch) {
-        self.inner.prepare(batch)
-    }
-    fn write(&self, batch: &WriteBatch, sync: bool) -> Result<(), EngineError> {
-        std::thread::sleep(self.delay);
-        self.inner.write(batch, sync)
-    }
-    fn set_expiry(&self, cf: Cf, time_of: TimeOf, cutoff_ms: u64) {
-        self.inner.set_expiry(cf, time_of, cutoff_ms)
-    }
-    fn expire_now(&self, cf: Cf) -> Result<(), EngineError> {
-        self.inner.expire_now(cf)
-    }
-    fn flush(&self) -> Result<(), EngineError> {
-        self.inner.flush()
-    }
-}
-
 /// A burst larger than the writer writes itself goes through the committer in batches of
 /// more than 64 operations, one in flight while the next is built; a trickle is written by the
 /// writer one small batch at a time. Both keep every conversation's order and every count.
 fn bursts_and_trickles_keep_order<H: Harness>() {
     let h = H::new();
     let clock = Arc::new(ManualClock::new(T0));
-    let engine = Slow {
+    let engine = Flaky {
         inner: h.engine(),
+        fail: Arc::default(),
         delay: Duration::from_millis(3),
     };
     let store = Store::open(engine, StoreConfig::default(), clock).unwrap();
@@ -1437,6 +1399,7 @@ fn failed_writes_fail_their_operations_and_recover<H: Harness>() {
     let engine = Flaky {
         inner: h.engine(),
         fail: fail.clone(),
+        delay: Duration::ZERO,
     };
     let store = Store::open(engine, StoreConfig::default(), clock).unwrap();
     assert_eq!(send(&store, msg("alice", "bob", 1)).conv_seq, Seq(1));

@@ -681,6 +681,29 @@ impl Node {
     }
 }
 
+/// Serialises the tests of one test binary that start several nodes: the machine has two
+/// cores, and several clusters at once make failure detection and timings meaningless.
+pub fn serial() -> std::sync::MutexGuard<'static, ()> {
+    static SERIAL: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// The cluster node id `n` reports (`GET /cluster/members`).
+pub fn node_id(n: &Node) -> String {
+    n.admin_json("/cluster/members")["node"]
+        .as_str()
+        .unwrap_or_default()
+        .to_owned()
+}
+
+/// The first user of the form `{prefix}-{i}` that node `owner` serves, asked of `at`.
+pub fn user_owned_by(at: &Node, owner: &str, prefix: &str) -> String {
+    (0..2_000)
+        .map(|i| format!("{prefix}-{i}"))
+        .find(|u| at.admin_json(&format!("/cluster/owner?user={u}"))["node"] == owner)
+        .unwrap_or_else(|| panic!("no user of {owner} among 2,000"))
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, at most `timeout`; `None` if it never did.
 pub fn poll<T>(timeout: Duration, mut check: impl FnMut() -> Option<T>) -> Option<T> {
     let deadline = Instant::now() + timeout;

@@ -7,19 +7,12 @@
 //! The tests run one at a time: each starts three nodes on a 2-CPU machine.
 
 use std::process::Command;
-use std::sync::Mutex;
 use std::time::Duration;
 
 use serde_json::Value;
-use tern_tests::{poll, ternbench_bin, Node, CLUSTER_JWT_SECRET};
-
-static SERIAL: Mutex<()> = Mutex::new(());
+use tern_tests::{poll, serial, ternbench_bin, Node, CLUSTER_JWT_SECRET};
 
 const CONVERGE: Duration = Duration::from_secs(10);
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Three nodes of a configured size of 3; returns once each sees three members and takes
 /// writes.

@@ -6,17 +6,14 @@
 //! killed with SIGKILL is declared down within 2 s and its slots move to the survivors (and back
 //! when it restarts), and one stopped with SIGTERM leaves at once.
 //!
-//! The tests run one at a time (`SERIAL`): each starts three nodes, and on a 2-CPU machine two
+//! The tests run one at a time (`serial`): each starts three nodes, and on a 2-CPU machine two
 //! clusters at once would measure the scheduler rather than failure detection.
 
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tern_protocol::{Body, Conv, ErrorCode, MessageKind, MsgId, Send, Sync};
-use tern_tests::{expect_push, poll, send_text, Node, WAIT};
+use tern_tests::{expect_push, node_id, poll, send_text, serial, user_owned_by, Node, WAIT};
 use tern_tools::{Connection, ConnectionError, HelloParams};
-
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Membership must converge within this (a join is a few gossip rounds of 150-300 ms).
 const CONVERGE: Duration = Duration::from_secs(10);
@@ -25,10 +22,6 @@ const CONVERGE: Duration = Duration::from_secs(10);
 /// what the measurement adds on a busy 2-CPU test machine: the 20 ms polling of `/metrics` on
 /// both survivors and scheduling delays of the node processes. The figure is printed.
 const DETECTION_LIMIT: Duration = Duration::from_millis(2_500);
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Three nodes, B and C joining through A; returns once every node sees three live members.
 fn three_nodes() -> [Node; 3] {
@@ -67,21 +60,6 @@ fn three_nodes() -> [Node; 3] {
     });
     assert!(settled.is_some(), "epochs differ or no quorum: {epochs:?}");
     nodes
-}
-
-fn node_id(n: &Node) -> String {
-    n.admin_json("/cluster/members")["node"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// The first user of the form `{prefix}-{i}` that `owner` serves, asked of `at`.
-fn user_owned_by(at: &Node, owner: &str, prefix: &str) -> String {
-    (0..2_000)
-        .map(|i| format!("{prefix}-{i}"))
-        .find(|u| at.admin_json(&format!("/cluster/owner?user={u}"))["node"] == owner)
-        .unwrap_or_else(|| panic!("no user of {owner} among 2,000"))
 }
 
 fn hello(user: &str, device: &str) -> HelloParams {

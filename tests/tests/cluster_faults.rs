@@ -14,31 +14,17 @@
 #![allow(clippy::unwrap_used)]
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
 use tern_protocol::{Body, Conv, ErrorCode, Message, MessageKind, MsgId, Send, SendAck, Sync};
-use tern_tests::{poll, Node, WAIT};
+use tern_tests::{node_id, poll, serial, user_owned_by, Node, WAIT};
 use tern_tools::{Client, ClientConfig, Connection, ConnectionError, Event, HelloParams};
-
-static SERIAL: Mutex<()> = Mutex::new(());
 
 /// Membership changes (formation, failure detection, heal) must settle within this.
 const CONVERGE: Duration = Duration::from_secs(20);
 
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
-
 fn hello(user: &str, device: &str) -> HelloParams {
     HelloParams::new(Node::cluster_token(user, device), device)
-}
-
-fn node_id(n: &Node) -> String {
-    n.admin_json("/cluster/members")["node"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
 }
 
 /// Every node sees `n` members under one epoch, has quorum and links to the n - 1 others.
@@ -75,14 +61,6 @@ fn cluster(n: usize) -> Vec<Node> {
         panic!("{n} nodes did not settle within {CONVERGE:?}");
     }
     nodes
-}
-
-/// The first user `{prefix}-{i}` that node `owner` serves, asked of `at`.
-fn user_owned_by(at: &Node, owner: &str, prefix: &str) -> String {
-    (0..2_000)
-        .map(|i| format!("{prefix}-{i}"))
-        .find(|u| at.admin_json(&format!("/cluster/owner?user={u}"))["node"] == owner)
-        .unwrap_or_else(|| panic!("no user of {owner} among 2,000"))
 }
 
 /// Every entry of the user's inbox, paged with SYNC from the start.

@@ -5,20 +5,13 @@
 //! setting before storing; once the two are friends the message goes through, another
 //! stranger is still refused, and with the setting off everyone gets through again.
 
-use std::sync::Mutex;
 use std::time::Duration;
 
 use tern_protocol::{Body, Conv, ErrorCode, Frame, MessageKind, MsgId, RelationOp, Send};
-use tern_tests::{poll, recv_until, Node, WAIT};
+use tern_tests::{node_id, poll, recv_until, serial, user_owned_by, Node, WAIT};
 use tern_tools::{Connection, ConnectionError, HelloParams};
 
-static SERIAL: Mutex<()> = Mutex::new(());
-
 const CONVERGE: Duration = Duration::from_secs(10);
-
-fn serial() -> std::sync::MutexGuard<'static, ()> {
-    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
-}
 
 /// Three nodes that see each other, with every node-to-node link up.
 fn three_nodes() -> [Node; 3] {
@@ -46,21 +39,6 @@ fn three_nodes() -> [Node; 3] {
         panic!("three nodes with their links did not come up within {CONVERGE:?}");
     }
     nodes
-}
-
-fn node_id(n: &Node) -> String {
-    n.admin_json("/cluster/members")["node"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// The first user of the form `{prefix}-{i}` that `owner` serves, asked of `at`.
-fn user_owned_by(at: &Node, owner: &str, prefix: &str) -> String {
-    (0..2_000)
-        .map(|i| format!("{prefix}-{i}"))
-        .find(|u| at.admin_json(&format!("/cluster/owner?user={u}"))["node"] == owner)
-        .unwrap_or_else(|| panic!("no user of {owner} among 2,000"))
 }
 
 fn connect(node: &Node, user: &str) -> Connection {

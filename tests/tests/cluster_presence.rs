@@ -9,7 +9,7 @@
 use std::time::{Duration, Instant};
 
 use tern_protocol::{Presence, PresenceStatus};
-use tern_tests::{poll, Node, WAIT};
+use tern_tests::{node_id, poll, user_owned_by, Node, WAIT};
 use tern_tools::{Client, ClientConfig, Event};
 
 const CONVERGE: Duration = Duration::from_secs(10);
@@ -36,21 +36,6 @@ fn two_nodes() -> [Node; 2] {
         panic!("two nodes with their links did not come up within {CONVERGE:?}");
     }
     nodes
-}
-
-fn node_id(n: &Node) -> String {
-    n.admin_json("/cluster/members")["node"]
-        .as_str()
-        .unwrap_or_default()
-        .to_owned()
-}
-
-/// The first user of the form `{prefix}-{i}` that `owner` serves, asked of `at`.
-fn user_owned_by(at: &Node, owner: &str, prefix: &str) -> String {
-    (0..2_000)
-        .map(|i| format!("{prefix}-{i}"))
-        .find(|u| at.admin_json(&format!("/cluster/owner?user={u}"))["node"] == owner)
-        .unwrap_or_else(|| panic!("no user of {owner} among 2,000"))
 }
 
 fn client(node: &Node, user: &str, device: &str) -> Client {
