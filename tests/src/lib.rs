@@ -688,6 +688,48 @@ pub fn serial() -> std::sync::MutexGuard<'static, ()> {
     SERIAL.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The next event of `c` that `pred` accepts, within [`WAIT`].
+pub fn wait_event(
+    c: &tern_tools::Client,
+    mut pred: impl FnMut(&tern_tools::Event) -> bool,
+) -> Option<tern_tools::Event> {
+    let end = Instant::now() + WAIT;
+    while Instant::now() < end {
+        if let Some(e) = c.next_event(Duration::from_millis(50)) {
+            if pred(&e) {
+                return Some(e);
+            }
+        }
+    }
+    None
+}
+
+/// The next PRESENCE of `user` that `c` receives.
+pub fn presence_of(c: &tern_tools::Client, user: &str) -> tern_protocol::Presence<'static> {
+    match wait_event(
+        c,
+        |e| matches!(e, tern_tools::Event::Presence(p) if p.user == user),
+    ) {
+        Some(tern_tools::Event::Presence(p)) => p,
+        _ => panic!("no presence of {user}"),
+    }
+}
+
+/// Every PRESENCE `c` receives within `quiet`.
+pub fn presences_for(
+    c: &tern_tools::Client,
+    quiet: Duration,
+) -> Vec<tern_protocol::Presence<'static>> {
+    let end = Instant::now() + quiet;
+    let mut out = Vec::new();
+    while Instant::now() < end {
+        if let Some(tern_tools::Event::Presence(p)) = c.next_event(Duration::from_millis(20)) {
+            out.push(p);
+        }
+    }
+    out
+}
+
 /// The cluster node id `n` reports (`GET /cluster/members`).
 pub fn node_id(n: &Node) -> String {
     n.admin_json("/cluster/members")["node"]

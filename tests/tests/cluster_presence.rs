@@ -6,10 +6,12 @@
 
 #![allow(clippy::unwrap_used)]
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-use tern_protocol::{Presence, PresenceStatus};
-use tern_tests::{node_id, poll, user_owned_by, Node, WAIT};
+use tern_protocol::PresenceStatus;
+use tern_tests::{
+    node_id, poll, presence_of, presences_for, user_owned_by, wait_event, Node, WAIT,
+};
 use tern_tools::{Client, ClientConfig, Event};
 
 const CONVERGE: Duration = Duration::from_secs(10);
@@ -50,38 +52,6 @@ fn client(node: &Node, user: &str, device: &str) -> Client {
     let connected = wait_event(&c, |e| matches!(e, Event::Connected { .. }));
     assert!(connected.is_some(), "{user} did not connect");
     c
-}
-
-fn wait_event(c: &Client, mut pred: impl FnMut(&Event) -> bool) -> Option<Event> {
-    let end = Instant::now() + WAIT;
-    while Instant::now() < end {
-        if let Some(e) = c.next_event(Duration::from_millis(50)) {
-            if pred(&e) {
-                return Some(e);
-            }
-        }
-    }
-    None
-}
-
-/// The next PRESENCE of `user` that `c` receives.
-fn presence_of(c: &Client, user: &str) -> Presence<'static> {
-    match wait_event(c, |e| matches!(e, Event::Presence(p) if p.user == user)) {
-        Some(Event::Presence(p)) => p,
-        _ => panic!("no presence of {user}"),
-    }
-}
-
-/// Every PRESENCE arriving within `quiet`.
-fn presences_for(c: &Client, quiet: Duration) -> Vec<Presence<'static>> {
-    let end = Instant::now() + quiet;
-    let mut out = Vec::new();
-    while Instant::now() < end {
-        if let Some(Event::Presence(p)) = c.next_event(Duration::from_millis(20)) {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

@@ -7,13 +7,13 @@
 
 use std::borrow::Cow;
 use std::process::Command;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use tern_protocol::{
-    Body, Capabilities, Conv, ErrorCode, Frame, Hello, Presence, PresenceStatus, SubOp, Subscribe,
-    Typing, TypingState, DEFAULT_MAX_BODY, PROTOCOL,
+    Body, Capabilities, Conv, ErrorCode, Frame, Hello, PresenceStatus, SubOp, Subscribe, Typing,
+    TypingState, DEFAULT_MAX_BODY, PROTOCOL,
 };
-use tern_tests::{tern_bin, Node, WAIT};
+use tern_tests::{presence_of, presences_for, tern_bin, wait_event, Node, WAIT};
 use tern_tools::{Client, ClientConfig, Event, SendError};
 
 fn client(node: &Node, user: &str, device: &str) -> Client {
@@ -28,38 +28,6 @@ fn client(node: &Node, user: &str, device: &str) -> Client {
     wait_event(&c, |e| matches!(e, Event::Connected { .. }))
         .unwrap_or_else(|| panic!("{user} did not connect"));
     c
-}
-
-fn wait_event(c: &Client, mut pred: impl FnMut(&Event) -> bool) -> Option<Event> {
-    let end = Instant::now() + WAIT;
-    while Instant::now() < end {
-        if let Some(e) = c.next_event(Duration::from_millis(50)) {
-            if pred(&e) {
-                return Some(e);
-            }
-        }
-    }
-    None
-}
-
-/// The next PRESENCE of `user` that `c` receives.
-fn presence_of(c: &Client, user: &str) -> Presence<'static> {
-    match wait_event(c, |e| matches!(e, Event::Presence(p) if p.user == user)) {
-        Some(Event::Presence(p)) => p,
-        _ => panic!("no presence of {user}"),
-    }
-}
-
-/// Every PRESENCE arriving within `quiet`.
-fn presences_for(c: &Client, quiet: Duration) -> Vec<Presence<'static>> {
-    let end = Instant::now() + quiet;
-    let mut out = Vec::new();
-    while Instant::now() < end {
-        if let Some(Event::Presence(p)) = c.next_event(Duration::from_millis(20)) {
-            out.push(p);
-        }
-    }
-    out
 }
 
 fn server_code<T: std::fmt::Debug>(r: Result<T, SendError>) -> ErrorCode {

@@ -155,6 +155,11 @@ impl Core {
         let Some(frame) = encode(&shown.frame(user), user) else {
             return;
         };
+        self.tell_watchers(user, &frame);
+    }
+
+    /// Queues a presence frame about `user` to the connections subscribed to them here.
+    fn tell_watchers(&self, user: &str, frame: &Bytes) {
         let watchers: Vec<ConnRef> = self.presence.borrow().watchers(user).to_vec();
         for conn in watchers {
             inc(&METRICS.presence_notices_total);
@@ -191,17 +196,7 @@ impl Core {
         let Some(frame) = encode(&shown.frame(user), user) else {
             return;
         };
-        let watchers: Vec<ConnRef> = self.presence.borrow().watchers(user).to_vec();
-        for conn in watchers {
-            inc(&METRICS.presence_notices_total);
-            self.route(
-                conn.core,
-                CoreMsg::Push {
-                    conn,
-                    frame: frame.clone(),
-                },
-            );
-        }
+        self.tell_watchers(user, &frame);
         for node in self.node_watchers.borrow().nodes(user, now_ms()) {
             send_presence(node, user, shown);
         }
