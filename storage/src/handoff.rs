@@ -14,7 +14,7 @@
 //! | family      | rows exported                                   | on import                     |
 //! |-------------|-------------------------------------------------|-------------------------------|
 //! | `inbox`, `positions`, `recent`, `relations`, `member_of`, `push` | keys starting with a moving user | written as they are |
-//! | `dedup`     | `sender ‖ msg id` of a moving sender            | merged: each side's inbox seq kept |
+//! | `dedup`     | `sender ‖ msg id` of a moving sender, or of a one-to-one message to a moving user | merged: each side's inbox seq kept |
 //! | `messages`  | one-to-one conversations with a moving user (either side: a user's inbox refers to the rows) | merged: the RECALLED flag kept |
 //!
 //! Not moved: groups, their members and cursors, rooms and topics (they live at the slot of
@@ -97,20 +97,33 @@ pub(crate) fn slot_term_value(t: &SlotTerm) -> Vec<u8> {
 
 /// Whether a row of family `cf` belongs to a moving user (`moving`), and whether it is a row
 /// the import merges rather than overwrites. Undecodable keys are not moved.
-fn belongs(cf: Cf, key: &[u8], moving: &dyn Fn(&str) -> bool) -> bool {
+fn belongs(cf: Cf, key: &[u8], value: &[u8], moving: &dyn Fn(&str) -> bool) -> bool {
     let mut r = KeyReader::new(key);
     match cf {
-        Cf::Messages => {
-            // Only one-to-one conversations move: `1 ‖ id(low) ‖ id(high) ‖ seq`.
-            if r.u8().ok() != Some(crate::ids::ConvKind::DIRECT.0) {
-                return false;
-            }
-            match (r.id(), r.id()) {
-                (Ok(low), Ok(high)) => moving(low) || moving(high),
-                _ => false,
-            }
+        Cf::Messages => direct_with_moving(key, moving),
+        // A moving user's own dedup rows, and those of messages sent to them: the message rows
+        // move with the recipient, and without the dedup row the recipient's half arriving
+        // later through the outbox would find the row and be taken for a duplicate (a join
+        // under load lost such messages).
+        Cf::Dedup => {
+            r.id().is_ok_and(moving)
+                || access::<ArchivedDedupRecord>(cf, value)
+                    .is_ok_and(|d| direct_with_moving(d.conv.as_slice(), moving))
         }
         _ => r.id().is_ok_and(moving),
+    }
+}
+
+/// Whether `key` starts with a one-to-one conversation (`1 ‖ id(low) ‖ id(high)`) one of whose
+/// users moves; only one-to-one conversations move.
+fn direct_with_moving(key: &[u8], moving: &dyn Fn(&str) -> bool) -> bool {
+    let mut r = KeyReader::new(key);
+    if r.u8().ok() != Some(crate::ids::ConvKind::DIRECT.0) {
+        return false;
+    }
+    match (r.id(), r.id()) {
+        (Ok(low), Ok(high)) => moving(low) || moving(high),
+        _ => false,
     }
 }
 
@@ -146,7 +159,7 @@ pub(crate) fn export_page(
                     return Ok(());
                 }
                 last = Some(k.to_vec());
-                if belongs(cf, k, moving) {
+                if belongs(cf, k, v, moving) {
                     bytes += k.len() + v.len();
                     page.rows.push(HandoffRow {
                         family: cf.index() as u8,

@@ -777,3 +777,134 @@ fn a_node_drained_under_load_hands_its_slots_over_and_loses_nothing() {
     );
     world.stop();
 }
+
+/// A node joins a cluster under load: two nodes (configured size 2, which any two of the three
+/// nodes still make a majority of) serve twelve users who all send to each other every 300 ms;
+/// a third node joins after the third round and the holders hand it the slots its ring gives
+/// it, users included. Node ids are fixed, so the ring, and which users move, is the same in
+/// every run. Then: the three nodes hold every slot once, no acknowledged message is lost or
+/// duplicated, order holds on both sides and on every device, and the users that moved send
+/// from the new node.
+#[test]
+fn a_node_joining_under_load_takes_its_slots_and_loses_nothing() {
+    let _serial = serial();
+    let started = Instant::now();
+    let a = Node::start_cluster(&[], &["--cluster-size", "2", "--node-id", "join-a"]);
+    let b = Node::start_cluster(
+        &[a.cluster.as_str()],
+        &["--cluster-size", "2", "--node-id", "join-b"],
+    );
+    let two = [&a, &b];
+    assert!(
+        poll(CONVERGE, || settled(&two, 2).then_some(())).is_some(),
+        "two nodes did not settle"
+    );
+    let users: Vec<(String, String)> = (0..12)
+        .map(|i| {
+            let (id, node) = if i % 2 == 0 {
+                ("join-a", &a)
+            } else {
+                ("join-b", &b)
+            };
+            (user_owned_by(&a, id, &format!("j{i}")), node.native.clone())
+        })
+        .collect();
+    let mut world = World::new(users);
+    let everyone: Vec<usize> = (0..12).collect();
+    let mut c = None;
+    let mut joined_at = None;
+    for round in 0..10 {
+        if round == 3 {
+            c = Some(Node::start_cluster(
+                &[a.cluster.as_str(), b.cluster.as_str()],
+                &["--cluster-size", "2", "--node-id", "join-c"],
+            ));
+            joined_at = Some(Instant::now());
+            eprintln!("C started after {:?}", started.elapsed());
+        }
+        for u in 0..12 {
+            for v in (0..12).filter(|v| *v != u) {
+                world.send(u, v, &format!("#{round}"), false);
+            }
+        }
+        world.pump();
+        std::thread::sleep(Duration::from_millis(300));
+    }
+    let (Some(c), Some(joined_at)) = (c, joined_at) else {
+        unreachable!("C starts in round 3")
+    };
+    let nodes = [&a, &b, &c];
+    // Every slot held exactly once, C's share included, and no handoff left running.
+    let handed = poll(CONVERGE * 2, || {
+        let held: Vec<u64> = nodes
+            .iter()
+            .map(|n| n.metric("tern_cluster_slots_held").unwrap_or(0))
+            .collect();
+        let idle = nodes
+            .iter()
+            .all(|n| n.metric("tern_cluster_handoffs_in_progress") == Some(0));
+        (settled(&nodes, 3) && idle && held[2] > 0 && held.iter().sum::<u64>() == 16_384)
+            .then_some(held)
+    });
+    let Some(held) = handed else {
+        for n in nodes {
+            eprintln!(
+                "--- {} ---\n{}",
+                n.cluster,
+                n.admin_json("/cluster/members")
+            );
+        }
+        panic!("the slots were not handed to C");
+    };
+    eprintln!(
+        "slots held after the join (A, B, C): {held:?}, {:?} after C started",
+        joined_at.elapsed()
+    );
+    world.wait_acked(&everyone, CONVERGE * 2, "after the join");
+    for u in 0..12 {
+        for v in (0..12).filter(|v| *v != u) {
+            world.send(u, v, "after", true);
+        }
+    }
+    world.wait_acked(&everyone, CONVERGE, "after the handoff");
+    let empty = poll(CONVERGE, || {
+        nodes
+            .iter()
+            .all(|n| n.metric("tern_cluster_outbox_entries") == Some(0))
+            .then_some(())
+    });
+    assert!(empty.is_some(), "an outbox did not empty");
+    let native_of: HashMap<&str, String> = [
+        ("join-a", a.native.clone()),
+        ("join-b", b.native.clone()),
+        ("join-c", c.native.clone()),
+    ]
+    .into_iter()
+    .collect();
+    let mut moved = 0;
+    let natives: Vec<String> = world
+        .users
+        .iter()
+        .map(|u| {
+            let owner = c.admin_json(&format!("/cluster/owner?user={u}"));
+            let id = owner["node"].as_str().unwrap_or_default().to_owned();
+            if id == "join-c" {
+                moved += 1;
+            }
+            native_of[id.as_str()].clone()
+        })
+        .collect();
+    assert!(moved > 0, "no user moved to the joining node");
+    eprintln!("{moved} of 12 users moved to C");
+    let names = world.users.clone();
+    world.verify(|u| {
+        Connection::connect(&natives[u], &hello(&names[u], "check"), WAIT)
+            .unwrap_or_else(|e| panic!("{} check: {e}", names[u]))
+    });
+    let total: usize = world.sent.iter().map(BTreeMap::len).sum();
+    eprintln!(
+        "{total} messages checked; join test took {:?}",
+        started.elapsed()
+    );
+    world.stop();
+}
