@@ -258,6 +258,20 @@ pub struct NodeShared {
     pub hooks: Hooks,
 }
 
+impl NodeShared {
+    /// The core that registers `user`'s sessions and keeps their presence: the core owning
+    /// the user's slot, or, when another node owns it, the core the slot has on this node
+    /// (sessions registered before ownership moved, subscriptions to the remote user).
+    pub(crate) fn user_core(&self, user: &str) -> u16 {
+        match self.owners.load().owner_of_user(user) {
+            Owner::Local(c) => c.0,
+            Owner::Remote(_) => {
+                OwnerTable::home_core(SlotId::of_user(user), self.peers.len() as u16).0
+            }
+        }
+    }
+}
+
 /// The part of a connection other tasks of its core touch: the outbound queue and the kick.
 #[derive(Debug, Default)]
 pub struct ConnShared {
@@ -497,14 +511,7 @@ impl Core {
     }
 
     fn owner_core(&self, user: &str) -> u16 {
-        match self.node.owners.load().owner_of_user(user) {
-            Owner::Local(c) => c.0,
-            // Another node owns the slot. Sessions registered before ownership moved (there is
-            // no handoff yet) are still at the slot's home core.
-            Owner::Remote(_) => {
-                OwnerTable::home_core(SlotId::of_user(user), self.node.peers.len() as u16).0
-            }
-        }
+        self.node.user_core(user)
     }
 
     /// Sends a message to a core; to this one it is handled at once.

@@ -802,15 +802,7 @@ pub fn notified(node: &NodeShared, peer: &str, user: &str, bytes: &[u8]) {
 /// Hands a presence message to the core of `user`'s slot (the owning core, or the one the
 /// slot has here when another node serves the user), where the presence book keeps them.
 fn route_presence(node: &NodeShared, user: &UserId, msg: CoreMsg) {
-    let cores = node.peers.len() as u16;
-    let core = match node.owners.load().owner_of_user(user.as_str()) {
-        Owner::Local(c) => c.0,
-        Owner::Remote(_) => {
-            crate::slots::OwnerTable::home_core(crate::slots::SlotId::of_user(user.as_str()), cores)
-                .0
-        }
-    };
-    if let Some(tx) = node.peers.get(usize::from(core)) {
+    if let Some(tx) = node.peers.get(usize::from(node.user_core(user.as_str()))) {
         if tx.try_send(msg).is_err() {
             // Presence is refreshed by the next change or lease renewal.
             crate::metrics::inc(&crate::metrics::METRICS.core_queue_full_total);

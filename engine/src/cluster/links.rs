@@ -55,7 +55,7 @@ use super::wire::{
 use super::ClusterSecret;
 use crate::metrics::{inc, set, METRICS};
 use crate::server::{CoreMsg, NodeShared, NodeStore};
-use crate::slots::{Owner, OwnerTable, SlotId};
+use crate::slots::{Owner, OwnerTable};
 
 /// Outbox entries held in memory at most; the rest wait in the store.
 pub const MEMORY_CAP: usize = 100_000;
@@ -429,12 +429,7 @@ pub(super) fn deliver_local(node: &NodeShared, user: &UserId, frame: &Frame<'_>)
     if frame.encode(&mut buf).is_err() {
         return;
     }
-    let cores = node.peers.len() as u16;
-    let core = match node.owners.load().owner_of_user(user.as_str()) {
-        Owner::Local(c) => c.0,
-        Owner::Remote(_) => OwnerTable::home_core(SlotId::of_user(user.as_str()), cores).0,
-    };
-    if let Some(tx) = node.peers.get(usize::from(core)) {
+    if let Some(tx) = node.peers.get(usize::from(node.user_core(user.as_str()))) {
         let msg = CoreMsg::Deliver {
             user: Arc::from(user.as_str()),
             except: None,

@@ -204,7 +204,10 @@ impl Core {
             return;
         };
         // Friends and followers of other nodes get it as stored: their node shows it per tenant.
-        let raw = shown.frame(user.as_str()).to_bytes().unwrap_or_default();
+        let raw = match crate::cluster::links::installed() {
+            Some(_) => shown.frame(user.as_str()).to_bytes().unwrap_or_default(),
+            None => Vec::new(),
+        };
         monoio::spawn(fan_out_presence(Arc::clone(&self.node), user, frame, raw));
     }
 
